@@ -1,0 +1,100 @@
+"""Benchmarks: `adaptive-lm bench NAME [--json OUT] [--seed N] [key=value ...]`.
+
+Each bench is a function ``bench(seed, **options) -> {"rows": [...], ...}`` registered in
+BENCHES. ``run_bench`` adds the environment (torch version, CPU model, threads, date, the command
+that reruns it), prints the rows as a table, and writes the JSON atomically. Speed targets live
+here, never in unit tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import UsageError
+from ..io import atomic_write_text
+from ..recipes import _coerce
+
+BENCHES: dict[str, tuple[Callable, type]] = {}   # name -> (function, options dataclass)
+
+
+def register(name: str, options_cls: type):
+    def deco(fn):
+        BENCHES[name] = (fn, options_cls)
+        return fn
+    return deco
+
+
+def environment() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = {"torch": torch.__version__, "cpu": cpu, "threads": torch.get_num_threads(),
+           "python": platform.python_version(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    width = {c: max(len(c), *(len(cell(r.get(c, ""))) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(width[c]) for c in cols), "  ".join("-" * width[c] for c in cols)]
+    lines += ["  ".join(cell(r.get(c, "")).ljust(width[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def parse_options(options_cls: type, items: list[str]):
+    known = {f.name: f for f in dataclasses.fields(options_cls)}
+    kw = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"bench option {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        if k not in known:
+            raise UsageError(f"unknown bench option {k!r}; options: {', '.join(known)}")
+        kw[k] = _coerce(v, known[k].type, k)
+    return options_cls(**kw)
+
+
+def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = ()) -> int:
+    from . import train as _train  # noqa: F401  (registers the bench)
+    if name == "list":
+        for n, (fn, _) in sorted(BENCHES.items()):
+            print(f"{n:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    if name not in BENCHES:
+        raise UsageError(f"unknown bench {name!r}; available: {', '.join(sorted(BENCHES))}")
+    if json_path and not Path(json_path).resolve().parent.is_dir():
+        raise UsageError(f"--json {json_path}: folder {Path(json_path).parent} does not exist")
+    fn, opt_cls = BENCHES[name]
+    opts = parse_options(opt_cls, list(options))
+    torch.manual_seed(seed)
+    result = fn(seed, opts)
+    cmd = "adaptive-lm bench " + " ".join(shlex.quote(a) for a in [name, "--seed", str(seed), *options] +
+                                          (["--json", str(json_path)] if json_path else []))
+    result = {"bench": name, "command": cmd, "options": dataclasses.asdict(opts), "environment": environment(), **result}
+    print(format_table(result["rows"]))
+    for k, v in result.items():
+        if k not in ("rows", "options", "environment", "bench", "command"):
+            print(f"{k}: {v}")
+    print(f"rerun: {cmd}", file=sys.stderr)
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=2))
+        print(f"wrote {json_path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,250 @@
+"""`adaptive-lm` — the command line. One typed function per subcommand; the parser is built from
+each function's signature (parameters without a default are positional, and so is a leading str parameter with a
+default; the rest are --flags,
+``list[str]`` takes many values, a bool flag defaults to False) and its help from the docstring's
+``Args:`` lines.
+
+User errors (AdaptiveLMError, bad flags) print one line `adaptive-lm: error: ...` and exit 2 for
+usage errors, 1 for the rest; nothing the user had is overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Optional
+
+from .errors import AdaptiveLMError, UsageError
+
+COMMANDS: dict[str, typing.Callable] = {}
+
+
+def command(fn):
+    COMMANDS[fn.__name__.rstrip("_").replace("_", "-")] = fn
+    return fn
+
+
+# ------------------------------------------------------------------ commands
+@command
+def train(recipe: str, overrides: list[str] = (), out: str = "", resume: bool = False,
+          data_dir: str = "", quiet: bool = False) -> int:
+    """Train a recipe (see `adaptive-lm recipes`), e.g. `adaptive-lm train char-shakespeare train.steps=100`.
+
+    Args:
+        recipe: recipe name
+        overrides: key=value settings, e.g. model.n_layer=6 train.lr=3e-4 data.seq_len=128
+        out: run folder (default runs/RECIPE); holds checkpoint/ and metrics.jsonl
+        resume: continue the run in --out from its last checkpoint, exactly
+        data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
+        quiet: no progress line
+    """
+    from . import distributed as D
+    from .recipes import apply_overrides, get_recipe
+    from .train import train as run_train
+    r = apply_overrides(get_recipe(recipe), list(overrides))
+    out_dir = Path(out or f"runs/{r.name}")
+    if not resume and (out_dir / "checkpoint" / "trainer_state.json").exists():
+        raise UsageError(f"{out_dir} already holds a training run: pass --resume to continue it, or choose another --out")
+    info = D.setup()
+    try:
+        built = r.build(r, data_dir or None)
+        if info.is_main and not quiet:
+            print(f"recipe {r.name}: {built.model.num_params():,} parameters, {r.train.steps} steps -> {out_dir}", file=sys.stderr)
+        last = run_train(built.model, built.objective, built.batches, cfg=r.train, out_dir=out_dir,
+                         tokenizer=built.tokenizer, meta=built.meta, eval_fn=built.eval_fn, resume=resume,
+                         progress=not quiet, dist=info)
+    finally:
+        D.teardown()
+    if info.is_main:
+        print(json.dumps({"checkpoint": str(out_dir / "checkpoint"), **{k: round(v, 4) if isinstance(v, float) else v
+                                                                       for k, v in last.items()}}))
+    return 0
+
+
+@command
+def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 0, batch_size: int = 16,
+          data_dir: str = "") -> int:
+    """Held-out loss, perplexity and bits per byte of a causal LM checkpoint on a corpus split.
+
+    Args:
+        model: checkpoint folder or builtin:NAME
+        corpus: corpus name or text file (default: the one the checkpoint was trained on)
+        split: train, valid or test
+        max_windows: score at most this many windows (0 = the whole split)
+        batch_size: windows per forward pass
+        data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
+    """
+    from .checkpoint import from_pretrained, read_config, resolve
+    from .data import TokenStream, pack, read_text
+    from .lm import evaluate_lm
+    meta = read_config(resolve(model)).get("meta", {})
+    m, tok = from_pretrained(model)
+    corpus = corpus or meta.get("corpus")
+    if not corpus:
+        raise UsageError("the checkpoint names no corpus: pass --corpus")
+    seq = meta.get("seq_len", m.config.max_seq_len)
+    stream = TokenStream(pack(tok, read_text(corpus, split, data_dir_flag=data_dir or None)), seq)
+    x, y = stream.eval_windows(max_windows or None)
+    res = evaluate_lm(m, x, y, batch_size=batch_size, n_bytes=len(tok.decode_bytes(y.flatten().tolist())))
+    print(json.dumps({"model": model, "corpus": corpus, "split": split, **res}))
+    return 0
+
+
+@command
+def generate(model: str = "builtin:shakespeare-char", prompt: str = "", max_new_tokens: int = 200,
+             temperature: float = 0.8, top_k: int = 0, num_samples: int = 1, seed: int = 0,
+             method: str = "ar") -> int:
+    """Sample text from a checkpoint. The prompt comes from --prompt, or from stdin when piped.
+
+    Args:
+        model: checkpoint folder or builtin:NAME
+        prompt: text to continue (default: stdin if piped, else the BOS-less first character set)
+        max_new_tokens: tokens to generate per sample
+        temperature: softmax temperature; 0 = greedy
+        top_k: sample among the k most likely tokens (0 = all)
+        num_samples: samples generated as one batch
+        seed: random seed
+        method: ar (the causal LM sampling loop); later issues add daedal, fixed, threshold, calm
+    """
+    import torch
+    from .checkpoint import from_pretrained
+    from .lm import generate as ar_generate
+    if method != "ar":
+        raise UsageError(f"unknown --method {method!r}; this build has: ar")
+    if temperature < 0 or top_k < 0 or max_new_tokens < 1 or num_samples < 1:
+        raise UsageError("temperature and top_k must be >= 0, max_new_tokens and num_samples >= 1")
+    if not prompt and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    m, tok = from_pretrained(model)
+    ids = tok.encode(prompt) if prompt else [tok.encode("\n")[0]]
+    if len(ids) + max_new_tokens > m.config.max_seq_len:
+        raise UsageError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"{m.config.max_seq_len}-token context")
+    g = torch.Generator().manual_seed(seed)
+    outs = ar_generate(m, [ids] * num_samples, max_new_tokens=max_new_tokens, pad_id=tok.pad_id, eos_id=tok.eos_id,
+                       temperature=temperature, top_k=top_k, generator=g)
+    for i, o in enumerate(outs):
+        if num_samples > 1:
+            print(f"--- sample {i + 1}")
+        print(prompt + tok.decode(o))
+    return 0
+
+
+@command
+def bench(name: str, json_: str = "", seed: int = 0, options: list[str] = ()) -> int:
+    """Run a benchmark: prints its table, writes JSON rows, prints the command that reruns it.
+
+    Args:
+        name: benchmark name (see `adaptive-lm bench list`)
+        json_: write the result JSON here
+        seed: random seed
+        options: key=value settings of the benchmark
+    """
+    from .bench import run_bench
+    return run_bench(name, json_path=json_ or None, seed=seed, options=list(options))
+
+
+@command
+def recipes(name: str = "") -> int:
+    """List the training recipes, or every key of one recipe.
+
+    Args:
+        name: a recipe to describe in full
+    """
+    from .recipes import RECIPES, describe, get_recipe
+    if name:
+        print(describe(get_recipe(name)))
+    else:
+        for r in RECIPES.values():
+            print(f"{r.name:24s} {r.description}  [{r.budget}]")
+    return 0
+
+
+@command
+def demo(seed: int = 0, out: str = "runs/demo") -> int:
+    """The main job on the shipped checkpoints: what each method does, on a fresh example.
+
+    Args:
+        seed: random seed for the examples
+        out: folder for the demo's outputs
+    """
+    from .demo import run_demo
+    return run_demo(seed=seed, out=out)
+
+
+# ------------------------------------------------------------------ parser from signatures
+def _doc_args(fn) -> tuple[str, dict]:
+    doc = inspect.getdoc(fn) or ""
+    head, _, rest = doc.partition("Args:")
+    helps = {}
+    for line in rest.splitlines():
+        if ":" in line:
+            k, v = line.strip().split(":", 1)
+            helps[k.strip()] = v.strip()
+    return head.strip(), helps
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (and exit 2), not usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="adaptive-lm", description="Language models that spend compute and bits only where needed.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, fn in COMMANDS.items():
+        desc, helps = _doc_args(fn)
+        sp = sub.add_parser(name, help=desc.splitlines()[0], description=desc,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        hints = typing.get_type_hints(fn)
+        for pos, (pname, par) in enumerate(inspect.signature(fn).parameters.items()):
+            typ, h = hints.get(pname, str), helps.get(pname.rstrip("_"), "")
+            flag = "--" + pname.rstrip("_").replace("_", "-")
+            if typing.get_origin(typ) is list:
+                if pname == "overrides" or pname == "options":
+                    sp.add_argument(pname, nargs="*", default=list(par.default), help=h, metavar="KEY=VALUE")
+                else:
+                    sp.add_argument(flag, dest=pname, nargs="*", default=list(par.default), help=h)
+            elif par.default is inspect.Parameter.empty:
+                sp.add_argument(pname, type=typ, help=h)
+            elif pos == 0 and typ is str:   # an optional leading positional: `generate [MODEL]`
+                sp.add_argument(pname, nargs="?", default=par.default, help=h)
+            elif typ is bool:
+                sp.add_argument(flag, dest=pname, action="store_true", help=h)
+            else:
+                sp.add_argument(flag, dest=pname, type=typ, default=par.default, help=h)
+        sp.set_defaults(_fn=fn)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not getattr(args, "_fn", None):
+        parser.print_help()
+        return 2
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("command", "_fn")}
+    # key=value words after --flags land in `extra`; they belong to the command's KEY=VALUE list
+    rest = [k for k in ("overrides", "options") if k in kwargs]
+    if extra and (not rest or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        kwargs[rest[0]] = list(kwargs[rest[0]]) + extra
+    try:
+        return int(args._fn(**kwargs) or 0)
+    except AdaptiveLMError as e:
+        print(f"adaptive-lm: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("adaptive-lm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Corpora and packed token streams.
+
+The data folder is found by: the ``--data-dir`` flag, else the ``ADAPTIVE_LM_DATA`` environment
+variable, else ``../shared/data`` (beside the current folder or beside the repository) where it
+exists. The project never ships or commits corpora.
+
+Corpus names resolve inside the data folder; a path to a file works everywhere:
+    tinyshakespeare   text/tinyshakespeare.txt   (one file: held-out = its last 10%)
+    pydocs            text/pydocs/{train,valid,test}.txt (its own splits)
+
+Held-out convention: a corpus with split files uses them; a single file is split by position —
+the first ``1 - holdout`` fraction trains, the rest is ``valid`` (and ``test`` = ``valid``). Splits
+are cut on characters before tokenizing, so a tokenizer change never moves the boundary.
+
+Batches for LM training are random windows of a packed token stream. Batch k of a run is a pure
+function of (seed, k), so resuming at step k continues the data exactly (see ``lm_batch``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .errors import DataError
+
+ENV_VAR = "ADAPTIVE_LM_DATA"
+CORPORA = {
+    "tinyshakespeare": "text/tinyshakespeare.txt",
+    "pydocs": "text/pydocs/{split}.txt",
+}
+SPLITS = ("train", "valid", "test")
+
+
+def data_dir(flag: Optional[str] = None) -> Path:
+    """The data folder (flag > env var > ../shared/data). Raises DataError if none is found."""
+    given = flag or os.environ.get(ENV_VAR)
+    if given:
+        p = Path(given).expanduser()
+        if not p.is_dir():
+            src = "--data-dir" if flag else ENV_VAR
+            raise DataError(f"data folder {p} (from {src}) does not exist")
+        return p
+    for p in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"):
+        if p.is_dir():
+            return p
+    raise DataError(f"no data folder: pass --data-dir or set {ENV_VAR}")
+
+
+def corpus_path(name: str, split: str = "train", data_dir_flag: Optional[str] = None) -> tuple[Path, bool]:
+    """(file, has_own_splits) for a corpus name or a file path."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if name in CORPORA:
+        pattern = CORPORA[name]
+        p = data_dir(data_dir_flag) / pattern.format(split=split)
+        own = "{split}" in pattern
+    else:
+        p, own = Path(name).expanduser(), False
+    if not p.exists():
+        hint = "" if name in CORPORA else f" (known corpora: {', '.join(CORPORA)})"
+        raise DataError(f"corpus file {p} does not exist{hint}")
+    if p.is_dir():
+        raise DataError(f"corpus path {p} is a folder, not a text file")
+    return p, own
+
+
+def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir_flag: Optional[str] = None) -> str:
+    """The text of one split of a corpus (see the module docstring for the held-out rule)."""
+    p, own = corpus_path(name, split, data_dir_flag)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not own:
+        cut = int(len(text) * (1 - holdout))
+        text = text[:cut] if split == "train" else text[cut:]
+    if not text.strip():
+        raise DataError(f"corpus {p} ({split} split) is empty")
+    return text
+
+
+def pack(tokenizer, text: str) -> torch.Tensor:
+    """Encode a text into one flat token stream (N,) int64."""
+    ids = tokenizer.encode(text)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+@dataclass
+class TokenStream:
+    """A packed token stream and the windows drawn from it."""
+    tokens: torch.Tensor   # (N,) int64
+    seq_len: int           # window length T; each window gives T inputs and T next-token targets
+
+    def __post_init__(self):
+        if self.tokens.numel() < self.seq_len + 1:
+            raise DataError(f"corpus has {self.tokens.numel()} tokens, fewer than seq_len+1={self.seq_len + 1}")
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows: (x, y) each (B, T), y = x shifted by one."""
+        hi = self.tokens.numel() - self.seq_len - 1
+        starts = torch.randint(0, hi + 1, (batch_size,), generator=generator)
+        idx = starts[:, None] + torch.arange(self.seq_len + 1)
+        w = self.tokens[idx]
+        return w[:, :-1], w[:, 1:]
+
+    def eval_windows(self, max_windows: Optional[int] = None):
+        """Consecutive non-overlapping windows covering the stream (x, y) each (N, T)."""
+        n = (self.tokens.numel() - 1) // self.seq_len
+        if max_windows:
+            n = min(n, max_windows)
+        x = self.tokens[: n * self.seq_len].view(n, self.seq_len)
+        y = self.tokens[1: n * self.seq_len + 1].view(n, self.seq_len)
+        return x, y
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator that draws batch ``step`` of a run: a pure function of (seed, step)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+
+
+def lm_batch(stream: TokenStream, global_batch: int, *, seed: int, step: int, micro: int = 0,
+             n_micro: int = 1, rank: int = 0, world: int = 1):
+    """Rows of global batch ``step`` that belong to (micro-step, rank). The global batch is the
+    same whatever the number of processes, so 1 process and N processes see the same data."""
+    x, y = stream.batch(global_batch, step_generator(seed, step))
+    per = global_batch // (n_micro * world)
+    i0 = (micro * world + rank) * per
+    return x[i0:i0 + per], y[i0:i0 + per]

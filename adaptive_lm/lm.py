@@ -1,0 +1,108 @@
+"""The causal LM family: its training objective, its held-out evaluation, and its ONE sampling loop.
+
+The loop (``generate``) takes a ``step`` policy — a function that runs the model on the new
+tokens with the KV cache and returns their logits — so methods that change how a token is
+computed (CALM's early exit) pass a policy instead of copying the loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def unwrap(model):
+    """The model inside a DistributedDataParallel / compiled wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def lm_objective(model, batch) -> tuple[torch.Tensor, dict]:
+    """Next-token cross-entropy (nats/token) on a batch (x, y) of (B, T) ids."""
+    x, y = batch
+    logits = model(x).logits                                            # (B, T, V)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    return loss, {"loss": loss.detach()}
+
+
+@torch.no_grad()
+def evaluate_lm(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 16,
+                n_bytes: Optional[int] = None) -> dict:
+    """Mean held-out cross-entropy over windows (N, T). Returns loss (nats/token), ppl, bits/token,
+    and bits/byte when the number of bytes the windows cover is given."""
+    model.eval()
+    dev = next(unwrap(model).parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        logits = model(xb).logits.float()
+        total += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum").item()
+        count += yb.numel()
+    loss = total / max(count, 1)
+    out = {"loss": loss, "ppl": math.exp(min(loss, 50)), "bits_per_token": loss / math.log(2), "tokens": count}
+    if n_bytes:
+        out["bits_per_byte"] = total / math.log(2) / n_bytes
+    return out
+
+
+def full_depth_step(model, ids, attention_mask, cache):
+    """Default step policy: the whole model on the new tokens (B, T) -> logits of the last (B, V)."""
+    return model(ids, attention_mask=attention_mask, cache=cache).logits[:, -1]
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float, top_k: int, generator: Optional[torch.Generator]):
+    """(B, V) logits -> (B,) ids: greedy at temperature 0, else softmax(logits / T) over the top k."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int, eos_id: Optional[int] = None,
+             temperature: float = 1.0, top_k: int = 0, generator: Optional[torch.Generator] = None,
+             step: Callable = full_depth_step, on_token: Optional[Callable] = None) -> list[list[int]]:
+    """Sample continuations for a batch of prompts of different lengths (left padding + mask).
+
+    Each row stops at its own EOS (``eos_id``) or after ``max_new_tokens``; finished rows are fed
+    padding (masked out) until all are done. Returns the generated ids per row, EOS excluded.
+    ``on_token(t, ids (B,), alive (B,))`` is called after every step (progress, tracing).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    m = unwrap(model)
+    m.eval()
+    dev = next(m.parameters()).device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    total = P + max_new_tokens
+    if total > m.config.max_seq_len:
+        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds the model's max_seq_len {m.config.max_seq_len}")
+    ids = torch.full((B, P), pad_id, dtype=torch.long, device=dev)
+    mask = torch.zeros(B, P, dtype=torch.long, device=dev)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, device=dev)
+        mask[i, P - len(p):] = 1
+    cache = m.new_cache(B, total)
+    alive = torch.ones(B, dtype=torch.bool, device=dev)
+    out = [[] for _ in range(B)]
+    logits = step(m, ids, mask, cache)                                   # (B, V)
+    for t in range(max_new_tokens):
+        nxt = sample_next(logits, temperature=temperature, top_k=top_k, generator=generator)
+        for i in alive.nonzero().flatten().tolist():
+            if eos_id is not None and nxt[i].item() == eos_id:
+                alive[i] = False
+            else:
+                out[i].append(nxt[i].item())
+        if on_token is not None:
+            on_token(t, nxt, alive)
+        if not alive.any() or t == max_new_tokens - 1:
+            break
+        logits = step(m, torch.where(alive, nxt, pad_id)[:, None], alive.long()[:, None], cache)
+    return out

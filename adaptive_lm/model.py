@@ -1,0 +1,338 @@
+"""The one backbone every method stands on: a pre-norm transformer in one readable file.
+
+RMSNorm, rotary position embeddings (RoPE), SwiGLU feed-forward; causal (autoregressive LMs,
+CALM, entropy models) or bidirectional (masked diffusion, VMD) by config.
+
+What the methods need from it, and where it lives here:
+- every layer's hidden state: ``forward(..., output_hidden_states=True)``;
+- ONE shared ``unembed(h)`` (final norm + output head) that turns any layer's hidden state into
+  logits — CALM's exits and the top layer go through the same function;
+- a KV cache for causal incremental decoding, with per-layer access (``prepare`` / ``layer`` /
+  ``fill_kv``) so a caller can run layer by layer and fill a skipped layer's K/V from a copied
+  hidden state (CALM's state propagation);
+- an optional conditioning vector, per sequence (B, C) or per position/block (B, T, C), added to
+  the token embeddings through one projection (VMD's latent, the EEM embedding);
+- attention masks for left-padded batches: padding keys are never attended to and positions
+  start at 0 on each row's first real token, so a left-padded row computes the same numbers as
+  the same row alone.
+
+Run ``python -m adaptive_lm.model`` for a smoke test.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256         # number of token ids (tokenizer's vocab incl. special tokens)
+    n_layer: int = 4              # transformer blocks
+    n_head: int = 4               # attention heads; d_model must divide by it
+    d_model: int = 256            # residual stream width
+    d_ff: int = 0                 # SwiGLU hidden width; 0 = round(8/3 * d_model) to a multiple of 32
+    max_seq_len: int = 256        # longest sequence (prompt + generation) the model will see
+    causal: bool = True           # True: autoregressive mask; False: bidirectional (diffusion)
+    rope_theta: float = 10000.0   # RoPE base
+    norm_eps: float = 1e-5        # RMSNorm epsilon
+    dropout: float = 0.0          # dropout on attention output and MLP output (training only)
+    tie_embeddings: bool = True   # share the token embedding with the output head
+    cond_dim: int = 0             # width of the optional conditioning vector; 0 = none
+
+    def __post_init__(self):
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if (self.d_model // self.n_head) % 2:
+            raise ValueError("head dimension must be even for RoPE")
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        return 32 * math.ceil(8 * self.d_model / 3 / 32)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor                              # (B, T, V)
+    hidden_states: Optional[list[torch.Tensor]] = None  # n_layer+1 tensors (B, T, C): embeddings, then after each block
+
+
+class KVCache:
+    """Keys and values of every layer for causal incremental decoding.
+
+    Preallocated to ``max_len``. ``length`` tokens are filled (the same for every row; left
+    padding keeps rows aligned). ``key_mask`` (B, max_len) marks real (non-padding) keys and
+    ``n_real`` (B,) counts each row's real tokens, which gives the RoPE position of the next one.
+    Each layer's K/V lives in ``k[i]``, ``v[i]`` (B, H, max_len, Dh) and is written by
+    ``TransformerLM.layer`` or ``TransformerLM.fill_kv`` at positions [start, start+T).
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, *, device=None, dtype=torch.float32):
+        shape = (batch_size, cfg.n_head, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.key_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.n_real = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.length = 0
+        self.max_len = max_len
+
+    @property
+    def batch_size(self) -> int:
+        return self.key_mask.shape[0]
+
+
+@dataclass
+class StepContext:
+    """What every layer needs for one forward step; built once by ``TransformerLM.prepare``."""
+    cos: torch.Tensor                    # (B, 1, T, Dh/2) RoPE cosines for the new tokens
+    sin: torch.Tensor                    # (B, 1, T, Dh/2)
+    attn_mask: Optional[torch.Tensor]    # (B, 1, T, S) bool, True = may attend; None = full / plain causal
+    is_causal: bool                      # use SDPA's built-in causal mask (no cache, no padding)
+    cache: Optional[KVCache] = None
+    start: int = 0                       # cache position of the first new token
+    new_len: int = 0                     # T
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float):
+    """cos/sin of RoPE (Su et al. 2021, eq. 34) for integer positions (B, T) -> (B, 1, T, Dh/2)."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    ang = positions.float()[..., None] * inv                     # (B, T, Dh/2)
+    return ang.cos()[:, None], ang.sin()[:, None]
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (x[..., :D/2], x[..., D/2:]) of (B, H, T, Dh) by the angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def kv(self, x, ctx: StepContext):
+        """K/V of normalised input x (B, T, C), rotated, each (B, H, T, Dh)."""
+        B, T, C = x.shape
+        k, v = F.linear(x, self.qkv.weight[C:]).view(B, T, 2, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        return apply_rope(k, ctx.cos, ctx.sin), v
+
+    def forward(self, x, ctx: StepContext, layer_idx: int):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
+        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        if ctx.cache is not None:
+            end = ctx.start + T
+            ctx.cache.k[layer_idx][:, :, ctx.start:end] = k
+            ctx.cache.v[layer_idx][:, :, ctx.start:end] = v
+            k, v = ctx.cache.k[layer_idx][:, :, :end], ctx.cache.v[layer_idx][:, :, :end]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal,
+            dropout_p=self.dropout if self.training else 0.0)         # (B, H, T, Dh)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.ff_dim, bias=False)
+        self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        g, u = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(g) * u)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, ctx: StepContext, layer_idx: int):
+        x = x + self.drop(self.attn(self.attn_norm(x), ctx, layer_idx))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class TransformerLM(nn.Module):
+    """Token ids (B, T) -> logits (B, T, V), optionally every layer's hidden state."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.cond_proj = nn.Linear(cfg.cond_dim, cfg.d_model, bias=False) if cfg.cond_dim else None
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        self.apply(self._init)
+        for name, p in self.named_parameters():   # GPT-2 scaled init of residual projections
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if self.cond_proj is not None:
+            nn.init.zeros_(self.cond_proj.weight)  # conditioning starts as a no-op
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_emb.weight.numel() if exclude_embeddings else n
+
+    # ---- the pieces, for callers that run layer by layer (CALM) ----
+    def embed(self, input_ids, cond=None):
+        """(B, T) ids [+ cond (B, C_cond) or (B, T, C_cond)] -> (B, T, C) hidden state 0."""
+        h = self.tok_emb(input_ids)
+        if cond is not None:
+            if self.cond_proj is None:
+                raise ValueError("this model has cond_dim=0 and takes no conditioning vector")
+            c = self.cond_proj(cond.to(h.dtype))
+            h = h + (c[:, None, :] if c.dim() == 2 else c)
+        return h
+
+    def unembed(self, h):
+        """Any layer's hidden state (..., C) -> logits (..., V): the final norm + output head."""
+        return self.head(self.norm_f(h))
+
+    def prepare(self, input_ids, *, attention_mask=None, cache: Optional[KVCache] = None) -> StepContext:
+        """Positions, RoPE angles and the attention mask for a step of T new tokens.
+
+        attention_mask (B, T): 1 for real tokens, 0 for padding (left padding for causal batches).
+        With a cache, the new tokens are appended after ``cache.length`` and attend to all real
+        cached keys; ``commit`` must be called after the step's layers have run.
+        """
+        B, T = input_ids.shape
+        dev = input_ids.device
+        real = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=dev)
+        start = cache.length if cache is not None else 0
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"KV cache full: {start} + {T} tokens > max_len {cache.max_len}")
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+        base = cache.n_real[:, None] if cache is not None else 0
+        positions = (base + real.long().cumsum(1) - 1).clamp(min=0)        # (B, T)
+        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
+        padded = attention_mask is not None and not bool(real.all())
+        if cache is None and not padded:
+            return StepContext(cos, sin, None, self.config.causal, None, 0, T)
+        if cache is not None:
+            if not self.config.causal:
+                raise ValueError("KV cache decoding needs a causal model")
+            cache.key_mask[:, start:start + T] = real
+            keys = cache.key_mask[:, :start + T]                           # (B, S)
+        else:
+            keys = real
+        S = keys.shape[1]
+        allow = keys[:, None, :].expand(B, T, S)                           # (B, T, S)
+        q_pos = torch.arange(start, start + T, device=dev)
+        k_pos = torch.arange(S, device=dev)
+        if self.config.causal:
+            allow = allow & (k_pos[None, :] <= q_pos[:, None])
+        allow = allow | (k_pos[None, :] == q_pos[:, None])                # a padding query sees itself: no NaN rows
+        return StepContext(cos, sin, allow[:, None], False, cache, start, T)
+
+    def layer(self, i: int, h, ctx: StepContext):
+        """Run block i on hidden state h (B, T, C); writes its K/V into the cache if any."""
+        return self.blocks[i](h, ctx, i)
+
+    def fill_kv(self, i: int, h, ctx: StepContext, rows=None):
+        """Write layer i's K/V computed from hidden state h (B, T, C) into the cache, nothing else.
+
+        CALM state propagation (brief §"Skipped layers"): a token that exited below layer i has its
+        hidden state copied up; layer i applies its own pre-attention norm and K/V projection to it.
+        ``rows`` (bool (B,) or index tensor) limits the write to some sequences of the batch.
+        """
+        blk = self.blocks[i]
+        k, v = blk.attn.kv(blk.attn_norm(h), ctx)
+        end = ctx.start + ctx.new_len
+        K, V = ctx.cache.k[i], ctx.cache.v[i]
+        if rows is None:
+            K[:, :, ctx.start:end], V[:, :, ctx.start:end] = k, v
+        else:
+            idx = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
+            K[idx, :, ctx.start:end], V[idx, :, ctx.start:end] = k[idx], v[idx]
+
+    @staticmethod
+    def commit(ctx: StepContext, attention_mask=None):
+        """Advance the cache past the step's tokens (after all layers were run or filled)."""
+        if ctx.cache is not None:
+            ctx.cache.length = ctx.start + ctx.new_len
+            ctx.cache.n_real += ctx.cache.key_mask[:, ctx.start:ctx.cache.length].sum(1)
+
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, device=p.device, dtype=p.dtype)
+
+    # ---- the whole model ----
+    def forward(self, input_ids, *, attention_mask=None, cond=None, cache: Optional[KVCache] = None,
+                output_hidden_states: bool = False) -> ModelOutput:
+        """input_ids (B, T) -> ModelOutput(logits (B, T, V), hidden_states [n_layer+1 x (B, T, C)])."""
+        ctx = self.prepare(input_ids, attention_mask=attention_mask, cache=cache)
+        h = self.embed(input_ids, cond)
+        hidden = [h] if output_hidden_states else None
+        for i in range(self.config.n_layer):
+            h = self.layer(i, h, ctx)
+            if hidden is not None:
+                hidden.append(h)
+        self.commit(ctx)
+        return ModelOutput(self.unembed(h), hidden)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12·L·C·T."""
+        n = sum(p.numel() for name, p in self.named_parameters() if not name.startswith("tok_emb"))
+        if self.config.tie_embeddings:
+            n += self.head.weight.numel()   # the tied head is still a matmul per token
+        return 6 * n + 12 * self.config.n_layer * self.config.d_model * seq_len
+
+
+if __name__ == "__main__":
+    cfg = ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, max_seq_len=16)
+    m = TransformerLM(cfg)
+    x = torch.randint(0, 64, (2, 8))
+    out = m(x, output_hidden_states=True)
+    print(out.logits.shape, len(out.hidden_states), m.num_params())

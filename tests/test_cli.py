@@ -1,0 +1,105 @@
+"""The command line: end to end on a tiny recipe, and bad input -> one line, right exit code."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from adaptive_lm.cli import main
+
+
+def run(*args, stdin=None, cwd=None):
+    """The real console entry point in a subprocess: exit code, stdout, stderr."""
+    p = subprocess.run([sys.executable, "-m", "adaptive_lm", *args], capture_output=True, text=True,
+                       input=stdin, cwd=cwd, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def assert_one_line_error(rc, err, code, *words):
+    assert rc == code, err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("adaptive-lm") and "error:" in lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_train_generate_eval_resume_end_to_end(tmp_path, corpus):
+    out = tmp_path / "run"
+    rc, so, se = run("train", "tiny-test", f"data.corpus={corpus}", "train.steps=6", "--out", str(out), "--quiet")
+    assert rc == 0, se
+    res = json.loads(so.strip().splitlines()[-1])
+    assert res["step"] == 6 and "val_loss" in res
+    ck = out / "checkpoint"
+    rc, so, se = run("generate", str(ck), "--prompt", "All:", "--max-new-tokens", "5", "--seed", "1")
+    assert rc == 0, se
+    assert so.startswith("All:") and len(so.rstrip("\n")) >= 4
+    rc, so, se = run("eval", str(ck), "--corpus", str(corpus), "--split", "valid")
+    assert rc == 0, se
+    assert json.loads(so)["loss"] > 0
+    rc, so, se = run("train", "tiny-test", f"data.corpus={corpus}", "train.steps=8", "--out", str(out), "--resume", "--quiet")
+    assert rc == 0, se
+    assert json.loads(so.strip().splitlines()[-1])["step"] == 8
+
+
+def test_second_train_into_an_existing_run_is_refused(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert run("train", "tiny-test", f"data.corpus={corpus}", "train.steps=2", "--out", str(out), "--quiet")[0] == 0
+    before = (out / "checkpoint" / "model.safetensors").read_bytes()
+    rc, _, se = run("train", "tiny-test", f"data.corpus={corpus}", "--out", str(out))
+    assert_one_line_error(rc, se, 2, "--resume")
+    assert (out / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,code,word", [
+    (["train", "no-such-recipe"], 2, "unknown recipe"),
+    (["train", "tiny-test", "model.nope=3"], 2, "unknown key"),
+    (["train", "tiny-test", "train.steps=abc"], 2, "expected a int"),
+    (["train", "tiny-test", "data.corpus=/no/such/file.txt"], 1, "does not exist"),
+    (["generate", "/no/such/checkpoint"], 1, "does not exist"),
+    (["generate", "builtin:nope"], 1, "no built-in"),
+    (["bench", "nope"], 2, "unknown bench"),
+    (["bench", "train", "bogus=1"], 2, "unknown bench option"),
+    (["generate", "--temperature", "x"], 2, "invalid float"),
+])
+def test_bad_input_gives_one_clear_line(args, code, word):
+    rc, _, se = run(*args)
+    assert_one_line_error(rc, se, code, word)
+
+
+def test_empty_corpus_and_corrupt_checkpoint(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    rc, _, se = run("train", "tiny-test", f"data.corpus={empty}", "--out", str(tmp_path / "r"))
+    assert_one_line_error(rc, se, 1, "empty")
+    assert not (tmp_path / "r").exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{broken")
+    rc, _, se = run("generate", str(bad))
+    assert_one_line_error(rc, se, 1, "corrupt")
+
+
+def test_generate_reads_the_prompt_from_stdin():
+    rc, so, se = run("generate", "builtin:shakespeare-char", "--max-new-tokens", "3", "--temperature", "0", stdin="KING:")
+    assert rc == 0, se
+    assert so.startswith("KING:")
+
+
+def test_bench_train_writes_json_with_mfu(tmp_path):
+    out = tmp_path / "b.json"
+    rc = main(["bench", "train", "--json", str(out), "n_layer=1", "d_model=32", "n_head=2", "seq_len=16",
+               "batch_size=2", "vocab_size=64", "steps=2", "warmup=1", "peak_size=128", "precisions=fp32"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert 0 < res["mfu"] < 2 and res["rows"][0]["tokens_per_s"] > 0
+    assert res["command"].startswith("adaptive-lm bench train")
+    assert res["environment"]["torch"]
+
+
+def test_recipes_lists_and_describes(capsys):
+    assert main(["recipes"]) == 0
+    assert "char-shakespeare" in capsys.readouterr().out
+    assert main(["recipes", "tiny-test"]) == 0
+    assert "train.steps = 20" in capsys.readouterr().out

@@ -1,0 +1,60 @@
+"""Corpora, splits and batches."""
+import pytest
+import torch
+
+from adaptive_lm import data
+from adaptive_lm.errors import DataError
+
+
+def test_data_dir_flag_env_and_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path))
+    assert data.data_dir() == tmp_path
+    assert data.data_dir(str(tmp_path)) == tmp_path
+    with pytest.raises(DataError, match="does not exist"):
+        data.data_dir(str(tmp_path / "missing"))
+
+
+def test_single_file_split_is_by_position(corpus):
+    text = corpus.read_text()
+    train, valid = data.read_text(str(corpus), "train"), data.read_text(str(corpus), "valid")
+    assert train + valid == text
+    assert len(valid) == len(text) - int(len(text) * 0.9)
+    assert data.read_text(str(corpus), "test") == valid
+
+
+def test_named_corpus_with_own_splits(tmp_path):
+    d = tmp_path / "text" / "pydocs"
+    d.mkdir(parents=True)
+    for s in data.SPLITS:
+        (d / f"{s}.txt").write_text(f"{s} text\n")
+    assert data.read_text("pydocs", "test", data_dir_flag=str(tmp_path)) == "test text\n"
+
+
+def test_bad_corpora_raise_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data.read_text(str(tmp_path / "none.txt"))
+    (tmp_path / "empty.txt").write_text("   \n")
+    with pytest.raises(DataError, match="empty"):
+        data.read_text(str(tmp_path / "empty.txt"))
+    with pytest.raises(DataError, match="folder"):
+        data.read_text(str(tmp_path))
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\xfa")
+    with pytest.raises(DataError, match="UTF-8"):
+        data.read_text(str(tmp_path / "bin.txt"))
+
+
+def test_batches_are_a_function_of_seed_and_step_and_shard_the_global_batch():
+    s = data.TokenStream(torch.arange(1000), 8)
+    x, y = data.lm_batch(s, 8, seed=3, step=5)
+    assert torch.equal(y[:, :-1], x[:, 1:])
+    x2, _ = data.lm_batch(s, 8, seed=3, step=5)
+    assert torch.equal(x, x2)
+    assert not torch.equal(x, data.lm_batch(s, 8, seed=3, step=6)[0])
+    parts = [data.lm_batch(s, 8, seed=3, step=5, micro=m, n_micro=2, rank=r, world=2)[0]
+             for m in range(2) for r in range(2)]
+    assert torch.equal(torch.cat(parts), x)
+
+
+def test_stream_shorter_than_a_window_is_refused():
+    with pytest.raises(DataError, match="fewer"):
+        data.TokenStream(torch.arange(5), 8)

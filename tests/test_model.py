@@ -1,0 +1,116 @@
+"""The backbone: causal mask, KV cache vs full forward, shared unembed, padding, conditioning."""
+import dataclasses
+
+import pytest
+import torch
+
+from adaptive_lm.model import ModelConfig, TransformerLM
+
+ATOL = 1e-5
+
+
+def test_causal_mask_future_tokens_never_change_past_logits(tiny_model):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 61, (2, 20), generator=g)
+    y = x.clone()
+    y[:, 12:] = torch.randint(0, 61, (2, 8), generator=g)
+    a, b = tiny_model(x).logits, tiny_model(y).logits
+    assert torch.equal(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_bidirectional_model_sees_the_future(tiny_cfg):
+    torch.manual_seed(0)
+    m = TransformerLM(dataclasses.replace(tiny_cfg, causal=False)).eval()
+    x = torch.randint(0, 61, (1, 10))
+    y = x.clone()
+    y[0, -1] = (x[0, -1] + 1) % 61
+    assert not torch.allclose(m(x).logits[:, 0], m(y).logits[:, 0])
+
+
+def test_kv_cache_decoding_equals_full_forward(tiny_model):
+    x = torch.randint(0, 61, (3, 24), generator=torch.Generator().manual_seed(2))
+    full = tiny_model(x).logits
+    cache = tiny_model.new_cache(3)
+    parts = [tiny_model(x[:, :7], cache=cache).logits]
+    for t in range(7, 24):
+        parts.append(tiny_model(x[:, t:t + 1], cache=cache).logits)
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=ATOL, rtol=0)
+    assert cache.length == 24
+
+
+def test_unembed_of_last_hidden_state_equals_logits(tiny_model):
+    x = torch.randint(0, 61, (2, 16))
+    out = tiny_model(x, output_hidden_states=True)
+    assert len(out.hidden_states) == tiny_model.config.n_layer + 1
+    assert torch.equal(tiny_model.unembed(out.hidden_states[-1]), out.logits)
+
+
+def test_left_padded_rows_equal_the_same_rows_alone(tiny_model):
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randint(4, 61, (12,), generator=g), torch.randint(4, 61, (7,), generator=g)
+    ids = torch.zeros(2, 12, dtype=torch.long)
+    mask = torch.zeros(2, 12, dtype=torch.long)
+    ids[0], mask[0] = a, 1
+    ids[1, 5:], mask[1, 5:] = b, 1
+    out = tiny_model(ids, attention_mask=mask).logits
+    assert not torch.isnan(out).any()
+    torch.testing.assert_close(out[0], tiny_model(a[None]).logits[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(out[1, 5:], tiny_model(b[None]).logits[0], atol=ATOL, rtol=0)
+
+
+def test_left_padded_cache_decoding_equals_full_forward(tiny_model):
+    ids = torch.randint(4, 61, (2, 16), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, :6] = 0
+    full = tiny_model(ids, attention_mask=mask).logits
+    cache = tiny_model.new_cache(2)
+    parts = [tiny_model(ids[:, :8], attention_mask=mask[:, :8], cache=cache).logits]
+    for t in range(8, 16):
+        parts.append(tiny_model(ids[:, t:t + 1], attention_mask=mask[:, t:t + 1], cache=cache).logits)
+    got = torch.cat(parts, 1)
+    torch.testing.assert_close(got[0], full[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(got[1, 6:], full[1, 6:], atol=ATOL, rtol=0)
+
+
+def test_layer_by_layer_with_fill_kv_equals_forward(tiny_model):
+    """Running layers one at a time and filling the top layer's K/V from a copied hidden state
+    (CALM state propagation) writes exactly what running that layer would have written."""
+    x = torch.randint(0, 61, (2, 10))
+    c1, c2 = tiny_model.new_cache(2), tiny_model.new_cache(2)
+    tiny_model(x, cache=c1)
+    ctx = tiny_model.prepare(x, cache=c2)
+    h = tiny_model.embed(x)
+    for i in range(tiny_model.config.n_layer - 1):
+        h = tiny_model.layer(i, h, ctx)
+    last = tiny_model.config.n_layer - 1
+    tiny_model.fill_kv(last, h, ctx)
+    tiny_model.commit(ctx)
+    assert c2.length == c1.length
+    torch.testing.assert_close(c2.k[last][:, :, :10], c1.k[last][:, :, :10], atol=ATOL, rtol=0)
+    torch.testing.assert_close(c2.v[last][:, :, :10], c1.v[last][:, :, :10], atol=ATOL, rtol=0)
+    # rows= limits the write to some sequences
+    c3 = tiny_model.new_cache(2)
+    ctx3 = tiny_model.prepare(x, cache=c3)
+    tiny_model.fill_kv(0, tiny_model.embed(x), ctx3, rows=torch.tensor([False, True]))
+    assert c3.k[0][0].abs().sum() == 0 and c3.k[0][1].abs().sum() > 0
+
+
+def test_conditioning_per_sequence_and_per_position(tiny_cfg):
+    torch.manual_seed(0)
+    m = TransformerLM(dataclasses.replace(tiny_cfg, cond_dim=5)).eval()
+    torch.nn.init.normal_(m.cond_proj.weight)
+    x = torch.randint(0, 61, (2, 8))
+    z = torch.randn(2, 5)
+    base, seq = m(x).logits, m(x, cond=z).logits
+    assert not torch.allclose(base, seq)
+    torch.testing.assert_close(m(x, cond=z[:, None].expand(2, 8, 5)).logits, seq)
+    with pytest.raises(ValueError):
+        TransformerLM(tiny_cfg)(x, cond=z)
+
+
+def test_config_validation_and_length_limit(tiny_model):
+    with pytest.raises(ValueError):
+        ModelConfig(d_model=30, n_head=4)
+    with pytest.raises(ValueError):
+        tiny_model(torch.zeros(1, 49, dtype=torch.long))

@@ -1,0 +1,83 @@
+"""The trainer: exact resume, schedule, logging, refusing to clobber a run."""
+import json
+
+import pytest
+import torch
+
+from adaptive_lm.data import TokenStream, lm_batch
+from adaptive_lm.errors import UsageError
+from adaptive_lm.lm import lm_objective
+from adaptive_lm.model import TransformerLM
+from adaptive_lm.train import TrainConfig, lr_at, train
+
+
+def _setup(tiny_cfg, seed=0):
+    torch.manual_seed(seed)
+    model = TransformerLM(tiny_cfg)
+    stream = TokenStream(torch.randint(0, 61, (4000,), generator=torch.Generator().manual_seed(9)), 16)
+    cfg = TrainConfig(steps=12, batch_size=4, grad_accum=2, lr=1e-2, warmup_steps=3, eval_every=0,
+                      save_every=4, log_every=1, seed=seed)
+    batches = lambda s, m, r, w: lm_batch(stream, cfg.batch_size, seed=cfg.seed, step=s, micro=m,
+                                          n_micro=cfg.grad_accum, rank=r, world=w)
+    return model, cfg, batches
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, tiny_cfg):
+    m1, cfg, b1 = _setup(tiny_cfg)
+    train(m1, lm_objective, b1, cfg=cfg, out_dir=tmp_path / "a", progress=False)
+    m2, cfg2, b2 = _setup(tiny_cfg)
+    train(m2, lm_objective, b2, cfg=cfg2, out_dir=tmp_path / "b", progress=False, stop_at=5)
+    m3, cfg3, b3 = _setup(tiny_cfg, seed=0)
+    with torch.no_grad():                       # prove resume really loads the weights
+        for p in m3.parameters():
+            p.zero_()
+    train(m3, lm_objective, b3, cfg=cfg3, out_dir=tmp_path / "b", progress=False, resume=True)
+    for (k, p1), p3 in zip(m1.state_dict().items(), m3.state_dict().values()):
+        assert torch.equal(p1, p3), k
+    la = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lb] == list(range(1, 13))       # the log continues without duplicates
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+
+
+def test_loss_goes_down_and_eval_is_logged(tmp_path, tiny_cfg):
+    torch.manual_seed(0)
+    model = TransformerLM(tiny_cfg)
+    data = torch.arange(40).repeat(100) % 61                       # a learnable pattern
+    stream = TokenStream(data, 16)
+    cfg = TrainConfig(steps=40, batch_size=8, lr=1e-2, warmup_steps=5, eval_every=20, save_every=0, log_every=10)
+    vx, vy = stream.eval_windows(4)
+    from adaptive_lm.lm import evaluate_lm
+    last = train(model, lm_objective, lambda s, m, r, w: lm_batch(stream, 8, seed=0, step=s), cfg=cfg,
+                 out_dir=tmp_path, progress=False, eval_fn=lambda m: evaluate_lm(m, vx, vy))
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    assert [r["step"] for r in rows if "val_loss" in r] == [20, 40]
+    assert last["val_loss"] < 1.0
+    assert (tmp_path / "checkpoint" / "model.safetensors").exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path, tiny_cfg):
+    m, cfg, b = _setup(tiny_cfg)
+    train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, stop_at=4)
+    before = (tmp_path / "checkpoint" / "model.safetensors").read_bytes()
+    with pytest.raises(UsageError, match="--resume"):
+        train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
+
+
+def test_batch_must_divide_into_micro_batches(tmp_path, tiny_cfg):
+    m, cfg, b = _setup(tiny_cfg)
+    cfg.grad_accum = 3
+    with pytest.raises(UsageError, match="divide"):
+        train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False)

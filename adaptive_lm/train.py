@@ -52,7 +52,7 @@ class TrainConfig:
     save_every: int = 500         # steps between checkpoints; 0 = only at the end
     log_every: int = 10           # steps between metrics.jsonl lines
     seed: int = 0                 # model init, data order and dropout
-    precision: str = "auto"       # auto | fp32 | bf16 (autocast); auto = bf16 on GPU or AMX CPUs
+    precision: str = "auto"       # auto | fp32 | bf16 (autocast); auto = bf16 on GPU or CPUs with bf16 units
     threads: int = 0              # torch CPU threads per process; 0 = leave torch's default
     compile: bool = False         # torch.compile the model (needs a C++ compiler on CPU)
 
@@ -74,15 +74,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * frac))
 
 
-def cpu_has_amx() -> bool:
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512 BF16 units. Without them (e.g. AVX2-only CPUs) bf16 matmuls are emulated and
+    run ~100x slower than fp32, so `auto` precision stays fp32 there."""
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
+    return "amx_bf16" in info or "avx512_bf16" in info
 
 
 def autocast_dtype(precision: str, device: str) -> Optional[torch.dtype]:
-    if precision == "bf16" or (precision == "auto" and (device.startswith("cuda") or cpu_has_amx())):
+    if precision == "bf16" or (precision == "auto" and (device.startswith("cuda") or cpu_has_fast_bf16())):
         return torch.bfloat16
     return None
 

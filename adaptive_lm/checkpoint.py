@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from .errors import CheckpointError
 from .model import ModelConfig, TransformerLM
 from .tokenizer import TokenizerError, load_tokenizer
-from .io import atomic_folder
+from .io import atomic_folder, recover_folder
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -53,6 +53,7 @@ def resolve(path_or_name) -> Path:
             raise CheckpointError(f"no built-in checkpoint {name!r}; available: {', '.join(builtin_names()) or 'none'}")
         return p
     p = Path(s)
+    recover_folder(p)
     if not p.exists():
         raise CheckpointError(f"checkpoint {s} does not exist")
     if not p.is_dir():
@@ -143,7 +144,7 @@ def from_pretrained(path_or_name, *, device="cpu", with_tokenizer: bool = True):
     config_cls, model_cls = ARCHITECTURES[arch]
     try:
         mcfg = config_cls.from_dict(cfg["model"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ZeroDivisionError) as e:
         raise CheckpointError(f"{folder}/{CONFIG}: bad model config ({e})") from None
     model = model_cls(mcfg)
     load_weights(model, folder)
@@ -154,4 +155,7 @@ def from_pretrained(path_or_name, *, device="cpu", with_tokenizer: bool = True):
             tok = load_tokenizer(folder)
         except TokenizerError as e:
             raise CheckpointError(str(e)) from None
+        if tok.vocab_size > getattr(mcfg, "vocab_size", tok.vocab_size):
+            raise CheckpointError(f"{folder}: tokenizer has {tok.vocab_size} tokens but the model only "
+                                  f"{mcfg.vocab_size}: they do not belong together")
     return model, tok

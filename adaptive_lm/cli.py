@@ -81,6 +81,8 @@ def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 
     from .checkpoint import from_pretrained, read_config, resolve
     from .data import TokenStream, pack, read_text
     from .lm import evaluate_lm
+    if batch_size < 1 or max_windows < 0:
+        raise UsageError("--batch-size must be >= 1 and --max-windows >= 0")
     meta = read_config(resolve(model)).get("meta", {})
     m, tok = from_pretrained(model)
     corpus = corpus or meta.get("corpus")

@@ -125,7 +125,17 @@ def lm_batch(stream: TokenStream, global_batch: int, *, seed: int, step: int, mi
              n_micro: int = 1, rank: int = 0, world: int = 1):
     """Rows of global batch ``step`` that belong to (micro-step, rank). The global batch is the
     same whatever the number of processes, so 1 process and N processes see the same data."""
-    x, y = stream.batch(global_batch, step_generator(seed, step))
+    return shard(stream.batch(global_batch, step_generator(seed, step)), global_batch,
+                 micro=micro, n_micro=n_micro, rank=rank, world=world)
+
+
+def shard(batch, global_batch: int, *, micro: int = 0, n_micro: int = 1, rank: int = 0, world: int = 1):
+    """The rows of a global batch (tensor, tuple/list or dict of tensors with batch dim first)
+    that belong to micro-step ``micro`` on process ``rank``."""
     per = global_batch // (n_micro * world)
     i0 = (micro * world + rank) * per
-    return x[i0:i0 + per], y[i0:i0 + per]
+    if isinstance(batch, dict):
+        return {k: v[i0:i0 + per] for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(b[i0:i0 + per] for b in batch)
+    return batch[i0:i0 + per]

@@ -39,6 +39,22 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
+def unwrap(model):
+    """The model inside a DistributedDataParallel / compiled wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def gather_rows(x: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every process's copy of a same-shaped tensor, in rank order (only [x] for one process)."""
+    if info.world == 1:
+        return [x]
+    out = [torch.empty_like(x) for _ in range(info.world)]
+    dist.all_gather(out, x)
+    return out
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

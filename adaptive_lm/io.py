@@ -1,7 +1,8 @@
 """Atomic file and folder writes: a kill at any moment leaves either the old content or the new,
 never half of one. Files: write a temp file in the same folder, fsync, rename over. Folders:
 build ``NAME.tmp-XXXX`` completely, then swap it in (the old folder is moved aside to
-``NAME.old-XXXX`` and deleted only after the new one is in place).
+``NAME.old-XXXX`` and deleted only after the new one is in place; ``recover_folder`` puts it
+back if a kill struck between the two renames, and readers call it first).
 """
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
@@ -20,6 +27,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -36,12 +44,14 @@ def atomic_folder(path):
     """``with atomic_folder(p) as tmp: write files into tmp`` — on success tmp becomes p."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(path)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, 0o777 & ~_umask())              # mkdtemp makes 0700; give the usual mode
     old = None
     if path.exists():
         old = Path(tempfile.mkdtemp(prefix=path.name + ".old-", dir=path.parent))
@@ -50,3 +60,16 @@ def atomic_folder(path):
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(path) -> bool:
+    """If a kill struck between the two renames of ``atomic_folder`` (``NAME`` moved aside to
+    ``NAME.old-*``, the new one not yet in place), put the previous complete folder back."""
+    path = Path(path)
+    if path.exists() or not path.parent.is_dir():
+        return False
+    olds = sorted(path.parent.glob(path.name + ".old-*"), key=lambda p: p.stat().st_mtime)
+    if not olds:
+        return False
+    os.replace(olds[-1], path)
+    return True

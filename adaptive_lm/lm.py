@@ -12,12 +12,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-
-def unwrap(model):
-    """The model inside a DistributedDataParallel / compiled wrapper."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
+from .distributed import unwrap
 
 
 def lm_objective(model, batch) -> tuple[torch.Tensor, dict]:

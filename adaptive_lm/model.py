@@ -40,18 +40,23 @@ class ModelConfig:
     causal: bool = True           # True: autoregressive mask; False: bidirectional (diffusion)
     rope_theta: float = 10000.0   # RoPE base
     norm_eps: float = 1e-5        # RMSNorm epsilon
-    dropout: float = 0.0          # dropout on attention output and MLP output (training only)
+    dropout: float = 0.0          # dropout on attention probabilities and on each residual branch (training only)
     tie_embeddings: bool = True   # share the token embedding with the output head
     cond_dim: int = 0             # width of the optional conditioning vector; 0 = none
 
     def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("d_ff", "cond_dim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if (self.d_model // self.n_head) % 2:
             raise ValueError("head dimension must be even for RoPE")
-        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
     def ff_dim(self) -> int:

@@ -13,6 +13,7 @@ tokens) plus its own files, and ``load_tokenizer`` reads it back without unpickl
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -21,6 +22,7 @@ from .errors import AdaptiveLMError
 from .io import atomic_write_text
 
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")
+_SURROGATES = re.compile("([\udc80-\udcff]+)")   # runs of undecodable bytes (surrogateescape)
 CONFIG_FILE = "tokenizer_config.json"
 
 
@@ -132,6 +134,7 @@ class BPETokenizer(Tokenizer):
 
     def __init__(self, tok):
         self.tok = tok
+        self.tok.encode_special_tokens = True     # "[EOS]" in the data is text, not the special id
         self.special_tokens = {"pad": "[PAD]", "bos": "[BOS]", "eos": "[EOS]", "mask": "[MASK]"}
         vocab = tok.get_vocab()
         self._id_to_bytes = {}
@@ -166,18 +169,17 @@ class BPETokenizer(Tokenizer):
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_bytes(self, data: bytes) -> list[int]:
-        ids, pos = [], 0
-        while pos < len(data):
-            try:
-                ids += self.encode(data[pos:].decode("utf-8"))
-                break
-            except UnicodeDecodeError as e:
-                good_end = pos + e.start
-                if good_end > pos:
-                    ids += self.encode(data[pos:good_end].decode("utf-8"))
-                bad_end = pos + e.end
-                ids += [self._byte_id[b] for b in data[good_end:bad_end]]
-                pos = bad_end
+        """Decode once with surrogateescape: invalid bytes become lone surrogates U+DC80..U+DCFF,
+        which split the text into valid runs (BPE) and invalid bytes (one token each). Linear time."""
+        text = data.decode("utf-8", errors="surrogateescape")
+        ids = []
+        for part in _SURROGATES.split(text):
+            if not part:
+                continue
+            if "\udc80" <= part[0] <= "\udcff":
+                ids += [self._byte_id[ord(c) - 0xDC00] for c in part]
+            else:
+                ids += self.encode(part)
         return ids
 
     def decode_bytes(self, ids: Sequence[int], skip_special: bool = True) -> bytes:
@@ -302,7 +304,14 @@ def load_tokenizer(folder) -> Tokenizer:
         cfg = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise TokenizerError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise TokenizerError(f"{p}: expected a JSON object")
     kind = cfg.get("type", "hf")
     if kind not in KINDS:
         raise TokenizerError(f"{p}: unknown tokenizer type {kind!r}")
-    return KINDS[kind]._load(folder, cfg)
+    try:
+        return KINDS[kind]._load(folder, cfg)
+    except TokenizerError:
+        raise
+    except Exception as e:  # a missing key, a corrupt tokenizer.json: one clear line
+        raise TokenizerError(f"{folder}: cannot load the {kind} tokenizer ({type(e).__name__}: {e})") from None

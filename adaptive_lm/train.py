@@ -27,10 +27,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import distributed as D
+from .distributed import unwrap
 from .checkpoint import load_weights, save_pretrained
 from .errors import CheckpointError, UsageError
-from .io import atomic_write_text
-from .lm import unwrap
+from .io import atomic_write_text, recover_folder
 
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
@@ -59,9 +59,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UsageError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
-        for name in ("steps", "batch_size", "grad_accum"):
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
+        for name in ("eval_every", "save_every", "warmup_steps", "threads", "grad_clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0")
+        if self.lr <= 0:
+            raise UsageError("lr must be > 0")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -98,18 +103,23 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 # ---- trainer state: optimizer + RNG + position, as tensors and JSON (no pickle) ----
-def state_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def state_tensors(opt: torch.optim.Optimizer, info: D.DistInfo) -> dict[str, torch.Tensor]:
+    """Optimizer moments and every process's RNG states (``rng.cpu.RANK``), as named tensors.
+    Collective under DDP: every rank must call it."""
     out = {}
     for idx, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             out[f"opt.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    out["rng.cpu"] = torch.get_rng_state()
+    dev = info.device if info.device.startswith("cuda") else "cpu"   # nccl gathers on the GPU
+    for r, t in enumerate(D.gather_rows(torch.get_rng_state().to(dev), info)):
+        out[f"rng.cpu.{r}"] = t.cpu()
     if torch.cuda.is_available():
-        out["rng.cuda"] = torch.cuda.get_rng_state()
+        for r, t in enumerate(D.gather_rows(torch.cuda.get_rng_state().to(dev), info)):
+            out[f"rng.cuda.{r}"] = t.cpu()
     return out
 
 
-def restore_state(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
+def restore_state(opt: torch.optim.Optimizer, tensors: dict, groups: list, rank: int = 0) -> None:
     state: dict = {}
     for key, t in tensors.items():
         if key.startswith("opt."):
@@ -120,9 +130,11 @@ def restore_state(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> No
         saved = {**saved, "params": g["params"]}
         g.update(saved)
     opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    if f"rng.cpu.{rank}" not in tensors:
+        raise CheckpointError(f"trainer state has no RNG state for rank {rank}: resume with the same number of processes")
+    torch.set_rng_state(tensors[f"rng.cpu.{rank}"])
+    if f"rng.cuda.{rank}" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"])
 
 
 class Progress:
@@ -157,7 +169,14 @@ def _log(path: Path, row: dict) -> None:
 def _truncate_log(path: Path, step: int) -> None:
     """On resume, drop log lines an interrupted run wrote after its last checkpoint."""
     if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = []
+        for ln in path.read_text().splitlines():
+            try:
+                row = json.loads(ln)
+            except json.JSONDecodeError:       # a line cut short by the kill
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                keep.append(ln)
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
@@ -188,6 +207,7 @@ def train(model, objective: Callable, batches: Callable, *, cfg: TrainConfig, ou
     else:
         torch.manual_seed(cfg.seed + info.rank)
         if info.is_main:
+            recover_folder(ckpt_dir)
             if (ckpt_dir / STATE_JSON).exists():
                 raise UsageError(f"{out_dir} already holds a training run: pass --resume to continue it, or choose another --out")
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -276,9 +296,10 @@ def _count_tokens(batch) -> int:
 
 
 def _save(model, opt, ckpt_dir: Path, tokenizer, meta, cfg: TrainConfig, step: int, info: D.DistInfo) -> None:
+    tensors = state_tensors(opt, info)                    # collective: all ranks
     if info.is_main:
         def extra(tmp: Path):
-            save_file(state_tensors(opt), str(tmp / STATE_TENSORS))
+            save_file(tensors, str(tmp / STATE_TENSORS))
             groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
             (tmp / STATE_JSON).write_text(json.dumps({"step": step, "train": asdict(cfg), "world": info.world,
                                                       "param_groups": groups}, indent=2))
@@ -287,6 +308,7 @@ def _save(model, opt, ckpt_dir: Path, tokenizer, meta, cfg: TrainConfig, step: i
 
 
 def _resume(model, opt, ckpt_dir: Path, cfg: TrainConfig, info: D.DistInfo) -> int:
+    recover_folder(ckpt_dir)
     p = ckpt_dir / STATE_JSON
     if not p.exists():
         raise CheckpointError(f"nothing to resume: {p} does not exist")
@@ -296,7 +318,7 @@ def _resume(model, opt, ckpt_dir: Path, cfg: TrainConfig, info: D.DistInfo) -> i
     except Exception as e:  # corrupt JSON or safetensors: one clear line
         raise CheckpointError(f"cannot resume from {ckpt_dir}: corrupt trainer state ({e})") from None
     load_weights(unwrap(model), ckpt_dir)
-    restore_state(opt, tensors, state["param_groups"])
+    restore_state(opt, tensors, state["param_groups"], info.rank)
     changed = {f.name for f in fields(cfg) if f.name in state["train"] and state["train"][f.name] != getattr(cfg, f.name)}
     if changed - {"steps", "eval_every", "save_every", "log_every", "threads"} and info.is_main:
         print(f"warning: resuming with changed settings {sorted(changed)}; the run will not match an uninterrupted one",

@@ -1,4 +1,6 @@
 """Checkpoints: bit-identical save/load, atomic replacement, clear errors, built-ins."""
+import string
+
 import pytest
 import torch
 
@@ -35,6 +37,45 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, tiny_model):
         ck.save_pretrained(tmp_path / "m", tiny_model, extra=boom)
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]       # no temp folder left behind
+
+
+def test_kill_between_the_two_renames_recovers_the_old_checkpoint(tmp_path, tiny_model, monkeypatch):
+    import os
+    from adaptive_lm import io
+    ck.save_pretrained(tmp_path / "m", tiny_model)
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    real = os.replace
+    calls = []
+
+    def flaky(a, b):
+        calls.append(a)
+        if len(calls) == 2:                       # the second rename: tmp -> m
+            raise KeyboardInterrupt("killed")
+        return real(a, b)
+    monkeypatch.setattr(io.os, "replace", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_pretrained(tmp_path / "m", tiny_model)
+    monkeypatch.setattr(io.os, "replace", real)
+    assert not (tmp_path / "m").exists()
+    model, _ = ck.from_pretrained(tmp_path / "m", with_tokenizer=False)    # recovered
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+
+
+def test_saved_files_are_readable_by_others(tmp_path, tiny_model):
+    import os
+    old = os.umask(0o022)
+    try:
+        ck.save_pretrained(tmp_path / "m", tiny_model)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "m" / "config.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_tokenizer_bigger_than_the_model_is_refused(tmp_path, tiny_model):
+    ck.save_pretrained(tmp_path / "m", tiny_model, CharTokenizer.from_text(string.printable))
+    with pytest.raises(CheckpointError, match="do not belong together"):
+        ck.from_pretrained(tmp_path / "m")
 
 
 def test_missing_and_corrupt_checkpoints_raise_clear_errors(tmp_path, tiny_model):

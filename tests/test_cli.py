@@ -56,14 +56,21 @@ def test_second_train_into_an_existing_run_is_refused(tmp_path, corpus):
     (["train", "no-such-recipe"], 2, "unknown recipe"),
     (["train", "tiny-test", "model.nope=3"], 2, "unknown key"),
     (["train", "tiny-test", "train.steps=abc"], 2, "expected a int"),
+    (["train", "tiny-test", "model.n_head=0"], 2, "n_head must be positive"),
+    (["train", "tiny-test", "train.log_every=0"], 2, "log_every"),
+    (["train", "tiny-test", "data.seq_len=100"], 2, "exceeds model.max_seq_len"),
     (["train", "tiny-test", "data.corpus=/no/such/file.txt"], 1, "does not exist"),
+    (["eval", "builtin:shakespeare-char", "--batch-size", "0"], 2, "batch-size"),
+    (["bench", "train", "steps=0"], 2, "steps"),
     (["generate", "/no/such/checkpoint"], 1, "does not exist"),
     (["generate", "builtin:nope"], 1, "no built-in"),
     (["bench", "nope"], 2, "unknown bench"),
     (["bench", "train", "bogus=1"], 2, "unknown bench option"),
     (["generate", "--temperature", "x"], 2, "invalid float"),
 ])
-def test_bad_input_gives_one_clear_line(args, code, word):
+def test_bad_input_gives_one_clear_line(args, code, word, tmp_path):
+    if args[0] == "train":
+        args = [*args, "--out", str(tmp_path / "run")]
     rc, _, se = run(*args)
     assert_one_line_error(rc, se, code, word)
 

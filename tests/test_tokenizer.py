@@ -39,6 +39,18 @@ def test_bpe_round_trips_edge_cases(bpe, data):
     assert bpe.decode_bytes(bpe.encode_bytes(data)) == data
 
 
+def test_bpe_treats_special_token_text_as_text(bpe):
+    for data in (b"hello [EOS] world", b"[MASK]", b"[PAD][BOS]"):
+        ids = bpe.encode_bytes(data)
+        assert bpe.decode_bytes(ids) == data
+        assert bpe.eos_id not in ids and bpe.mask_id not in ids
+
+
+def test_bpe_encode_bytes_is_linear_on_binary_data(bpe):
+    data = bytes(random.Random(0).randrange(256) for _ in range(200_000))
+    assert bpe.decode_bytes(bpe.encode_bytes(data)) == data
+
+
 def test_bpe_compresses_its_training_text(bpe):
     ids = bpe.encode(TEXT[:500])
     assert len(ids) < 0.6 * 500
@@ -66,9 +78,30 @@ def test_hf_wrapper_reads_a_tokenizer_json_folder(tmp_path, bpe):
     assert hf.decode(hf.encode("Speak, speak.")) == "Speak, speak."
 
 
+def test_hf_wrapper_save_load_round_trip(tmp_path, bpe):
+    bpe.tok.save(str(tmp_path / "tokenizer.json"))
+    hf = HFTokenizer.from_pretrained(tmp_path)
+    out = tmp_path / "saved"
+    out.mkdir()
+    hf.save(out)
+    back = load_tokenizer(out)
+    assert isinstance(back, HFTokenizer)
+    assert back.encode("Speak, speak.") == hf.encode("Speak, speak.")
+
+
 def test_load_errors_are_clear(tmp_path):
     with pytest.raises(TokenizerError, match="no tokenizer_config.json"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="not valid JSON"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text('{"type": "char"}')            # no alphabet
+    with pytest.raises(TokenizerError, match="cannot load"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text('{"type": "bpe"}')
+    (tmp_path / "tokenizer.json").write_text("{corrupt")
+    with pytest.raises(TokenizerError, match="cannot load"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("[1, 2]")
+    with pytest.raises(TokenizerError, match="JSON object"):
         load_tokenizer(tmp_path)

@@ -1,4 +1,5 @@
 """The trainer: exact resume, schedule, logging, refusing to clobber a run."""
+import dataclasses
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from adaptive_lm.train import TrainConfig, lr_at, train
 
 def _setup(tiny_cfg, seed=0):
     torch.manual_seed(seed)
-    model = TransformerLM(tiny_cfg)
+    model = TransformerLM(dataclasses.replace(tiny_cfg, dropout=0.1))   # dropout: resume must restore the RNG
     stream = TokenStream(torch.randint(0, 61, (4000,), generator=torch.Generator().manual_seed(9)), 16)
     cfg = TrainConfig(steps=12, batch_size=4, grad_accum=2, lr=1e-2, warmup_steps=3, eval_every=0,
                       save_every=4, log_every=1, seed=seed)
@@ -65,6 +66,17 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, tiny_cfg):
     with pytest.raises(UsageError, match="--resume"):
         train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False)
     assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
+def test_resume_survives_a_log_line_cut_short(tmp_path, tiny_cfg):
+    m, cfg, b = _setup(tiny_cfg)
+    train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, stop_at=4)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 2.')                       # a kill in the middle of a write
+    m2, cfg2, b2 = _setup(tiny_cfg)
+    train(m2, lm_objective, b2, cfg=cfg2, out_dir=tmp_path, progress=False, resume=True, stop_at=6)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor():

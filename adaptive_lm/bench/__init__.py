@@ -20,7 +20,7 @@ import torch
 
 from ..errors import UsageError
 from ..io import atomic_write_text
-from ..recipes import _coerce
+from ..recipes import coerce
 
 BENCHES: dict[str, tuple[Callable, type]] = {}   # name -> (function, options dataclass)
 
@@ -68,7 +68,7 @@ def parse_options(options_cls: type, items: list[str]):
         k, v = item.split("=", 1)
         if k not in known:
             raise UsageError(f"unknown bench option {k!r}; options: {', '.join(known)}")
-        kw[k] = _coerce(v, known[k].type, k)
+        kw[k] = coerce(v, known[k].type, k)
     return options_cls(**kw)
 
 

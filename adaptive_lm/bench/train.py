@@ -52,6 +52,8 @@ def matmul_peak(dtype: torch.dtype, n: int, repeats: int = 5) -> float:
 @register("train", TrainBenchOptions)
 def bench_train(seed: int, o: TrainBenchOptions) -> dict:
     """Training tokens/s and MFU of a small transformer against the measured matmul peak."""
+    if o.steps < 1 or o.warmup < 0 or o.batch_size < 1 or o.seq_len < 1:
+        raise UsageError("steps, batch_size and seq_len must be >= 1 and warmup >= 0")
     if o.threads:
         torch.set_num_threads(o.threads)
     cfg = ModelConfig(vocab_size=o.vocab_size, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model,

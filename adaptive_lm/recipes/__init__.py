@@ -16,16 +16,14 @@ from typing import Callable, Optional
 
 import torch
 
-from .data import TokenStream, lm_batch, pack, read_text
-from .errors import UsageError
-from .lm import evaluate_lm, lm_objective
-from .model import ModelConfig, TransformerLM
-from .tokenizer import BPETokenizer, CharTokenizer
-from .train import TrainConfig
+from ..errors import UsageError
+from ..model import ModelConfig
+from ..train import TrainConfig
 
 
 @dataclass
 class DataSpec:
+    """Data of a causal LM recipe (other families define their own spec dataclass)."""
     corpus: str = "tinyshakespeare"   # corpus name (see data.py) or a path to a text file
     tokenizer: str = "char"           # char | bpe
     bpe_vocab: int = 4096             # BPE vocabulary size (tokenizer=bpe)
@@ -36,87 +34,34 @@ class DataSpec:
 
 @dataclass
 class Recipe:
-    name: str
-    description: str
-    model: ModelConfig
-    train: TrainConfig
-    data: DataSpec
+    name: str                         # what `adaptive-lm train NAME` calls it
+    description: str                  # one line for `adaptive-lm recipes`
+    model: ModelConfig                # the backbone (vocab_size is set from the tokenizer)
+    train: TrainConfig                # the trainer's settings
+    data: object                      # a dataclass: DataSpec for LMs, or the family's own spec
     build: Callable = None            # build(recipe, data_dir) -> Built
     budget: str = ""                  # the CPU time the recipe is meant to fit, for docs
 
 
 @dataclass
 class Built:
-    model: torch.nn.Module
-    tokenizer: object
-    objective: Callable
-    batches: Callable
-    eval_fn: Optional[Callable]
-    meta: dict = field(default_factory=dict)
-
-
-def build_lm(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
-    """A causal LM on a text corpus: tokenizer fit on the train split, random windows, held-out loss."""
-    d = recipe.data
-    text = read_text(d.corpus, "train", holdout=d.holdout, data_dir_flag=data_dir)
-    valid = read_text(d.corpus, "valid", holdout=d.holdout, data_dir_flag=data_dir)
-    if d.tokenizer == "char":
-        tok = CharTokenizer.from_text(text + valid)
-    elif d.tokenizer == "bpe":
-        tok = BPETokenizer.train([text], vocab_size=d.bpe_vocab)
-    else:
-        raise UsageError(f"data.tokenizer must be char or bpe, not {d.tokenizer!r}")
-    train_stream = TokenStream(pack(tok, text), d.seq_len)
-    valid_stream = TokenStream(pack(tok, valid), d.seq_len)
-    mcfg = dataclasses.replace(recipe.model, vocab_size=tok.vocab_size, causal=True)
-    torch.manual_seed(recipe.train.seed)
-    model = TransformerLM(mcfg)
-    vx, vy = valid_stream.eval_windows(d.eval_windows or None)
-    n_bytes = len(tok.decode_bytes(vy.flatten().tolist()))              # bytes the scored targets cover
-
-    def batches(step, micro, rank, world):
-        return lm_batch(train_stream, recipe.train.batch_size, seed=recipe.train.seed, step=step,
-                        micro=micro, n_micro=recipe.train.grad_accum, rank=rank, world=world)
-
-    def eval_fn(m):
-        return evaluate_lm(m, vx, vy, n_bytes=n_bytes)
-
-    meta = {"recipe": recipe.name, "corpus": d.corpus, "seq_len": d.seq_len, "family": "causal-lm"}
-    return Built(model, tok, lm_objective, batches, eval_fn, meta)
+    model: torch.nn.Module            # freshly initialised (seeded with train.seed)
+    tokenizer: object                 # saved into every checkpoint
+    objective: Callable               # objective(model, batch) -> (loss, metrics)
+    batches: Callable                 # batches(step, micro, rank, world) -> batch
+    eval_fn: Optional[Callable]       # eval_fn(model) -> held-out metrics
+    meta: dict = field(default_factory=dict)   # stored in config.json (recipe, corpus, family)
 
 
 RECIPES: dict[str, Recipe] = {}
 
 
 def register(r: Recipe) -> Recipe:
-    if r.build is None:
-        r.build = build_lm
     RECIPES[r.name] = r
     return r
 
 
-register(Recipe(
-    name="char-shakespeare",
-    description="character-level causal LM on tinyshakespeare; the shipped builtin:shakespeare-char",
-    model=ModelConfig(n_layer=4, n_head=4, d_model=128, max_seq_len=256),
-    train=TrainConfig(steps=800, batch_size=32, lr=3e-3, warmup_steps=50, eval_every=200,
-                      save_every=200, weight_decay=0.1, min_lr_ratio=0.1),
-    data=DataSpec(corpus="tinyshakespeare", tokenizer="char", seq_len=128),
-    budget="<= 5 minutes on 2 CPU cores",
-))
-
-register(Recipe(
-    name="tiny-test",
-    description="a few-second run on tinyshakespeare for tests and smoke checks",
-    model=ModelConfig(n_layer=2, n_head=2, d_model=32, max_seq_len=64),
-    train=TrainConfig(steps=20, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=10,
-                      save_every=10, log_every=5),
-    data=DataSpec(corpus="tinyshakespeare", tokenizer="char", seq_len=32, eval_windows=8),
-    budget="seconds",
-))
-
-
-def _coerce(value: str, typ, key: str):
+def coerce(value: str, typ, key: str):
     typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ) if isinstance(typ, str) else typ
     try:
         if typ is bool:
@@ -157,12 +102,12 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
         if not name_in(obj, name):
             raise UsageError(f"unknown key {sec}.{name}; see `adaptive-lm recipes {recipe.name}` for the keys")
         f = {f.name: f for f in dataclasses.fields(obj)}[name]
-        changes.setdefault(sec, {})[name] = _coerce(value, f.type, key)
+        changes.setdefault(sec, {})[name] = coerce(value, f.type, key)
     try:
         for sec, ch in changes.items():
             setattr(r, sec, dataclasses.replace(sections[sec], **ch))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    except (ValueError, ZeroDivisionError) as e:
+        raise UsageError(f"invalid setting: {e}") from None
     return r
 
 
@@ -183,3 +128,6 @@ def describe(r: Recipe) -> str:
         for f in dataclasses.fields(getattr(r, sec)):
             lines.append(f"  {sec}.{f.name} = {getattr(getattr(r, sec), f.name)!r}")
     return "\n".join(lines)
+
+
+from . import lm as _lm, mdlm as _mdlm  # noqa: E402,F401  (each module registers its recipes)

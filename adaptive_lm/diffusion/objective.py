@@ -1,0 +1,101 @@
+"""Masked diffusion LM objectives and the Monte-Carlo likelihood bound (LLaDA / MDLM).
+
+Forward process: every token of x0 is replaced by [MASK] independently with probability t.
+The model p_θ(x0 | x_t) predicts all masked tokens at once (bidirectional backbone).
+
+- Pre-training loss (LLaDA eq. 3 / MDLM): t ~ U(ε, 1) per sequence,
+      L = -E_t E_{x_t} [ (1/t) Σ_i 1[x_t^i = M] log p_θ(x0^i | x_t) ] / L
+- SFT loss (LLaDA eq. 5): the prompt is never masked; only response positions (the answer
+  followed by EOS padding up to the canvas) are masked with probability t, and the sum is
+  divided by the response length. EOS padding is part of the target: that is what makes the
+  model's EOS confidence at the tail of a canvas say whether the canvas is long enough (DAEDAL).
+- Likelihood (LLaDA eq. 6, the low-variance form): l ~ U{1..L} masked positions drawn uniformly
+  without replacement, NLL ≤ E_l [ (L/l) Σ_masked -log p_θ(x0^i | x_t) ].
+
+The noise (t and the uniform draws that decide which positions are masked) travels IN the batch,
+drawn by the batch builder from the step's generator, so the objective is a pure function and a
+data-parallel run sees exactly the noise of a single-process run.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def draw_noise(batch_size: int, length: int, generator: torch.Generator, eps: float = 1e-3):
+    """t (B,) ~ U(eps, 1) and u (B, L) ~ U(0, 1); position i is masked where u < t."""
+    t = eps + (1 - eps) * torch.rand(batch_size, generator=generator)
+    u = torch.rand(batch_size, length, generator=generator)
+    return t, u
+
+
+def apply_mask(x0: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor, u: torch.Tensor, mask_id: int):
+    """x_t: replace maskable positions with u < t by mask_id. Returns (x_t, masked (B, L) bool)."""
+    masked = maskable & (u < t[:, None])
+    return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
+
+
+def mdm_loss(model, batch: dict, *, mask_id: int) -> tuple[torch.Tensor, dict]:
+    """SFT / pre-training loss of a masked diffusion LM.
+
+    batch: input_ids (B, L) clean tokens; t (B,); u (B, L); optional prompt_mask (B, L) bool —
+    True on prompt positions, which are never masked (SFT); optional attention_mask (B, L).
+    Without prompt_mask this is the pre-training loss over all (attended) positions.
+    """
+    x0, t, u = batch["input_ids"], batch["t"], batch["u"]
+    attn = batch.get("attention_mask")
+    maskable = torch.ones_like(x0, dtype=torch.bool) if attn is None else attn.bool()
+    if batch.get("prompt_mask") is not None:
+        maskable = maskable & ~batch["prompt_mask"].bool()
+    xt, masked = apply_mask(x0, maskable, t, u, mask_id)
+    logits = model(xt, attention_mask=attn).logits                      # (B, L, V)
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten(), reduction="none").view_as(x0)
+    per_seq = (ce * masked / t[:, None]).sum(1) / maskable.sum(1).clamp(min=1)   # (B,)
+    loss = per_seq.mean()
+    with torch.no_grad():
+        n = masked.sum().clamp(min=1)
+        acc = ((logits.argmax(-1) == x0) & masked).sum() / n
+    return loss, {"loss": loss.detach(), "masked_acc": acc, "masked_ce": (ce * masked).sum().detach() / n}
+
+
+@torch.no_grad()
+def mc_nll(model, input_ids: torch.Tensor, target_mask: torch.Tensor, *, mask_id: int, n_samples: int = 32,
+           generator: Optional[torch.Generator] = None, attention_mask=None) -> torch.Tensor:
+    """Monte-Carlo upper bound on -log p(target | rest) per sequence (nats), LLaDA eq. 6.
+
+    input_ids (B, L); target_mask (B, L) bool marks the positions whose likelihood is bounded (the
+    response); the rest (prompt) stays visible. Returns (B,) averaged over n_samples draws.
+    """
+    B, L = input_ids.shape
+    n_t = target_mask.sum(1)                                              # (B,)
+    total = torch.zeros(B, dtype=torch.float64)
+    for _ in range(n_samples):
+        l = (torch.rand(B, generator=generator) * n_t).floor().long() + 1   # (B,) in 1..n_t
+        score = torch.rand(B, L, generator=generator).masked_fill(~target_mask, 2.0)
+        rank = score.argsort(1).argsort(1)                                  # position's rank among targets
+        masked = (rank < l[:, None]) & target_mask
+        xt = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
+        logits = model(xt, attention_mask=attention_mask).logits.float()
+        ce = F.cross_entropy(logits.flatten(0, 1), input_ids.flatten(), reduction="none").view(B, L)
+        total += ((ce * masked).sum(1) * n_t / l).double().cpu()
+    return (total / n_samples).float()
+
+
+def sft_batch(prompts: list[list[int]], responses: list[list[int]], *, eos_id: int, generator: torch.Generator,
+              extra: int = 0, eps: float = 1e-3) -> dict:
+    """LLaDA-style SFT rows: prompt + response + EOS padding to one length T for the whole batch.
+
+    T = longest prompt+response + 1 + ``extra``: every row ends in at least one EOS, shorter rows
+    in many. Returns input_ids (B, T), prompt_mask (B, T) and the noise t (B,), u (B, T).
+    """
+    B = len(prompts)
+    T = max(len(p) + len(r) for p, r in zip(prompts, responses)) + 1 + extra
+    ids = torch.full((B, T), eos_id, dtype=torch.long)
+    pm = torch.zeros(B, T, dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, :len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        pm[i, :len(p)] = True
+    t, u = draw_noise(B, T, generator, eps)
+    return {"input_ids": ids, "prompt_mask": pm, "t": t, "u": u}

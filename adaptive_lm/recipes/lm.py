@@ -1,0 +1,70 @@
+"""Causal LM recipes: a transformer LM on a text corpus (char or byte-level BPE)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from ..data import TokenStream, lm_batch, pack, read_text
+from ..errors import UsageError
+from ..lm import evaluate_lm, lm_objective
+from ..model import ModelConfig, TransformerLM
+from ..tokenizer import BPETokenizer, CharTokenizer
+from ..train import TrainConfig
+from . import Built, DataSpec, Recipe, register
+
+
+def build_lm(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
+    """A causal LM on a text corpus: tokenizer fit on the train split, random windows, held-out loss."""
+    d = recipe.data
+    if d.seq_len > recipe.model.max_seq_len:
+        raise UsageError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={recipe.model.max_seq_len}")
+    text = read_text(d.corpus, "train", holdout=d.holdout, data_dir_flag=data_dir)
+    valid = read_text(d.corpus, "valid", holdout=d.holdout, data_dir_flag=data_dir)
+    if d.tokenizer == "char":
+        tok = CharTokenizer.from_text(text + valid)
+    elif d.tokenizer == "bpe":
+        tok = BPETokenizer.train([text], vocab_size=d.bpe_vocab)
+    else:
+        raise UsageError(f"data.tokenizer must be char or bpe, not {d.tokenizer!r}")
+    train_stream = TokenStream(pack(tok, text), d.seq_len)
+    valid_stream = TokenStream(pack(tok, valid), d.seq_len)
+    mcfg = dataclasses.replace(recipe.model, vocab_size=tok.vocab_size, causal=True)
+    torch.manual_seed(recipe.train.seed)
+    model = TransformerLM(mcfg)
+    vx, vy = valid_stream.eval_windows(d.eval_windows or None)
+    n_bytes = len(tok.decode_bytes(vy.flatten().tolist()))              # bytes the scored targets cover
+
+    def batches(step, micro, rank, world):
+        return lm_batch(train_stream, recipe.train.batch_size, seed=recipe.train.seed, step=step,
+                        micro=micro, n_micro=recipe.train.grad_accum, rank=rank, world=world)
+
+    def eval_fn(m):
+        return evaluate_lm(m, vx, vy, n_bytes=n_bytes)
+
+    meta = {"recipe": recipe.name, "corpus": d.corpus, "seq_len": d.seq_len, "family": "causal-lm"}
+    return Built(model, tok, lm_objective, batches, eval_fn, meta)
+
+
+register(Recipe(
+    build=build_lm,
+    name="char-shakespeare",
+    description="character-level causal LM on tinyshakespeare; the shipped builtin:shakespeare-char",
+    model=ModelConfig(n_layer=4, n_head=4, d_model=128, max_seq_len=256),
+    train=TrainConfig(steps=800, batch_size=32, lr=3e-3, warmup_steps=50, eval_every=200,
+                      save_every=200, weight_decay=0.1, min_lr_ratio=0.1),
+    data=DataSpec(corpus="tinyshakespeare", tokenizer="char", seq_len=128),
+    budget="<= 5 minutes on 2 CPU cores",
+))
+
+register(Recipe(
+    build=build_lm,
+    name="tiny-test",
+    description="a few-second run on tinyshakespeare for tests and smoke checks",
+    model=ModelConfig(n_layer=2, n_head=2, d_model=32, max_seq_len=64),
+    train=TrainConfig(steps=20, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=10,
+                      save_every=10, log_every=5),
+    data=DataSpec(corpus="tinyshakespeare", tokenizer="char", seq_len=32, eval_windows=8),
+    budget="seconds",
+))

@@ -1,0 +1,1 @@
+"""Tasks and metrics: synthetic generators, corpora, real benchmarks, answer checkers."""

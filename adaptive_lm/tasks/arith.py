@@ -1,0 +1,118 @@
+"""Synthetic multi-step arithmetic word problems whose answer LENGTH depends on the values.
+
+A problem describes a quantity that changes by a single digit each day until a condition on its
+value is met; the worked solution has one line per day, so 1 to 16 lines (answers of ~40 to ~260
+characters), and the number of lines is known only after dividing the values — not from the
+prompt's shape. Each step is local (a 1- or 2-digit number plus or minus one digit), which a
+small model masters on a CPU. The answer ends in ``\\boxed{days}`` and is scored with the same
+last-``\\boxed{}`` extractor as GSM8K / MATH.
+
+    Mia has 47 coins and spends 6 each day until fewer than 6 are left. How many days?
+    Day 1: 47-6=41
+    ...
+    Day 7: 11-6=5
+    5<6, so 7 days.
+    \\boxed{7}
+
+Deterministic from a seed (torch.Generator). Train and test are disjoint by construction: a
+problem's numbers (template, start, step, target) hash into the test split or the train split.
+"""
+from __future__ import annotations
+
+import hashlib
+import string
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .answers import is_equiv, last_boxed
+
+MAX_STEPS = 16
+MAX_VALUE = 99
+ALPHABET = string.printable[:95] + "\n"      # printable ASCII + newline: the char tokenizer's alphabet
+NAMES = ("Mia", "Leo", "Ana", "Sam", "Kai", "Zoe", "Ben", "Ivy", "Tom", "Eva")
+ITEMS = ("coins", "apples", "stamps", "cards", "shells", "beads")
+TEST_FRACTION = 10                            # 1 in 10 number-tuples is held out for test
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str      # the question, ending in a newline
+    solution: str    # the worked solution, one line per step, ending in \boxed{answer}
+    answer: str      # the final answer (number of days)
+    steps: int       # number of step lines (1..16)
+
+
+def _randint(g: torch.Generator, lo: int, hi: int) -> int:
+    """Uniform integer in [lo, hi]."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def _split_of(key: tuple) -> str:
+    h = int(hashlib.sha256(repr(key).encode()).hexdigest()[:8], 16)
+    return "test" if h % TEST_FRACTION == 0 else "train"
+
+
+def spend_problem(name: str, item: str, start: int, d: int) -> Problem:
+    """Subtract d per day while at least d are left."""
+    lines, x, k = [], start, 0
+    while x >= d:
+        k += 1
+        lines.append(f"Day {k}: {x}-{d}={x - d}")
+        x -= d
+    lines.append(f"{x}<{d}, so {k} days.")
+    prompt = f"{name} has {start} {item} and spends {d} each day until fewer than {d} are left. How many days?\n"
+    return Problem(prompt, "\n".join(lines) + f"\n\\boxed{{{k}}}", str(k), k)
+
+
+def save_problem(name: str, item: str, start: int, d: int, target: int) -> Problem:
+    """Add d per day until the total reaches the target."""
+    lines, x, k = [], start, 0
+    while x < target:
+        k += 1
+        lines.append(f"Day {k}: {x}+{d}={x + d}")
+        x += d
+    lines.append(f"{x}>={target}, so {k} days.")
+    prompt = f"{name} has {start} {item} and gets {d} more each day until at least {target}. How many days?\n"
+    return Problem(prompt, "\n".join(lines) + f"\n\\boxed{{{k}}}", str(k), k)
+
+
+def sample_problem(g: torch.Generator, split: str = "train", max_steps: int = MAX_STEPS, min_steps: int = 1) -> Problem:
+    """One problem of the split, with the number of steps uniform in min_steps..max_steps."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, not {split!r}")
+    while True:
+        n = _randint(g, min_steps, max_steps)
+        name, item = NAMES[_randint(g, 0, len(NAMES) - 1)], ITEMS[_randint(g, 0, len(ITEMS) - 1)]
+        if _randint(g, 0, 1) == 0:                                  # spend: start = n*d + r, r < d
+            d_max = min(9, MAX_VALUE // n)
+            if d_max < 2:
+                continue
+            d = _randint(g, 2, d_max)
+            start = n * d + _randint(g, 0, min(d - 1, MAX_VALUE - n * d))
+            key = ("spend", start, d)
+            if _split_of(key) == split:
+                return spend_problem(name, item, start, d)
+        else:                                                       # save: n = ceil((target-start)/d)
+            d_max = min(9, (MAX_VALUE - 1) // n)
+            if d_max < 1:
+                continue
+            d = _randint(g, 1, d_max)
+            start = _randint(g, 1, MAX_VALUE - n * d)
+            target = start + (n - 1) * d + _randint(g, 1, d)
+            key = ("save", start, d, target)
+            if _split_of(key) == split:
+                return save_problem(name, item, start, d, target)
+
+
+def make_split(split: str, n: int, seed: int = 0, max_steps: int = MAX_STEPS) -> list[Problem]:
+    """n problems of a split, deterministic from the seed (duplicates are possible in train)."""
+    g = torch.Generator().manual_seed(seed)
+    return [sample_problem(g, split, max_steps) for _ in range(n)]
+
+
+def score(output: str, problem: Problem) -> bool:
+    """True when the last \\boxed{} of the output equals the answer (the GSM8K/MATH checker)."""
+    pred: Optional[str] = last_boxed(output)
+    return pred is not None and is_equiv(pred, problem.answer)

@@ -97,36 +97,75 @@ def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 
 
 
 @command
-def generate(model: str = "builtin:shakespeare-char", prompt: str = "", max_new_tokens: int = 200,
-             temperature: float = 0.8, top_k: int = 0, num_samples: int = 1, seed: int = 0,
-             method: str = "ar") -> int:
-    """Sample text from a checkpoint. The prompt comes from --prompt, or from stdin when piped.
+def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: str = "auto",
+             max_new_tokens: int = 200, temperature: float = -1.0, top_k: int = 0, num_samples: int = 1,
+             seed: int = 0, length: int = 0, max_length: int = 512, block_length: int = 32,
+             threshold: float = 0.9, stats: bool = False) -> int:
+    """Generate from a checkpoint. The prompt comes from --prompt, or from stdin when piped.
 
     Args:
-        model: checkpoint folder or builtin:NAME
-        prompt: text to continue (default: stdin if piped, else the BOS-less first character set)
-        max_new_tokens: tokens to generate per sample
-        temperature: softmax temperature; 0 = greedy
-        top_k: sample among the k most likely tokens (0 = all)
+        model: checkpoint folder or builtin:NAME (causal LM or masked diffusion LM)
+        prompt: text to continue or answer (default: stdin if piped)
+        method: auto (ar for causal LMs, daedal for diffusion LMs), ar, daedal, fixed, threshold
+        max_new_tokens: ar: tokens to generate per sample
+        temperature: sampling temperature; 0 = greedy (default 0.8 for ar, 0 for diffusion)
+        top_k: ar: sample among the k most likely tokens (0 = all)
         num_samples: samples generated as one batch
         seed: random seed
-        method: ar (the causal LM sampling loop); later issues add daedal, fixed, threshold, calm
+        length: diffusion canvas: L for fixed/threshold (default 256), L_init for daedal (default 64)
+        max_length: daedal: L_max, the longest canvas
+        block_length: diffusion: semi-autoregressive block length
+        threshold: threshold decoding: commit masks above this confidence
+        stats: diffusion: print NFE, N_token, E_token per sample
     """
     import torch
     from .checkpoint import from_pretrained
-    from .lm import generate as ar_generate
-    if method != "ar":
-        raise UsageError(f"unknown --method {method!r}; this build has: ar")
-    if temperature < 0 or top_k < 0 or max_new_tokens < 1 or num_samples < 1:
-        raise UsageError("temperature and top_k must be >= 0, max_new_tokens and num_samples >= 1")
+    if max_new_tokens < 1 or num_samples < 1 or top_k < 0 or length < 0:
+        raise UsageError("max_new_tokens and num_samples must be >= 1; top_k and length >= 0")
     if not prompt and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     m, tok = from_pretrained(model)
+    if method == "auto":
+        method = "ar" if m.config.causal else "daedal"
+    if method not in ("ar", "daedal", "fixed", "threshold"):
+        raise UsageError(f"unknown --method {method!r}; use ar, daedal, fixed or threshold")
+    if (method == "ar") != m.config.causal:
+        kind = "a causal LM" if m.config.causal else "a masked diffusion LM"
+        raise UsageError(f"--method {method} does not fit {model}, which is {kind}")
+    g = torch.Generator().manual_seed(seed)
+    if method == "ar":
+        return _generate_ar(m, tok, prompt, max_new_tokens, 0.8 if temperature < 0 else temperature, top_k, num_samples, g)
+    if not prompt:
+        raise UsageError("a masked diffusion model needs a prompt (--prompt or stdin)")
+    from .diffusion.daedal import Daedal
+    from .diffusion.sampler import FixedLength, SpecialIds, Threshold, denoise, model_logits_fn
+    if method == "daedal":
+        policy = Daedal(init_length=length or 64, max_length=max_length, block_length=block_length)
+    elif method == "fixed":
+        policy = FixedLength(length=length or 256, block_length=block_length)
+    else:
+        policy = Threshold(length=length or 256, threshold=threshold, block_length=block_length)
+    p_ids = tok.encode(prompt if prompt.endswith("\n") else prompt + "\n")
+    if len(p_ids) + max(policy.initial_length(), getattr(policy, "max_length", 0) or 0) > m.config.max_seq_len:
+        raise UsageError(f"prompt ({len(p_ids)} tokens) + canvas exceeds the model's {m.config.max_seq_len}-token context")
+    out = denoise(model_logits_fn(m), [p_ids] * num_samples, policy=policy,
+                  ids=SpecialIds(tok.mask_id, tok.eos_id, tok.pad_id, tok.vocab_size),
+                  temperature=max(temperature, 0.0), generator=g)
+    for i, (toks, st) in enumerate(zip(out.tokens, out.stats)):
+        if num_samples > 1:
+            print(f"--- sample {i + 1}")
+        print(tok.decode(toks))
+        if stats:
+            print(json.dumps(st), file=sys.stderr)
+    return 0
+
+
+def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples, g) -> int:
+    from .lm import generate as ar_generate
     ids = tok.encode(prompt) if prompt else [tok.encode("\n")[0]]
     if len(ids) + max_new_tokens > m.config.max_seq_len:
         raise UsageError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"{m.config.max_seq_len}-token context")
-    g = torch.Generator().manual_seed(seed)
     outs = ar_generate(m, [ids] * num_samples, max_new_tokens=max_new_tokens, pad_id=tok.pad_id, eos_id=tok.eos_id,
                        temperature=temperature, top_k=top_k, generator=g)
     for i, o in enumerate(outs):

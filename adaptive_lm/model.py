@@ -162,8 +162,9 @@ class Attention(nn.Module):
 
     def forward(self, x, ctx: StepContext, layer_idx: int):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
-        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, Dh)
+        q, k = apply_rope(qkv[:2], ctx.cos, ctx.sin).unbind(0)                  # one rotation for q and k
+        v = qkv[2]
         if ctx.cache is not None:
             end = ctx.start + T
             ctx.cache.k[layer_idx][:, :, ctx.start:end] = k

@@ -25,7 +25,7 @@ from . import Built, Recipe, register
 @dataclass
 class ArithSpec:
     band: int = 2                 # a batch's step counts lie within center ± band
-    long_tail_prob: float = 0.4   # probability that a batch gets a long EOS tail
+    long_tail_prob: float = 0.25  # probability that a batch gets a long EOS tail
     short_tail: int = 16          # extra EOS tokens: U(0, short_tail) ...
     long_tail: int = 256          # ... or U(0, long_tail) with long_tail_prob
     eval_problems: int = 64       # held-out problems scored at each evaluation
@@ -81,7 +81,7 @@ register(Recipe(
     name="mdlm-arith",
     description="masked diffusion LM SFT'd on multi-step arithmetic; the shipped builtin:mdlm-arith",
     model=ModelConfig(n_layer=6, n_head=4, d_model=128, max_seq_len=1024, causal=False),
-    train=TrainConfig(steps=2400, batch_size=32, lr=2e-3, warmup_steps=100, eval_every=200,
+    train=TrainConfig(steps=2400, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=200,
                       save_every=100, log_every=20, weight_decay=0.05, min_lr_ratio=0.05),
     data=ArithSpec(),
     budget="<= 45 minutes on 2 CPU cores",

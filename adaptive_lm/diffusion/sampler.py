@@ -1,0 +1,269 @@
+"""The ONE diffusion sampling loop, with the varying parts passed in as policies.
+
+    out = denoise(logits_fn, prompts, policy=FixedLength(length=128), ids=SpecialIds(mask, eos, pad))
+
+``logits_fn(input_ids (B, T), attention_mask (B, T)) -> logits (B, T, V)`` is any masked
+diffusion model: ours (``model_logits_fn(model)``) or a Hugging Face-style model whose output has
+``.logits``. The loop keeps one canvas per sequence (prompt + response positions, [MASK] where
+undecided), batches the unfinished sequences with left padding and an attention mask (each row has
+its own canvas length), runs one forward pass per step, turns logits into predictions and
+confidences (LLaDA: argmax of Gumbel-perturbed logits computed in float64; confidence = softmax
+probability of the prediction, or a uniform draw for ``random`` remasking), and hands each row to
+the policy, which commits tokens, may insert masks, and moves the row's block pointer. A row whose
+pointer has passed its canvas is finished and stops costing forward passes.
+
+Policies (each a small object; see daedal.py for DAEDAL):
+- FixedLength — LLaDA's sampler: L masks, semi-autoregressive blocks, a linear number of tokens
+  per step within each block (remainder to the first steps), top-k by confidence.
+- Threshold — parallel decoding (Fast-dLLM): commit every mask of the block whose confidence
+  exceeds τ, at least the most confident one.
+
+Per sequence the loop returns the answer tokens and stats: nfe (forward passes the sequence took
+part in; classifier-free guidance counts two), n_token (response canvas length denoised), e_token
+(n_token minus EOS tokens), hit_max (the canvas reached L_max), and on request a step-by-step trace.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    mask: int                     # the [MASK] id
+    eos: int                      # EOS: end of answer and the padding of the canvas tail
+    pad: int                      # left padding of the batch (never attended)
+    vocab_size: Optional[int] = None   # for validating the ids above
+
+    def check(self):
+        for name in ("mask", "eos", "pad"):
+            v = getattr(self, name)
+            if v is None or v < 0 or (self.vocab_size is not None and v >= self.vocab_size):
+                raise UsageError(f"{name} id {v} is outside the vocabulary of {self.vocab_size}")
+
+
+@dataclass
+class Row:
+    """One sequence's state. ``canvas`` holds the response positions only (the prompt is fixed)."""
+    prompt: list[int]
+    canvas: torch.Tensor                  # (L,) long: response tokens, mask_id where undecided
+    ptr: int = 0                          # start of the current block (response positions)
+    block_step: int = 0                   # steps taken in the current block
+    schedule: list = field(default_factory=list)   # tokens to commit per step of the block (fixed)
+    nfe: int = 0
+    done: bool = False
+    hit_max: bool = False
+    trace: Optional[list] = None          # per step: canvas, committed, inserted (on request)
+
+
+@dataclass
+class Prediction:
+    """The model's view of one row at one step (response positions only)."""
+    x0: torch.Tensor        # (L,) predicted token per position (Gumbel argmax)
+    conf: torch.Tensor      # (L,) float64 confidence of x0 (prob, or uniform for random remasking)
+    argmax: torch.Tensor    # (L,) clean argmax
+    p_argmax: torch.Tensor  # (L,) probability of the clean argmax
+    p_eos: torch.Tensor     # (L,) probability of EOS
+
+
+class Policy:
+    """What varies between samplers. ``step`` edits the row in place and returns
+    (committed positions, inserted positions) for the trace."""
+    block_length: int = 32
+    max_length: Optional[int] = None      # longest response canvas (None: no growth)
+
+    def initial_length(self) -> int:
+        raise NotImplementedError
+
+    def prepare(self, rows: list[Row], predict: Callable, ids: SpecialIds) -> None:
+        """Before stage 2 (DAEDAL's stage 1 grows canvases here). ``predict(rows)`` runs one
+        batched forward pass and returns a Prediction per row."""
+
+    def step(self, row: Row, pred: Prediction, ids: SpecialIds) -> tuple[list[int], list[int]]:
+        raise NotImplementedError
+
+
+def block_masks(row: Row, ids: SpecialIds, block_length: int) -> torch.Tensor:
+    """Indices of the masks inside the row's current block."""
+    end = min(row.ptr + block_length, row.canvas.numel())
+    return (row.canvas[row.ptr:end] == ids.mask).nonzero().flatten() + row.ptr
+
+
+def commit(row: Row, pred: Prediction, positions: torch.Tensor) -> list[int]:
+    row.canvas[positions] = pred.x0[positions]
+    return positions.tolist()
+
+
+def advance(row: Row, ids: SpecialIds, block_length: int) -> None:
+    """Move the block pointer past blocks without masks; the row is done past its canvas."""
+    while row.ptr < row.canvas.numel() and not (row.canvas[row.ptr:row.ptr + block_length] == ids.mask).any():
+        row.ptr += block_length
+        row.block_step = 0
+        row.schedule = []
+    row.done = row.ptr >= row.canvas.numel()
+
+
+def linear_schedule(n_masks: int, steps: int) -> list[int]:
+    """LLaDA's get_num_transfer_tokens: n masks spread evenly over steps, remainder first."""
+    base, rem = divmod(n_masks, steps)
+    return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+@dataclass
+class FixedLength(Policy):
+    length: int = 128             # response canvas L
+    block_length: int = 32        # semi-autoregressive block
+    steps: int = 0                # total denoising steps; 0 = L (one token per step)
+
+    def __post_init__(self):
+        if self.length < 1 or self.block_length < 1:
+            raise UsageError("length and block_length must be >= 1")
+        n_blocks = -(-self.length // self.block_length)
+        self.steps_per_block = max(1, (self.steps or self.length) // n_blocks)
+
+    def initial_length(self) -> int:
+        return self.length
+
+    def step(self, row, pred, ids):
+        masks = block_masks(row, ids, self.block_length)
+        if not row.schedule:
+            row.schedule = linear_schedule(masks.numel(), self.steps_per_block)
+        k = row.schedule[min(row.block_step, len(row.schedule) - 1)] or 1
+        top = pred.conf[masks].topk(min(k, masks.numel())).indices
+        done = commit(row, pred, masks[top])
+        row.block_step += 1
+        advance(row, ids, self.block_length)
+        return done, []
+
+
+@dataclass
+class Threshold(Policy):
+    length: int = 128             # response canvas L
+    threshold: float = 0.9        # commit every block mask with confidence above it
+    block_length: int = 32
+
+    def __post_init__(self):
+        if not 0 <= self.threshold <= 1:
+            raise UsageError(f"threshold must be in [0, 1], got {self.threshold}")
+
+    def initial_length(self) -> int:
+        return self.length
+
+    def step(self, row, pred, ids):
+        masks = block_masks(row, ids, self.block_length)
+        done = commit(row, pred, fill_above(pred, masks, self.threshold))
+        advance(row, ids, self.block_length)
+        return done, []
+
+
+def fill_above(pred: Prediction, masks: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Masks with confidence > threshold, or the single most confident one if none."""
+    c = pred.conf[masks]
+    chosen = masks[c > threshold]
+    return chosen if chosen.numel() else masks[c.argmax()][None]
+
+
+@dataclass
+class DiffusionOutput:
+    tokens: list[list[int]]       # per sequence: the answer, up to (excluding) the first EOS
+    canvases: list[list[int]]     # per sequence: the whole response canvas
+    stats: list[dict]             # per sequence: nfe, n_token, e_token, hit_max
+    traces: Optional[list] = None
+
+
+def model_logits_fn(model) -> Callable:
+    """Our TransformerLM (or any model returning an object with .logits) as a logits_fn."""
+    def fn(input_ids, attention_mask):
+        out = model(input_ids, attention_mask=attention_mask)
+        return out.logits if hasattr(out, "logits") else out
+    return fn
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """LLaDA's add_gumbel_noise + argmax: argmax exp(logits) / (-log U)^temperature in float64."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    l64 = logits.double()
+    u = torch.rand(l64.shape, generator=generator, dtype=torch.float64).clamp_min(1e-300)
+    return (l64.exp() / (-u.log()) ** temperature).argmax(-1)
+
+
+@torch.no_grad()
+def denoise(logits_fn: Callable, prompts: list[list[int]], *, policy: Policy, ids: SpecialIds,
+            temperature: float = 0.0, remasking: str = "low_confidence", cfg_scale: float = 0.0,
+            generator: Optional[torch.Generator] = None, trace: bool = False, max_steps: int = 100_000,
+            device=None) -> DiffusionOutput:
+    """Run the policy to completion on every prompt (see the module docstring)."""
+    ids.check()
+    if remasking not in ("low_confidence", "random"):
+        raise UsageError(f"remasking must be low_confidence or random, not {remasking!r}")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UsageError("every prompt needs at least one token")
+    L0 = policy.initial_length()
+    if policy.max_length is not None and L0 > policy.max_length:
+        raise UsageError(f"initial length {L0} exceeds the maximum length {policy.max_length}")
+    rows = [Row(list(p), torch.full((L0,), ids.mask, dtype=torch.long), trace=[] if trace else None) for p in prompts]
+
+    def predict(batch_rows: list[Row]) -> list[Prediction]:
+        return _predict(logits_fn, batch_rows, ids, temperature, remasking, cfg_scale, generator, device)
+
+    policy.prepare(rows, predict, ids)
+    for _ in range(max_steps):
+        alive = [r for r in rows if not r.done]
+        if not alive:
+            break
+        for r, pred in zip(alive, predict(alive)):
+            done, inserted = policy.step(r, pred, ids)
+            if r.trace is not None:
+                r.trace.append({"canvas": r.canvas.tolist(), "committed": done, "inserted": inserted, "ptr": r.ptr})
+    return _finish(rows, ids)
+
+
+def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, generator, device) -> list[Prediction]:
+    """One batched forward pass over the rows' canvases (left padded) -> a Prediction per row."""
+    seqs = [r.prompt + r.canvas.tolist() for r in rows]
+    T = max(len(s) for s in seqs)
+    x = torch.full((len(seqs), T), ids.pad, dtype=torch.long)
+    am = torch.zeros(len(seqs), T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        x[i, T - len(s):] = torch.tensor(s)
+        am[i, T - len(s):] = 1
+    if cfg_scale > 0:                                    # unconditional pass: prompt masked
+        xu = x.clone()
+        for i, r in enumerate(rows):
+            xu[i, T - len(seqs[i]):T - len(seqs[i]) + len(r.prompt)] = ids.mask
+        both = logits_fn(torch.cat([x, xu]).to(device), torch.cat([am, am]).to(device)).float().cpu()
+        cond, unc = both.chunk(2)
+        logits = unc + (cfg_scale + 1) * (cond - unc)
+    else:
+        logits = logits_fn(x.to(device), am.to(device)).float().cpu()     # (B, T, V)
+    out = []
+    for i, r in enumerate(rows):
+        r.nfe += 2 if cfg_scale > 0 else 1
+        lg = logits[i, T - r.canvas.numel():]                             # response positions (L, V)
+        probs = lg.softmax(-1)
+        x0 = gumbel_argmax(lg, temperature, generator)
+        x0 = torch.where(r.canvas == ids.mask, x0, r.canvas)
+        conf = (torch.rand(x0.shape, generator=generator, dtype=torch.float64) if remasking == "random"
+                else probs.gather(-1, x0[:, None]).squeeze(1).double())
+        conf = torch.where(r.canvas == ids.mask, conf, torch.full_like(conf, -float("inf")))
+        p_arg, arg = probs.max(-1)
+        out.append(Prediction(x0, conf, arg, p_arg, probs[:, ids.eos]))
+    return out
+
+
+def _finish(rows: list[Row], ids: SpecialIds) -> DiffusionOutput:
+    tokens, canvases, stats = [], [], []
+    for r in rows:
+        c = r.canvas.tolist()
+        ans = c[:c.index(ids.eos)] if ids.eos in c else c
+        tokens.append([t for t in ans if t != ids.mask])
+        canvases.append(c)
+        n_eos = sum(1 for t in c if t == ids.eos)
+        stats.append({"nfe": r.nfe, "n_token": len(c), "e_token": len(c) - n_eos, "hit_max": r.hit_max})
+    traces = [r.trace for r in rows] if rows and rows[0].trace is not None else None
+    return DiffusionOutput(tokens, canvases, stats, traces)

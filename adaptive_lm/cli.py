@@ -68,13 +68,14 @@ def train(recipe: str, overrides: list[str] = (), out: str = "", resume: bool = 
 @command
 def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 0, batch_size: int = 16,
           data_dir: str = "") -> int:
-    """Held-out loss, perplexity and bits per byte of a causal LM checkpoint on a corpus split.
+    """Held-out loss of a checkpoint: causal LMs on a corpus split (loss, perplexity, bits per byte);
+    masked diffusion LMs on held-out arithmetic problems (Monte-Carlo bound on the answer's NLL).
 
     Args:
         model: checkpoint folder or builtin:NAME
         corpus: corpus name or text file (default: the one the checkpoint was trained on)
         split: train, valid or test
-        max_windows: score at most this many windows (0 = the whole split)
+        max_windows: score at most this many windows (0 = the whole split); diffusion: problems (0 = 64)
         batch_size: windows per forward pass
         data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
     """
@@ -85,6 +86,11 @@ def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 
         raise UsageError("--batch-size must be >= 1 and --max-windows >= 0")
     meta = read_config(resolve(model)).get("meta", {})
     m, tok = from_pretrained(model)
+    if not m.config.causal:
+        from .recipes.mdlm import eval_arith_nll
+        res = eval_arith_nll(m, tok, n=max_windows or 64, batch_size=batch_size)
+        print(json.dumps({"model": model, "task": "arith", "split": "test", **res}))
+        return 0
     corpus = corpus or meta.get("corpus")
     if not corpus:
         raise UsageError("the checkpoint names no corpus: pass --corpus")

@@ -1,7 +1,8 @@
 """`adaptive-lm demo` (`make demo`): the main job on the shipped checkpoints, on a CPU.
 
-Today it samples from the shipped causal LM and reports how fast; each method issue adds its
-section (DAEDAL, VMD, CALM, entropy/compression) and the HTML report.
+Today it samples from the shipped causal LM and runs DAEDAL beside the fixed-length baseline on a
+fresh arithmetic problem; each method issue adds its section (VMD, CALM, entropy/compression) and
+issue 7 the HTML report.
 """
 from __future__ import annotations
 
@@ -17,12 +18,33 @@ from .io import atomic_write_text
 from .lm import generate
 
 DEFAULT_LM = "builtin:shakespeare-char"
+DEFAULT_MDM = "builtin:mdlm-arith"
+
+
+def daedal_section(seed: int) -> dict:
+    """DAEDAL answering a fresh arithmetic problem, the fixed-length LLaDA baseline beside it."""
+    from .diffusion.daedal import Daedal
+    from .diffusion.sampler import FixedLength, SpecialIds, denoise, model_logits_fn
+    from .tasks.arith import make_split, score
+    model, tok = from_pretrained(DEFAULT_MDM)
+    prob = make_split("test", 1, seed=10_000 + seed)[0]
+    ids = SpecialIds(tok.mask_id, tok.eos_id, tok.pad_id, tok.vocab_size)
+    res = {"prompt": prob.prompt, "answer": prob.answer}
+    for name, policy in (("daedal", Daedal(init_length=32, max_length=512)), ("fixed-256", FixedLength(length=256))):
+        t0 = time.perf_counter()
+        out = denoise(model_logits_fn(model), [tok.encode(prob.prompt)], policy=policy, ids=ids)
+        text = tok.decode(out.tokens[0])
+        res[name] = {"output": text, "correct": score(text, prob), "seconds": time.perf_counter() - t0, **out.stats[0]}
+        print(f"--- {name}: correct={res[name]['correct']} NFE={out.stats[0]['nfe']} canvas={out.stats[0]['n_token']} "
+              f"({res[name]['seconds']:.1f}s)\n{text}")
+    return res
 
 
 def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
     names = builtin_names()
     print(f"adaptive-lm demo — shipped checkpoints: {', '.join(names) or 'none'}", file=sys.stderr)
-    print("[1/1] causal LM: sampling 4 continuations of 'ROMEO:' as one batch ...", file=sys.stderr)
+    sections = 2 if DEFAULT_MDM.split(":")[1] in names else 1
+    print(f"[1/{sections}] causal LM: sampling 4 continuations of 'ROMEO:' as one batch ...", file=sys.stderr)
     model, tok = from_pretrained(DEFAULT_LM)
     prompt = "ROMEO:"
     g = torch.Generator().manual_seed(seed)
@@ -34,10 +56,13 @@ def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
     for i, o in enumerate(outs):
         print(f"--- sample {i + 1}\n{prompt}{tok.decode(o)}")
     print(f"\n{n} tokens in {dt:.2f}s ({n / dt:,.0f} tokens/s, batch 4, KV cache, {torch.get_num_threads()} threads)")
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     summary = {"model": DEFAULT_LM, "seed": seed, "prompt": prompt, "samples": [tok.decode(o) for o in outs],
                "tokens_per_s": n / dt}
+    if sections == 2:
+        print(f"\n[2/2] DAEDAL vs fixed length on a fresh arithmetic problem ...", file=sys.stderr)
+        summary["daedal"] = daedal_section(seed)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
     print(f"wrote {folder / 'summary.json'}", file=sys.stderr)
     return 0

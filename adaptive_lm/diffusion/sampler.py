@@ -120,10 +120,13 @@ class FixedLength(Policy):
     steps: int = 0                # total denoising steps; 0 = L (one token per step)
 
     def __post_init__(self):
-        if self.length < 1 or self.block_length < 1:
-            raise UsageError("length and block_length must be >= 1")
+        if self.length < 1 or self.block_length < 1 or self.steps < 0:
+            raise UsageError("length and block_length must be >= 1 and steps >= 0")
         n_blocks = -(-self.length // self.block_length)
-        self.steps_per_block = max(1, (self.steps or self.length) // n_blocks)
+        if self.steps and self.steps % n_blocks:
+            raise UsageError(f"steps={self.steps} must divide into the {n_blocks} blocks of the canvas (LLaDA)")
+        # steps=0: one token per step in every block, the last (shorter) block included
+        self.steps_per_block = self.steps // n_blocks if self.steps else self.block_length
 
     def initial_length(self) -> int:
         return self.length
@@ -149,6 +152,8 @@ class Threshold(Policy):
     def __post_init__(self):
         if not 0 <= self.threshold <= 1:
             raise UsageError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.length < 1 or self.block_length < 1:
+            raise UsageError("length and block_length must be >= 1")
 
     def initial_length(self) -> int:
         return self.length
@@ -241,6 +246,7 @@ def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, generator,
         logits = unc + (cfg_scale + 1) * (cond - unc)
     else:
         logits = logits_fn(x.to(device), am.to(device)).float().cpu()     # (B, T, V)
+    logits[..., ids.mask] = -float("inf")        # [MASK] is never a prediction (MDLM's zero-masking)
     out = []
     for i, r in enumerate(rows):
         r.nfe += 2 if cfg_scale > 0 else 1

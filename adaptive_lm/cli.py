@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import sys
 import typing
 from pathlib import Path

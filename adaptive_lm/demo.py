@@ -59,7 +59,7 @@ def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
     summary = {"model": DEFAULT_LM, "seed": seed, "prompt": prompt, "samples": [tok.decode(o) for o in outs],
                "tokens_per_s": n / dt}
     if sections == 2:
-        print(f"\n[2/2] DAEDAL vs fixed length on a fresh arithmetic problem ...", file=sys.stderr)
+        print("\n[2/2] DAEDAL vs fixed length on a fresh arithmetic problem ...", file=sys.stderr)
         summary["daedal"] = daedal_section(seed)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

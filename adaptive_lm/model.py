@@ -21,7 +21,7 @@ Run ``python -m adaptive_lm.model`` for a smoke test.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import torch

@@ -1,6 +1,5 @@
 """The command line: end to end on a tiny recipe, and bad input -> one line, right exit code."""
 import json
-import os
 import subprocess
 import sys
 

@@ -13,7 +13,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import torch
 
 from ..checkpoint import from_pretrained
 from ..diffusion.daedal import Daedal

@@ -14,15 +14,6 @@ from .test_sampler import (ANS, EOS, IDS, MASK, Oracle, answer_rule, assert_semi
                            no_mask_logits, prompt_for, tiny_mdm)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is fastest, and the machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def pred_of(argmax, p_eos):
     argmax = torch.tensor(argmax)
     p_eos = torch.tensor(p_eos, dtype=torch.float32)

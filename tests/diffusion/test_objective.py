@@ -14,15 +14,6 @@ from adaptive_lm.model import ModelConfig, TransformerLM
 V, EOS, MASK = 20, 1, 19
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is fastest, and the machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def mdm():
     torch.manual_seed(0)

@@ -17,15 +17,6 @@ PROMPT_TOKENS = (3, 4)          # oracle prompts use only these; oracle answers 
 ANS = 5                         # the oracle's answer token
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is fastest, and the machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def prompt_for(answer_len: int) -> list[int]:
     """A prompt whose number of 4s is the answer length the oracle will produce."""
     return [3] + [4] * answer_len

@@ -24,9 +24,18 @@ import torch
 import torch.nn.functional as F
 
 
-def draw_noise(batch_size: int, length: int, generator: torch.Generator, eps: float = 1e-3):
-    """t (B,) ~ U(eps, 1) and u (B, L) ~ U(0, 1); position i is masked where u < t."""
-    t = eps + (1 - eps) * torch.rand(batch_size, generator=generator)
+def draw_noise(batch_size: int, length: int, generator: torch.Generator, eps: float = 1e-3,
+               stratified: bool = False):
+    """t (B,) ~ U(eps, 1) and u (B, L) ~ U(0, 1); position i is masked where u < t.
+
+    stratified: MDLM's low-discrepancy sampler — one uniform offset, t_i = (u0 + i/B) mod 1, so
+    the batch covers the noise levels evenly and the loss has less variance.
+    """
+    if stratified:
+        base = (torch.rand(1, generator=generator) + torch.arange(batch_size) / batch_size) % 1
+        t = eps + (1 - eps) * base[torch.randperm(batch_size, generator=generator)]
+    else:
+        t = eps + (1 - eps) * torch.rand(batch_size, generator=generator)
     u = torch.rand(batch_size, length, generator=generator)
     return t, u
 
@@ -84,7 +93,7 @@ def mc_nll(model, input_ids: torch.Tensor, target_mask: torch.Tensor, *, mask_id
 
 
 def sft_batch(prompts: list[list[int]], responses: list[list[int]], *, eos_id: int, generator: torch.Generator,
-              extra: int = 0, eps: float = 1e-3) -> dict:
+              extra: int = 0, eps: float = 1e-3, stratified: bool = False) -> dict:
     """LLaDA-style SFT rows: prompt + response + EOS padding to one length T for the whole batch.
 
     T = longest prompt+response + 1 + ``extra``: every row ends in at least one EOS, shorter rows
@@ -97,5 +106,5 @@ def sft_batch(prompts: list[list[int]], responses: list[list[int]], *, eos_id: i
     for i, (p, r) in enumerate(zip(prompts, responses)):
         ids[i, :len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
         pm[i, :len(p)] = True
-    t, u = draw_noise(B, T, generator, eps)
+    t, u = draw_noise(B, T, generator, eps, stratified)
     return {"input_ids": ids, "prompt_mask": pm, "t": t, "u": u}

@@ -4,14 +4,15 @@ A problem describes a quantity that changes by a single digit each day until a c
 value is met; the worked solution has one line per day, so 1 to 16 lines (answers of ~40 to ~260
 characters), and the number of lines is known only after dividing the values — not from the
 prompt's shape. Each step is local (a 1- or 2-digit number plus or minus one digit), which a
-small model masters on a CPU. The answer ends in ``\\boxed{days}`` and is scored with the same
+small model masters on a CPU; numbers in the worked lines are written with two digits so that
+copying a value from the line above is a fixed-offset lookup. The answer ends in ``\\boxed{days}`` and is scored with the same
 last-``\\boxed{}`` extractor as GSM8K / MATH.
 
     Mia has 47 coins and spends 6 each day until fewer than 6 are left. How many days?
-    Day 1: 47-6=41
+    Day 01: 47-6=41
     ...
-    Day 7: 11-6=5
-    5<6, so 7 days.
+    Day 07: 11-6=05
+    05<6, so 7 days.
     \\boxed{7}
 
 Deterministic from a seed (torch.Generator). Train and test are disjoint by construction: a
@@ -59,9 +60,9 @@ def spend_problem(name: str, item: str, start: int, d: int) -> Problem:
     lines, x, k = [], start, 0
     while x >= d:
         k += 1
-        lines.append(f"Day {k}: {x}-{d}={x - d}")
+        lines.append(f"Day {k:02d}: {x:02d}-{d}={x - d:02d}")
         x -= d
-    lines.append(f"{x}<{d}, so {k} days.")
+    lines.append(f"{x:02d}<{d}, so {k} days.")
     prompt = f"{name} has {start} {item} and spends {d} each day until fewer than {d} are left. How many days?\n"
     return Problem(prompt, "\n".join(lines) + f"\n\\boxed{{{k}}}", str(k), k)
 
@@ -71,9 +72,9 @@ def save_problem(name: str, item: str, start: int, d: int, target: int) -> Probl
     lines, x, k = [], start, 0
     while x < target:
         k += 1
-        lines.append(f"Day {k}: {x}+{d}={x + d}")
+        lines.append(f"Day {k:02d}: {x:02d}+{d}={x + d:02d}")
         x += d
-    lines.append(f"{x}>={target}, so {k} days.")
+    lines.append(f"{x:02d}>={target}, so {k} days.")
     prompt = f"{name} has {start} {item} and gets {d} more each day until at least {target}. How many days?\n"
     return Problem(prompt, "\n".join(lines) + f"\n\\boxed{{{k}}}", str(k), k)
 

@@ -225,3 +225,13 @@ def test_mc_nll_finite_positive_lower_for_an_oracle_and_reproducible(mdm):
     torch.testing.assert_close(uniform, tm.sum(1).float() * math.log(V), rtol=1e-5, atol=1e-5)
     assert (oracle < 0.01 * uniform).all()
     assert (oracle < real).all()
+
+
+def test_stratified_noise_covers_the_levels_evenly():
+    from adaptive_lm.diffusion.objective import draw_noise
+    t, u = draw_noise(8, 5, torch.Generator().manual_seed(0), eps=0.0, stratified=True)
+    gaps = t.sort().values.diff()
+    assert torch.allclose(gaps, torch.full_like(gaps, 1 / 8), atol=1e-6)      # one per stratum
+    assert u.shape == (8, 5)
+    t2, _ = draw_noise(8, 5, torch.Generator().manual_seed(0), eps=0.0, stratified=True)
+    assert torch.equal(t, t2)

@@ -1,0 +1,60 @@
+"""The synthetic arithmetic task: correct worked solutions, value-dependent lengths, disjoint splits."""
+import re
+
+import pytest
+import torch
+
+from adaptive_lm.tasks import arith
+
+
+def _check_solution(p: arith.Problem):
+    lines = p.solution.splitlines()
+    steps = lines[:-2]
+    assert len(steps) == p.steps == int(p.answer)
+    for k, line in enumerate(steps, 1):
+        m = re.fullmatch(r"Day (\d\d): (\d+)([+-])(\d)=(\d+)", line)
+        assert m, line
+        day, a, op, d, r = int(m[1]), int(m[2]), m[3], int(m[4]), int(m[5])
+        assert day == k and r == (a + d if op == "+" else a - d)
+        if k > 1:
+            assert a == prev
+        prev = r
+    assert lines[-1] == f"\\boxed{{{p.answer}}}"
+
+
+def test_solutions_are_correct_and_step_counts_cover_1_to_16():
+    probs = arith.make_split("train", 400, seed=3)
+    for p in probs:
+        _check_solution(p)
+        assert arith.score(p.solution, p)
+    assert {p.steps for p in probs} == set(range(1, arith.MAX_STEPS + 1))
+
+
+def test_answer_length_depends_on_the_values_not_the_prompt_shape():
+    a = arith.spend_problem("Mia", "coins", 47, 6)
+    b = arith.spend_problem("Mia", "coins", 17, 6)
+    assert len(a.prompt) == len(b.prompt) and len(a.solution) > 2 * len(b.solution)
+    assert (a.answer, b.answer) == ("7", "2")
+    s = arith.save_problem("Leo", "cards", 12, 7, 80)
+    assert s.answer == "10" and s.solution.splitlines()[-2] == "82>=80, so 10 days."
+
+
+def test_splits_are_deterministic_and_disjoint():
+    assert arith.make_split("test", 50, seed=1) == arith.make_split("test", 50, seed=1)
+    test = {p.prompt for p in arith.make_split("test", 500, seed=1)}
+    train = {p.prompt for p in arith.make_split("train", 3000, seed=2)}
+    assert not test & train
+
+
+def test_every_character_is_in_the_alphabet():
+    for p in arith.make_split("test", 200, seed=4):
+        assert set(p.prompt + p.solution) <= set(arith.ALPHABET)
+
+
+def test_score_reads_the_last_box():
+    p = arith.spend_problem("Sam", "beads", 20, 6)
+    assert arith.score("... \\boxed{2} no wait \\boxed{3}", p)
+    assert not arith.score("\\boxed{3} then \\boxed{2}", p)
+    assert not arith.score("no box", p)
+    with pytest.raises(ValueError):
+        arith.sample_problem(torch.Generator(), split="valid")

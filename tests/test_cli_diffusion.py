@@ -1,0 +1,60 @@
+"""The diffusion commands end to end on a seconds-long masked diffusion run."""
+import json
+
+import pytest
+
+from .test_cli import assert_one_line_error, run
+
+
+@pytest.fixture(scope="module")
+def mdm(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mdm") / "run"
+    rc, so, se = run("train", "mdlm-tiny-test", "--out", str(out), "--quiet")
+    assert rc == 0, se
+    return out / "checkpoint"
+
+
+PROMPT = "Mia has 20 coins and spends 6 each day until fewer than 6 are left. How many days?"
+
+
+@pytest.mark.parametrize("method", ["daedal", "fixed", "threshold"])
+def test_generate_each_method_prints_an_answer_and_stats(mdm, method):
+    rc, so, se = run("generate", str(mdm), "--method", method, "--length", "32", "--max-length", "64", "--stats",
+                     "--prompt", PROMPT)
+    assert rc == 0, se
+    stats = json.loads(se.strip().splitlines()[-1])
+    assert stats["nfe"] >= 1 and stats["n_token"] >= 32 and 0 <= stats["e_token"] <= stats["n_token"]
+    if method == "fixed":
+        assert stats["nfe"] == 32 and stats["n_token"] == 32
+
+
+def test_eval_gives_a_monte_carlo_bound(mdm):
+    rc, so, se = run("eval", str(mdm), "--max-windows", "4", "--batch-size", "4")
+    assert rc == 0, se
+    res = json.loads(so)
+    assert res["task"] == "arith" and res["bits_per_char"] > 0
+
+
+def test_bench_daedal_small(mdm, tmp_path):
+    out = tmp_path / "d.json"
+    rc, so, se = run("bench", "daedal", "--json", str(out), f"model={mdm}", "n=2", "lengths=32,64",
+                     "init_lengths=32", "max_length=64", "threshold_length=32")
+    assert rc == 0, se
+    res = json.loads(out.read_text())
+    methods = [(r["method"], r["length"]) for r in res["rows"]]
+    assert methods == [("fixed", 32), ("fixed", 64), ("threshold", 32), ("daedal", 32), ("daedal+threshold", 32)]
+    fixed32 = res["rows"][0]
+    assert fixed32["nfe"] == 32 and fixed32["n_token"] == 32
+    assert all(0 <= r["acc"] <= 1 and 0 <= r["e_ratio"] <= 1 for r in res["rows"])
+
+
+@pytest.mark.parametrize("args,code,word", [
+    (["--method", "ar"], 2, "does not fit"),
+    (["--method", "daedal", "--length", "128", "--max-length", "64"], 2, "exceeds"),
+    (["--method", "threshold", "--threshold", "1.5"], 2, "threshold"),
+    (["--method", "daedal", "--prompt", ""], 2, "needs a prompt"),
+])
+def test_bad_diffusion_input(mdm, args, code, word):
+    full = ["generate", str(mdm), *args] + ([] if "--prompt" in args else ["--prompt", PROMPT])
+    rc, _, se = run(*full, stdin="")
+    assert_one_line_error(rc, se, code, word)

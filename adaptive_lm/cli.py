@@ -86,6 +86,8 @@ def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 
     meta = read_config(resolve(model)).get("meta", {})
     m, tok = from_pretrained(model)
     if not m.config.causal:
+        if meta.get("task") != "arith":
+            raise UsageError(f"{model} is a masked diffusion model without a known task; eval supports task=arith")
         from .recipes.mdlm import eval_arith_nll
         res = eval_arith_nll(m, tok, n=max_windows or 64, batch_size=batch_size)
         print(json.dumps({"model": model, "task": "arith", "split": "test", **res}))
@@ -105,7 +107,7 @@ def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 
 def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: str = "auto",
              max_new_tokens: int = 200, temperature: float = -1.0, top_k: int = 0, num_samples: int = 1,
              seed: int = 0, length: int = 0, max_length: int = 512, block_length: int = 32,
-             threshold: float = 0.9, stats: bool = False) -> int:
+             threshold: float = 0.9) -> int:
     """Generate from a checkpoint. The prompt comes from --prompt, or from stdin when piped.
 
     Args:
@@ -121,7 +123,9 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         max_length: daedal: L_max, the longest canvas
         block_length: diffusion: semi-autoregressive block length
         threshold: threshold decoding: commit masks above this confidence
-        stats: diffusion: print NFE, N_token, E_token per sample
+
+    Diffusion methods print each answer on stdout and its stats (NFE, N_token, E_token, hit_max)
+    as one JSON line on stderr.
     """
     import torch
     from .checkpoint import from_pretrained
@@ -151,17 +155,14 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     else:
         policy = Threshold(length=length or 256, threshold=threshold, block_length=block_length)
     p_ids = tok.encode(prompt if prompt.endswith("\n") else prompt + "\n")
-    if len(p_ids) + max(policy.initial_length(), getattr(policy, "max_length", 0) or 0) > m.config.max_seq_len:
-        raise UsageError(f"prompt ({len(p_ids)} tokens) + canvas exceeds the model's {m.config.max_seq_len}-token context")
     out = denoise(model_logits_fn(m), [p_ids] * num_samples, policy=policy,
                   ids=SpecialIds(tok.mask_id, tok.eos_id, tok.pad_id, tok.vocab_size),
-                  temperature=max(temperature, 0.0), generator=g)
+                  temperature=max(temperature, 0.0), generator=g, max_seq_len=m.config.max_seq_len)
     for i, (toks, st) in enumerate(zip(out.tokens, out.stats)):
         if num_samples > 1:
             print(f"--- sample {i + 1}")
         print(tok.decode(toks))
-        if stats:
-            print(json.dumps(st), file=sys.stderr)
+        print(json.dumps(st), file=sys.stderr)
     return 0
 
 

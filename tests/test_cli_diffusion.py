@@ -19,7 +19,7 @@ PROMPT = "Mia has 20 coins and spends 6 each day until fewer than 6 are left. Ho
 
 @pytest.mark.parametrize("method", ["daedal", "fixed", "threshold"])
 def test_generate_each_method_prints_an_answer_and_stats(mdm, method):
-    rc, so, se = run("generate", str(mdm), "--method", method, "--length", "32", "--max-length", "64", "--stats",
+    rc, so, se = run("generate", str(mdm), "--method", method, "--length", "32", "--max-length", "64",
                      "--prompt", PROMPT)
     assert rc == 0, se
     stats = json.loads(se.strip().splitlines()[-1])

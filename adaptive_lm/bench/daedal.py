@@ -40,6 +40,7 @@ def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batc
     ids = SpecialIds(tok.mask_id, tok.eos_id, tok.pad_id, tok.vocab_size)
     fn = model_logits_fn(model)
     prompts = [tok.encode(p.prompt) for p in problems]
+    denoise(fn, prompts[:batch_size], policy=FixedLength(length=32), ids=ids)     # warm-up, untimed
     rows = []
     for i, (name, length, policy) in enumerate(policies):
         print(f"[{i + 1}/{len(policies)}] {name} L={length} ...", file=sys.stderr, flush=True)
@@ -59,22 +60,35 @@ def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batc
     return rows
 
 
+def _ints(name: str, s: str) -> list[int]:
+    try:
+        vals = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{name}={s!r}: expected comma-separated integers") from None
+    if not vals or min(vals) < 1:
+        raise UsageError(f"{name}: give at least one length >= 1")
+    return vals
+
+
 @register("daedal", DaedalBenchOptions)
 def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     """DAEDAL vs fixed-length and threshold decoding on held-out arithmetic (Table 1's shape)."""
     if o.n < 1 or o.batch_size < 1:
         raise UsageError("n and batch_size must be >= 1")
+    lengths, inits = _ints("lengths", o.lengths), _ints("init_lengths", o.init_lengths)
     model, tok = from_pretrained(o.model)
     if model.config.causal:
         raise UsageError(f"{o.model} is a causal LM; DAEDAL needs a masked diffusion model")
     problems = make_split("test", o.n, seed=o.data_seed + seed)
-    ints = lambda s: [int(x) for x in s.split(",") if x.strip()]
-    policies: list[tuple[str, int, object]] = [("fixed", L, FixedLength(length=L)) for L in ints(o.lengths)]
+    longest = max(len(tok.encode(p.prompt)) for p in problems) + max(lengths + [o.max_length, o.threshold_length])
+    if longest > model.config.max_seq_len:
+        raise UsageError(f"prompt + canvas ({longest} tokens) exceeds the model's {model.config.max_seq_len}-token context")
+    policies: list[tuple[str, int, object]] = [("fixed", L, FixedLength(length=L)) for L in lengths]
     policies.append(("threshold", o.threshold_length, Threshold(length=o.threshold_length, threshold=o.threshold)))
-    for L in ints(o.init_lengths):
+    for L in inits:
         policies.append(("daedal", L, Daedal(init_length=L, max_length=o.max_length)))
-    policies.append(("daedal+threshold", ints(o.init_lengths)[0],
-                     Daedal(init_length=ints(o.init_lengths)[0], max_length=o.max_length, tau_high=o.fast_tau_high)))
+    policies.append(("daedal+threshold", inits[0],
+                     Daedal(init_length=inits[0], max_length=o.max_length, tau_high=o.fast_tau_high)))
     rows = run_rows(model, tok, problems, policies, o.batch_size)
     fixed = [r for r in rows if r["method"] == "fixed"]
     best = max(fixed, key=lambda r: (r["acc"], -r["nfe"]))

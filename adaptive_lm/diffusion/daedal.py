@@ -45,6 +45,7 @@ class Daedal(Policy):
     e_factor: int = 8             # masks added per expansion
     w_eos: int = 32               # EOS-confidence window
     eos_tail: Optional[int] = None   # EOS tokens appended after stage 1; None = w_eos // 2 (reference code)
+    thresholded = True
 
     def __post_init__(self):
         for name in ("tau_high", "tau_low", "tau_eos", "tau_expand"):
@@ -68,7 +69,9 @@ class Daedal(Policy):
             keep = []
             for r, p in zip(growing, predict(growing)):
                 n = r.canvas.numel()
-                if eos_confidence(p, ids.eos, self.w_eos) < self.tau_eos and n < self.max_length:
+                unsure = eos_confidence(p, ids.eos, self.w_eos) < self.tau_eos
+                r.hit_max = unsure and n >= self.max_length          # wanted to grow, could not
+                if unsure and n < self.max_length:
                     add = min(self.e_factor, self.max_length - n)
                     r.canvas = torch.cat([r.canvas, torch.full((add,), ids.mask, dtype=torch.long)])
                     keep.append(r)
@@ -81,7 +84,6 @@ class Daedal(Policy):
             tail = min(self.eos_tail, self.max_length - n)
             if tail > 0:
                 r.canvas = torch.cat([r.canvas, torch.full((tail,), ids.eos, dtype=torch.long)])
-            r.hit_max = r.canvas.numel() >= self.max_length
 
     def step(self, row: Row, pred: Prediction, ids: SpecialIds):
         masks = block_masks(row, ids, self.block_length)
@@ -91,12 +93,13 @@ class Daedal(Policy):
         rest = masks[~torch.isin(masks, fill)]
         cands = rest[pred.conf[rest] < self.tau_low]
         n = row.canvas.numel()
-        if cands.numel() and n < self.max_length and eos_confidence(pred, ids.eos, self.w_eos) < self.tau_expand:
+        if cands.numel() and eos_confidence(pred, ids.eos, self.w_eos) < self.tau_expand:
             pos = int(cands[pred.conf[cands].argmin()])
             k = min(self.e_factor, self.max_length - n + 1)          # replaces one mask: net +k-1
             if k > 1:
                 row.canvas = torch.cat([row.canvas[:pos], torch.full((k,), ids.mask, dtype=torch.long), row.canvas[pos + 1:]])
                 inserted = list(range(pos, pos + k))
-                row.hit_max = row.hit_max or row.canvas.numel() >= self.max_length
+            if k < self.e_factor:                                   # the cap cut an expansion short
+                row.hit_max = True
         advance(row, ids, self.block_length)
         return done, inserted

@@ -20,7 +20,8 @@ Policies (each a small object; see daedal.py for DAEDAL):
 
 Per sequence the loop returns the answer tokens and stats: nfe (forward passes the sequence took
 part in; classifier-free guidance counts two), n_token (response canvas length denoised), e_token
-(n_token minus EOS tokens), hit_max (the canvas reached L_max), and on request a step-by-step trace.
+(n_token minus EOS tokens), hit_max (the canvas needed to grow past L_max), finished (False only
+if max_steps ran out), and on request a step-by-step trace.
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class SpecialIds:
     vocab_size: Optional[int] = None   # for validating the ids above
 
     def check(self):
+        if self.mask in (self.eos, self.pad):
+            raise UsageError(f"the mask id {self.mask} must differ from the EOS ({self.eos}) and padding ({self.pad}) ids")
         for name in ("mask", "eos", "pad"):
             v = getattr(self, name)
             if v is None or v < 0 or (self.vocab_size is not None and v >= self.vocab_size):
@@ -58,6 +61,7 @@ class Row:
     done: bool = False
     hit_max: bool = False
     trace: Optional[list] = None          # per step: canvas, committed, inserted (on request)
+    generator: Optional[torch.Generator] = None   # this sequence's own randomness
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Policy:
     (committed positions, inserted positions) for the trace."""
     block_length: int = 32
     max_length: Optional[int] = None      # longest response canvas (None: no growth)
+    thresholded: bool = False             # decides from confidence thresholds (needs real confidences)
 
     def initial_length(self) -> int:
         raise NotImplementedError
@@ -148,6 +153,7 @@ class Threshold(Policy):
     length: int = 128             # response canvas L
     threshold: float = 0.9        # commit every block mask with confidence above it
     block_length: int = 32
+    thresholded = True
 
     def __post_init__(self):
         if not 0 <= self.threshold <= 1:
@@ -201,20 +207,32 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: Optional[
 def denoise(logits_fn: Callable, prompts: list[list[int]], *, policy: Policy, ids: SpecialIds,
             temperature: float = 0.0, remasking: str = "low_confidence", cfg_scale: float = 0.0,
             generator: Optional[torch.Generator] = None, trace: bool = False, max_steps: int = 100_000,
-            device=None) -> DiffusionOutput:
-    """Run the policy to completion on every prompt (see the module docstring)."""
+            max_seq_len: Optional[int] = None, device=None) -> DiffusionOutput:
+    """Run the policy to completion on every prompt (see the module docstring).
+
+    Randomness (temperature > 0, random remasking) comes from one generator per sequence, seeded
+    from ``generator``, so a sequence's result does not depend on its batch-mates.
+    ``max_seq_len``: the model's context; prompt + the largest canvas must fit (checked up front).
+    """
     ids.check()
     if remasking not in ("low_confidence", "random"):
         raise UsageError(f"remasking must be low_confidence or random, not {remasking!r}")
+    if remasking == "random" and policy.thresholded:
+        raise UsageError(f"{type(policy).__name__} decides from confidence thresholds; use remasking=low_confidence")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UsageError("every prompt needs at least one token")
     L0 = policy.initial_length()
     if policy.max_length is not None and L0 > policy.max_length:
         raise UsageError(f"initial length {L0} exceeds the maximum length {policy.max_length}")
-    rows = [Row(list(p), torch.full((L0,), ids.mask, dtype=torch.long), trace=[] if trace else None) for p in prompts]
+    longest = max(len(p) for p in prompts) + max(L0, policy.max_length or 0)
+    if max_seq_len is not None and longest > max_seq_len:
+        raise UsageError(f"prompt + canvas ({longest} tokens) exceeds the model's {max_seq_len}-token context")
+    seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator).tolist()
+    rows = [Row(list(p), torch.full((L0,), ids.mask, dtype=torch.long), trace=[] if trace else None,
+                generator=torch.Generator().manual_seed(sd)) for p, sd in zip(prompts, seeds)]
 
     def predict(batch_rows: list[Row]) -> list[Prediction]:
-        return _predict(logits_fn, batch_rows, ids, temperature, remasking, cfg_scale, generator, device)
+        return _predict(logits_fn, batch_rows, ids, temperature, remasking, cfg_scale, device)
 
     policy.prepare(rows, predict, ids)
     for _ in range(max_steps):
@@ -228,8 +246,14 @@ def denoise(logits_fn: Callable, prompts: list[list[int]], *, policy: Policy, id
     return _finish(rows, ids)
 
 
-def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, generator, device) -> list[Prediction]:
-    """One batched forward pass over the rows' canvases (left padded) -> a Prediction per row."""
+def _logits(logits_fn, x, am, device) -> torch.Tensor:
+    out = logits_fn(x.to(device), am.to(device))
+    return getattr(out, "logits", out)                  # Hugging Face outputs carry .logits
+
+
+def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, device) -> list[Prediction]:
+    """One batched forward pass over the rows' canvases (left padded) -> a Prediction per row.
+    Softmax, argmax and confidences are computed where the logits are; only (B, T) tensors move."""
     seqs = [r.prompt + r.canvas.tolist() for r in rows]
     T = max(len(s) for s in seqs)
     x = torch.full((len(seqs), T), ids.pad, dtype=torch.long)
@@ -241,24 +265,35 @@ def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, generator,
         xu = x.clone()
         for i, r in enumerate(rows):
             xu[i, T - len(seqs[i]):T - len(seqs[i]) + len(r.prompt)] = ids.mask
-        both = logits_fn(torch.cat([x, xu]).to(device), torch.cat([am, am]).to(device)).float().cpu()
-        cond, unc = both.chunk(2)
+        cond, unc = _logits(logits_fn, torch.cat([x, xu]), torch.cat([am, am]), device).float().chunk(2)
         logits = unc + (cfg_scale + 1) * (cond - unc)
     else:
-        logits = logits_fn(x.to(device), am.to(device)).float().cpu()     # (B, T, V)
+        logits = _logits(logits_fn, x, am, device).float()                      # (B, T, V)
+    V = logits.shape[-1]
+    if max(ids.mask, ids.eos, ids.pad) >= V:
+        raise UsageError(f"special ids (mask {ids.mask}, eos {ids.eos}, pad {ids.pad}) outside the model's vocabulary of {V}")
     logits[..., ids.mask] = -float("inf")        # [MASK] is never a prediction (MDLM's zero-masking)
+    probs = logits.softmax(-1)
+    p_arg, arg = (t.cpu() for t in probs.max(-1))                              # (B, T)
+    p_eos = probs[..., ids.eos].cpu()
     out = []
     for i, r in enumerate(rows):
         r.nfe += 2 if cfg_scale > 0 else 1
-        lg = logits[i, T - r.canvas.numel():]                             # response positions (L, V)
-        probs = lg.softmax(-1)
-        x0 = gumbel_argmax(lg, temperature, generator)
-        x0 = torch.where(r.canvas == ids.mask, x0, r.canvas)
-        conf = (torch.rand(x0.shape, generator=generator, dtype=torch.float64) if remasking == "random"
-                else probs.gather(-1, x0[:, None]).squeeze(1).double())
-        conf = torch.where(r.canvas == ids.mask, conf, torch.full_like(conf, -float("inf")))
-        p_arg, arg = probs.max(-1)
-        out.append(Prediction(x0, conf, arg, p_arg, probs[:, ids.eos]))
+        L = r.canvas.numel()
+        masked = r.canvas == ids.mask
+        if temperature > 0:
+            x0 = gumbel_argmax(logits[i, T - L:].cpu(), temperature, r.generator)
+        else:
+            x0 = arg[i, T - L:]
+        x0 = torch.where(masked, x0, r.canvas)
+        if remasking == "random":
+            conf = torch.rand(L, generator=r.generator, dtype=torch.float64)
+        elif temperature > 0:
+            conf = probs[i, T - L:].gather(-1, x0.to(probs.device)[:, None]).squeeze(1).double().cpu()
+        else:
+            conf = p_arg[i, T - L:].double()
+        conf = torch.where(masked, conf, torch.full_like(conf, -float("inf")))
+        out.append(Prediction(x0, conf, arg[i, T - L:], p_arg[i, T - L:], p_eos[i, T - L:]))
     return out
 
 
@@ -270,6 +305,7 @@ def _finish(rows: list[Row], ids: SpecialIds) -> DiffusionOutput:
         tokens.append([t for t in ans if t != ids.mask])
         canvases.append(c)
         n_eos = sum(1 for t in c if t == ids.eos)
-        stats.append({"nfe": r.nfe, "n_token": len(c), "e_token": len(c) - n_eos, "hit_max": r.hit_max})
+        stats.append({"nfe": r.nfe, "n_token": len(c), "e_token": len(c) - n_eos, "hit_max": r.hit_max,
+                      "finished": r.done})
     traces = [r.trace for r in rows] if rows and rows[0].trace is not None else None
     return DiffusionOutput(tokens, canvases, stats, traces)

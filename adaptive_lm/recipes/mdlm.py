@@ -80,7 +80,8 @@ def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
 @torch.no_grad()
 def eval_arith_nll(model, tok, *, n: int = 64, n_samples: int = 16, batch_size: int = 16, seed: int = 0) -> dict:
     """Monte-Carlo upper bound (LLaDA eq. 6) on -log p(answer + EOS | prompt) for held-out problems,
-    per answer character; the canvas is the answer plus one EOS."""
+    per answer character; each row's canvas is its answer plus one EOS (the batch's right padding
+    is masked out of attention, so a row's score does not depend on its batch-mates)."""
     probs = make_split("test", n, seed=seed + 777)
     g = torch.Generator().manual_seed(seed)
     total, chars = 0.0, 0
@@ -91,8 +92,10 @@ def eval_arith_nll(model, tok, *, n: int = 64, n_samples: int = 16, batch_size: 
         x, pm = batch["input_ids"], batch["prompt_mask"]
         # score each row's answer and its first EOS; the rest of the padding stays visible
         lens = torch.tensor([len(tok.encode(p.prompt)) + len(tok.encode(p.solution)) + 1 for p in chunk])
-        target = ~pm & (torch.arange(x.shape[1])[None] < lens[:, None])
-        total += float(mc_nll(model, x, target, mask_id=tok.mask_id, n_samples=n_samples, generator=g).sum())
+        inside = torch.arange(x.shape[1])[None] < lens[:, None]     # prompt + answer + one EOS
+        target = ~pm & inside
+        total += float(mc_nll(model, x, target, mask_id=tok.mask_id, n_samples=n_samples, generator=g,
+                              attention_mask=inside.long()).sum())
         chars += int(target.sum())
     return {"nll_per_char": total / chars, "bits_per_char": total / chars / 0.6931471805599453,
             "problems": n, "mc_samples": n_samples}

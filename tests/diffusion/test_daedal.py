@@ -77,7 +77,7 @@ def test_stage1_grows_until_eos_confident_then_appends_eos_tail(A):
     assert out.canvases[0] == [ANS] * A + [EOS] * (final - A)
     assert out.tokens[0] == [ANS] * A                                  # the answer comes out exactly
     stage2 = math.ceil(masks / 8)                                       # every mask is certain: a block per step
-    assert out.stats[0] == {"nfe": passes + stage2, "n_token": final, "e_token": A, "hit_max": False}
+    assert out.stats[0] == {"nfe": passes + stage2, "n_token": final, "e_token": A, "hit_max": False, "finished": True}
     tr = out.traces[0]
     grow = [e for e in tr if e.get("stage") == 1]
     assert [e["inserted"] for e in grow] == [list(range(8 + 4 * k, 12 + 4 * k)) for k in range(passes - 1)]
@@ -100,7 +100,7 @@ def test_small_max_length_returns_hit_max_without_error():
     for the EOS tail, 3 stage-2 blocks; the answer is cut at 22."""
     out = denoise(Oracle(answer_rule()), [prompt_for(40)], policy=small_daedal(max_length=22), ids=IDS, trace=True)
     assert out.canvases[0] == [ANS] * 22
-    assert out.stats[0] == {"nfe": 5 + 3, "n_token": 22, "e_token": 22, "hit_max": True}
+    assert out.stats[0] == {"nfe": 5 + 3, "n_token": 22, "e_token": 22, "hit_max": True, "finished": True}
     assert [e["inserted"] for e in out.traces[0] if e.get("stage") == 1] == [
         list(range(8, 12)), list(range(12, 16)), list(range(16, 20)), [20, 21]]
 
@@ -109,7 +109,7 @@ def test_eos_tail_is_capped_at_max_length():
     """A = 13 is satisfied at 20 masks; only 2 of the 4 tail EOS fit under L_max = 22."""
     out = denoise(Oracle(answer_rule()), [prompt_for(13)], policy=small_daedal(max_length=22), ids=IDS)
     assert out.canvases[0] == [ANS] * 13 + [EOS] * 9
-    assert out.stats[0]["n_token"] == 22 and out.stats[0]["hit_max"]   # the canvas reached L_max
+    assert out.stats[0]["n_token"] == 22 and not out.stats[0]["hit_max"]   # it stopped growing on its own
 
 
 def test_init_length_equal_to_max_length_never_grows():
@@ -186,7 +186,7 @@ def test_stage2_inserts_e_factor_masks_at_the_low_confidence_mask():
     assert tr[0]["canvas"] == [ANS] * 3 + [MASK] * 4 + [ANS] + [EOS] * 3
     assert out.canvases[0] == [ANS] * 8 + [EOS] * 3
     assert out.tokens[0] == [ANS] * 8
-    assert out.stats[0] == {"nfe": 1 + 2, "n_token": 11, "e_token": 8, "hit_max": False}
+    assert out.stats[0] == {"nfe": 1 + 2, "n_token": 11, "e_token": 8, "hit_max": False, "finished": True}
 
 
 @pytest.mark.parametrize("e_factor,inserted", [(2, [3, 4]), (8, list(range(3, 11)))])

@@ -408,3 +408,40 @@ def test_threshold_rejects_empty_canvas_or_block(kw):
     """Threshold validates its canvas and block like FixedLength."""
     with pytest.raises(UsageError):
         denoise(Oracle(answer_rule()), [[3]], policy=Threshold(**kw), ids=IDS, max_steps=5)
+
+
+# ---- review findings, fixed ---------------------------------------------------------------------
+
+def test_hugging_face_style_output_with_logits_is_accepted():
+    class Out:
+        def __init__(self, logits):
+            self.logits = logits
+    base = Oracle(answer_rule())
+    a = denoise(lambda x, am: Out(base(x, am)), [prompt_for(3)], policy=FixedLength(length=8, block_length=4), ids=IDS)
+    b = denoise(Oracle(answer_rule()), [prompt_for(3)], policy=FixedLength(length=8, block_length=4), ids=IDS)
+    assert a.canvases == b.canvases
+
+
+def test_sampling_does_not_depend_on_batch_mates():
+    m = tiny_mdm()
+    fn = no_mask_logits(model_logits_fn(m))
+    pol = lambda: FixedLength(length=8, block_length=4)
+    g = lambda: torch.Generator().manual_seed(7)
+    both = denoise(fn, [[3, 4], [5, 6, 7]], policy=pol(), ids=IDS, temperature=1.0, generator=g())
+    first_with_other = denoise(fn, [[3, 4], [9]], policy=pol(), ids=IDS, temperature=1.0, generator=g())
+    assert both.canvases[0] == first_with_other.canvases[0]
+
+
+def test_random_remasking_is_refused_for_threshold_policies():
+    with pytest.raises(UsageError, match="thresholds"):
+        denoise(Oracle(answer_rule()), [[3]], policy=Threshold(length=4), ids=IDS, remasking="random")
+
+
+def test_ids_outside_the_models_vocabulary_and_context_are_refused():
+    bad = SpecialIds(mask=IDS.mask + 100, eos=IDS.eos, pad=IDS.pad)          # no vocab_size given
+    with pytest.raises(UsageError, match="outside the model"):
+        denoise(Oracle(answer_rule()), [[3]], policy=FixedLength(length=4), ids=bad)
+    with pytest.raises(UsageError, match="context"):
+        denoise(Oracle(answer_rule()), [[3, 4]], policy=FixedLength(length=40), ids=IDS, max_seq_len=16)
+    with pytest.raises(UsageError, match="must differ"):
+        denoise(Oracle(answer_rule()), [[3]], policy=FixedLength(length=4), ids=SpecialIds(mask=1, eos=1, pad=0))

@@ -42,7 +42,8 @@ def test_bench_daedal_small(mdm, tmp_path):
     assert rc == 0, se
     res = json.loads(out.read_text())
     methods = [(r["method"], r["length"]) for r in res["rows"]]
-    assert methods == [("fixed", 32), ("fixed", 64), ("threshold", 32), ("daedal", 32), ("daedal+threshold", 32)]
+    assert methods == [("fixed", 32), ("fixed", 64), ("threshold", 32), ("daedal", 32), ("daedal+threshold", 32),
+                       ("daedal-w8", 32)]
     fixed32 = res["rows"][0]
     assert fixed32["nfe"] == 32 and fixed32["n_token"] == 32
     assert all(0 <= r["acc"] <= 1 and 0 <= r["e_ratio"] <= 1 for r in res["rows"])

@@ -2,8 +2,10 @@
 
 Rows, all on the same problems in the same run: fixed length L (LLaDA: block 32, one token per
 step) for each L, a threshold-decoding row (Fast-dLLM: fixed L, commit every mask above τ),
-DAEDAL from L_init 32 and 64 (the brief's defaults, L_max as given), and DAEDAL with a lower fill
-threshold (more parallel decoding). Per row: accuracy (last \\boxed{} checker), mean E_token and
+DAEDAL from L_init 32 and 64 (the brief's defaults, L_max as given), DAEDAL with a lower fill
+threshold (more parallel decoding), and DAEDAL with a smaller EOS window W_eos (the default 32
+counts BPE tokens of an 8B model; our model counts characters, about a quarter of a token). The
+targets are judged on the rows with the brief's defaults (method "daedal"). Per row: accuracy (last \\boxed{} checker), mean E_token and
 N_token, pooled E_ratio = ΣE_token / ΣN_token, mean NFE, wall seconds, and the share of
 sequences that hit L_max.
 """
@@ -32,6 +34,7 @@ class DaedalBenchOptions:
     threshold: float = 0.9              # threshold-decoding row's τ
     threshold_length: int = 256         # canvas of the threshold-decoding row
     fast_tau_high: float = 0.7          # DAEDAL+threshold row: a lower fill threshold
+    small_w_eos: int = 8                # extra DAEDAL rows with this EOS window (W_eos/2 tail); 0 = none
     batch_size: int = 16                # sequences per sampling call
     data_seed: int = 1234               # which held-out problems
 
@@ -89,6 +92,9 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
         policies.append(("daedal", L, Daedal(init_length=L, max_length=o.max_length)))
     policies.append(("daedal+threshold", inits[0],
                      Daedal(init_length=inits[0], max_length=o.max_length, tau_high=o.fast_tau_high)))
+    if o.small_w_eos:                    # W_eos = 32 was set for BPE tokens; a character is ~1/4 of one
+        for L in inits:
+            policies.append((f"daedal-w{o.small_w_eos}", L, Daedal(init_length=L, max_length=o.max_length, w_eos=o.small_w_eos)))
     rows = run_rows(model, tok, problems, policies, o.batch_size)
     fixed = [r for r in rows if r["method"] == "fixed"]
     best = max(fixed, key=lambda r: (r["acc"], -r["nfe"]))

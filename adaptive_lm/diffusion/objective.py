@@ -93,18 +93,33 @@ def mc_nll(model, input_ids: torch.Tensor, target_mask: torch.Tensor, *, mask_id
 
 
 def sft_batch(prompts: list[list[int]], responses: list[list[int]], *, eos_id: int, generator: torch.Generator,
-              extra: int = 0, eps: float = 1e-3, stratified: bool = False) -> dict:
-    """LLaDA-style SFT rows: prompt + response + EOS padding to one length T for the whole batch.
+              extra: int = 0, eps: float = 1e-3, stratified: bool = False,
+              canvas_lens: Optional[list[int]] = None) -> dict:
+    """LLaDA-style SFT rows: prompt + response + EOS padding.
 
-    T = longest prompt+response + 1 + ``extra``: every row ends in at least one EOS, shorter rows
-    in many. Returns input_ids (B, T), prompt_mask (B, T) and the noise t (B,), u (B, T).
+    Without ``canvas_lens`` every row is padded with EOS to one length T = longest prompt+response
+    + 1 + ``extra`` (each row ends in at least one EOS). With ``canvas_lens`` row i's response
+    canvas has exactly canvas_lens[i] positions: the response followed by EOS padding when it is
+    longer than the response, the response CUT at that length when it is shorter (a canvas too
+    short for the answer has no EOS — what teaches the model that EOS confidence at the tail means
+    "long enough", DAEDAL's signal); the batch is right-padded and the padding masked out of
+    attention. Returns input_ids, prompt_mask, (attention_mask,) and the noise t (B,), u (B, T).
     """
     B = len(prompts)
-    T = max(len(p) + len(r) for p, r in zip(prompts, responses)) + 1 + extra
+    if canvas_lens is None:
+        canvas_lens = [len(r) + 1 + extra for r in responses]
+        canvas_lens = [max(len(p) + c for p, c in zip(prompts, canvas_lens)) - len(p) for p in prompts]
+    T = max(len(p) + c for p, c in zip(prompts, canvas_lens))
     ids = torch.full((B, T), eos_id, dtype=torch.long)
     pm = torch.zeros(B, T, dtype=torch.bool)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, :len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+    am = torch.zeros(B, T, dtype=torch.long)
+    for i, (p, r, c) in enumerate(zip(prompts, responses, canvas_lens)):
+        row = p + r[:c]
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         pm[i, :len(p)] = True
+        am[i, :len(p) + c] = 1
     t, u = draw_noise(B, T, generator, eps, stratified)
-    return {"input_ids": ids, "prompt_mask": pm, "t": t, "u": u}
+    out = {"input_ids": ids, "prompt_mask": pm, "t": t, "u": u}
+    if not bool(am.all()):
+        out["attention_mask"] = am
+    return out

@@ -3,7 +3,9 @@
 Each global batch draws problems whose step counts sit in a narrow random band (so a batch of short
 answers is short), then pads every row with EOS to the batch's longest answer plus a random extra
 tail — mostly short, sometimes hundreds of tokens — so the model learns that EOS fills whatever
-canvas is left, at every length the samplers will use.
+canvas is left, at every length the samplers will use. Half of the rows instead get a canvas too
+short for their answer (the answer cut, no EOS): without them the model learns "the last positions
+are always EOS" and its EOS confidence says nothing about whether a canvas is long enough.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class ArithSpec:
     eval_problems: int = 64       # held-out problems scored at each evaluation
     max_steps: int = MAX_STEPS    # longest chain (lines of the solution)
     stratified: bool = True       # low-discrepancy noise levels across the batch (less loss variance)
+    cut_prob: float = 0.5         # share of rows whose canvas is too short (answer cut, no EOS)
 
 
 def arith_tokenizer() -> CharTokenizer:
@@ -45,8 +48,16 @@ def arith_global_batch(tok, spec: ArithSpec, batch_size: int, generator: torch.G
     probs = [sample_problem(g, split, max_steps=hi, min_steps=lo) for _ in range(batch_size)]
     long = bool(torch.rand(1, generator=g) < spec.long_tail_prob)
     extra = int(torch.randint(0, (spec.long_tail if long else spec.short_tail) + 1, (1,), generator=g))
-    return sft_batch([tok.encode(p.prompt) for p in probs], [tok.encode(p.solution) for p in probs],
-                     eos_id=tok.eos_id, generator=g, extra=extra, stratified=spec.stratified)
+    prompts, responses = [tok.encode(p.prompt) for p in probs], [tok.encode(p.solution) for p in probs]
+    full = max(len(p) + len(r) for p, r in zip(prompts, responses)) + 1 + extra     # LLaDA: pad to the batch
+    canvas = []
+    for p, r in zip(prompts, responses):
+        if float(torch.rand(1, generator=g)) < spec.cut_prob:
+            canvas.append(int(torch.randint(1, len(r) + 1, (1,), generator=g)))     # too short: cut
+        else:
+            canvas.append(full - len(p))
+    return sft_batch(prompts, responses, eos_id=tok.eos_id, generator=g, stratified=spec.stratified,
+                     canvas_lens=canvas)
 
 
 def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
@@ -106,7 +117,7 @@ register(Recipe(
     name="mdlm-arith",
     description="masked diffusion LM SFT'd on multi-step arithmetic; the shipped builtin:mdlm-arith",
     model=ModelConfig(n_layer=6, n_head=4, d_model=128, max_seq_len=1024, causal=False),
-    train=TrainConfig(steps=2800, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=200,
+    train=TrainConfig(steps=2400, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=200,
                       save_every=100, log_every=20, weight_decay=0.05, min_lr_ratio=0.05),
     data=ArithSpec(),
     budget="<= 45 minutes on 2 CPU cores",

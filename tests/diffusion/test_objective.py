@@ -235,3 +235,15 @@ def test_stratified_noise_covers_the_levels_evenly():
     assert u.shape == (8, 5)
     t2, _ = draw_noise(8, 5, torch.Generator().manual_seed(0), eps=0.0, stratified=True)
     assert torch.equal(t, t2)
+
+
+def test_sft_batch_with_canvas_lengths_cuts_pads_and_masks_attention():
+    from adaptive_lm.diffusion.objective import sft_batch
+    g = torch.Generator().manual_seed(0)
+    b = sft_batch([[7, 7], [8]], [[1, 2, 3], [4, 5]], eos_id=9, generator=g, canvas_lens=[2, 4])
+    assert b["input_ids"][0].tolist()[:4] == [7, 7, 1, 2]                 # cut: no EOS at all
+    assert b["input_ids"][1].tolist()[:5] == [8, 4, 5, 9, 9]               # padded with EOS
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    assert b["prompt_mask"].tolist() == [[True, True, False, False, False], [True, False, False, False, False]]
+    full = sft_batch([[7, 7], [8]], [[1, 2, 3], [4, 5]], eos_id=9, generator=g)
+    assert "attention_mask" not in full and full["input_ids"].shape == (2, 6)

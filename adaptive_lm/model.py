@@ -304,7 +304,7 @@ class TransformerLM(nn.Module):
             K[idx, :, ctx.start:end], V[idx, :, ctx.start:end] = k[idx], v[idx]
 
     @staticmethod
-    def commit(ctx: StepContext, attention_mask=None):
+    def commit(ctx: StepContext):
         """Advance the cache past the step's tokens (after all layers were run or filled)."""
         if ctx.cache is not None:
             ctx.cache.length = ctx.start + ctx.new_len

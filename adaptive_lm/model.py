@@ -120,6 +120,15 @@ class StepContext:
     cache: Optional[KVCache] = None
     start: int = 0                       # cache position of the first new token
     new_len: int = 0                     # T
+    rows: Optional[torch.Tensor] = None  # (b,) cache rows these b sequences are (``select``); None = all
+
+    def select(self, idx: torch.Tensor) -> "StepContext":
+        """The context of a subset of the batch, rows ``idx`` (b,) — for running a layer on only the
+        sequences that still need it (CALM's per-sequence exits). Cache reads and writes go to the
+        selected rows; ``idx`` indexes this context's own rows."""
+        rows = idx if self.rows is None else self.rows[idx]
+        return StepContext(self.cos[idx], self.sin[idx], None if self.attn_mask is None else self.attn_mask[idx],
+                           self.is_causal, self.cache, self.start, self.new_len, rows)
 
 
 class RMSNorm(nn.Module):
@@ -167,9 +176,13 @@ class Attention(nn.Module):
         v = qkv[2]
         if ctx.cache is not None:
             end = ctx.start + T
-            ctx.cache.k[layer_idx][:, :, ctx.start:end] = k
-            ctx.cache.v[layer_idx][:, :, ctx.start:end] = v
-            k, v = ctx.cache.k[layer_idx][:, :, :end], ctx.cache.v[layer_idx][:, :, :end]
+            K, V = ctx.cache.k[layer_idx], ctx.cache.v[layer_idx]
+            if ctx.rows is None:
+                K[:, :, ctx.start:end], V[:, :, ctx.start:end] = k, v
+                k, v = K[:, :, :end], V[:, :, :end]
+            else:                                                               # a subset of the batch
+                K[ctx.rows, :, ctx.start:end], V[ctx.rows, :, ctx.start:end] = k, v
+                k, v = K[ctx.rows, :, :end], V[ctx.rows, :, :end]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal,
             dropout_p=self.dropout if self.training else 0.0)         # (B, H, T, Dh)
@@ -283,7 +296,8 @@ class TransformerLM(nn.Module):
         return StepContext(cos, sin, allow[:, None], False, cache, start, T)
 
     def layer(self, i: int, h, ctx: StepContext):
-        """Run block i on hidden state h (B, T, C); writes its K/V into the cache if any."""
+        """Run block i on hidden state h (B, T, C); writes its K/V into the cache if any. For a
+        subset of the batch pass its rows' states (b, T, C) and ``ctx.select(idx)``."""
         return self.blocks[i](h, ctx, i)
 
     def fill_kv(self, i: int, h, ctx: StepContext, rows=None):
@@ -294,14 +308,16 @@ class TransformerLM(nn.Module):
         ``rows`` (bool (B,) or index tensor) limits the write to some sequences of the batch.
         """
         blk = self.blocks[i]
+        if rows is not None:
+            idx = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
+            h, ctx = h[idx], ctx.select(idx)
         k, v = blk.attn.kv(blk.attn_norm(h), ctx)
         end = ctx.start + ctx.new_len
         K, V = ctx.cache.k[i], ctx.cache.v[i]
-        if rows is None:
+        if ctx.rows is None:
             K[:, :, ctx.start:end], V[:, :, ctx.start:end] = k, v
         else:
-            idx = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
-            K[idx, :, ctx.start:end], V[idx, :, ctx.start:end] = k[idx], v[idx]
+            K[ctx.rows, :, ctx.start:end], V[ctx.rows, :, ctx.start:end] = k, v
 
     @staticmethod
     def commit(ctx: StepContext):

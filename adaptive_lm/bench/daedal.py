@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
 
 from ..checkpoint import from_pretrained
 from ..diffusion.daedal import Daedal
@@ -37,20 +38,22 @@ class DaedalBenchOptions:
     small_w_eos: int = 8                # extra DAEDAL rows with this EOS window (W_eos/2 tail); 0 = none
     batch_size: int = 16                # sequences per sampling call
     data_seed: int = 1234               # which held-out problems
+    device: str = "cpu"                 # where the model runs: cpu, cuda, or auto (cuda when available)
 
 
-def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batch_size: int) -> list[dict]:
+def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batch_size: int,
+             device: str = "cpu") -> list[dict]:
     ids = SpecialIds(tok.mask_id, tok.eos_id, tok.pad_id, tok.vocab_size)
     fn = model_logits_fn(model)
     prompts = [tok.encode(p.prompt) for p in problems]
-    denoise(fn, prompts[:batch_size], policy=FixedLength(length=32), ids=ids)     # warm-up, untimed
+    denoise(fn, prompts[:batch_size], policy=FixedLength(length=32), ids=ids, device=device)     # warm-up, untimed
     rows = []
     for i, (name, length, policy) in enumerate(policies):
         print(f"[{i + 1}/{len(policies)}] {name} L={length} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         stats, correct = [], 0
         for b in range(0, len(prompts), batch_size):
-            out = denoise(fn, prompts[b:b + batch_size], policy=policy, ids=ids)
+            out = denoise(fn, prompts[b:b + batch_size], policy=policy, ids=ids, device=device)
             for p, toks, st in zip(problems[b:b + batch_size], out.tokens, out.stats):
                 correct += score(tok.decode(toks), p)
                 stats.append(st)
@@ -79,7 +82,11 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     if o.n < 1 or o.batch_size < 1:
         raise UsageError("n and batch_size must be >= 1")
     lengths, inits = _ints("lengths", o.lengths), _ints("init_lengths", o.init_lengths)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if o.device == "auto" else o.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("device=cuda but no CUDA device is available")
     model, tok = from_pretrained(o.model)
+    model.to(device)
     if model.config.causal:
         raise UsageError(f"{o.model} is a causal LM; DAEDAL needs a masked diffusion model")
     problems = make_split("test", o.n, seed=o.data_seed + seed)
@@ -95,7 +102,7 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     if o.small_w_eos:                    # W_eos = 32 was set for BPE tokens; a character is ~1/4 of one
         for L in inits:
             policies.append((f"daedal-w{o.small_w_eos}", L, Daedal(init_length=L, max_length=o.max_length, w_eos=o.small_w_eos)))
-    rows = run_rows(model, tok, problems, policies, o.batch_size)
+    rows = run_rows(model, tok, problems, policies, o.batch_size, device)
     fixed = [r for r in rows if r["method"] == "fixed"]
     best = max(fixed, key=lambda r: (r["acc"], -r["nfe"]))
     daedal = [r for r in rows if r["method"] == "daedal"]

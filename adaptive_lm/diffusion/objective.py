@@ -40,6 +40,31 @@ def draw_noise(batch_size: int, length: int, generator: torch.Generator, eps: fl
     return t, u
 
 
+def semi_ar_noise(t: torch.Tensor, u: torch.Tensor, starts: list[int], ends: list[int], *, share: float,
+                  block: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a share of the rows into the view the semi-autoregressive sampler has (LLaDA's blocks):
+    row i's response spans [starts[i], ends[i]); a cut k is drawn in it; positions before k are
+    visible (decoded blocks), the block [k, k+block) is masked at the row's level t, and everything
+    after it is masked. Such a row's masked tokens are weighted 1 instead of 1/t (t := 1 with the
+    block's draws rescaled), so the always-masked future does not blow up the loss; this is a
+    training heuristic beside the ELBO rows, not part of the bound. Without it the model learns to
+    read a line's fate off the visible future, which the sampler never shows it.
+    Returns new (t (B,), u (B, L)); the caller's tensors are not modified.
+    """
+    t, u = t.clone(), u.clone()
+    L = u.shape[1]
+    pos = torch.arange(L)
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        if b <= a or float(torch.rand(1, generator=generator)) >= share:
+            continue
+        k = a + int(torch.randint(0, b - a, (1,), generator=generator))
+        blk = (pos >= k) & (pos < k + block)
+        u[i] = torch.where(pos < k, torch.full_like(u[i], 2.0),
+                           torch.where(blk, u[i] / t[i], torch.full_like(u[i], -1.0)))
+        t[i] = 1.0
+    return t, u
+
+
 def apply_mask(x0: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor, u: torch.Tensor, mask_id: int):
     """x_t: replace maskable positions with u < t by mask_id. Returns (x_t, masked (B, L) bool)."""
     masked = maskable & (u < t[:, None])

@@ -23,13 +23,15 @@ from ..train import TrainConfig
 
 @dataclass
 class DataSpec:
-    """Data of a causal LM recipe (other families define their own spec dataclass)."""
+    """Data (and objective) of a causal LM recipe (other families define their own spec dataclass)."""
     corpus: str = "tinyshakespeare"   # corpus name (see data.py) or a path to a text file
     tokenizer: str = "char"           # char | bpe
     bpe_vocab: int = 4096             # BPE vocabulary size (tokenizer=bpe)
     seq_len: int = 256                # training window length in tokens
     holdout: float = 0.1              # held-out fraction for single-file corpora
     eval_windows: int = 64            # held-out windows scored at each evaluation (0 = all)
+    exit_weights: str = ""            # CALM weighted per-layer loss: linear | uniform | geometric; "" = plain LM
+    exit_every: int = 1               # CALM: an exit after every k-th layer (the top one always)
 
 
 @dataclass

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import torch
 
+from ..calm.exits import early_exit_loss, exit_layers, exit_weights
 from ..data import TokenStream, lm_batch, pack, read_text
 from ..errors import UsageError
 from ..lm import evaluate_lm, lm_objective
@@ -44,7 +46,16 @@ def build_lm(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
         return evaluate_lm(m, vx, vy, n_bytes=n_bytes)
 
     meta = {"recipe": recipe.name, "corpus": d.corpus, "seq_len": d.seq_len, "family": "causal-lm"}
-    return Built(model, tok, lm_objective, batches, eval_fn, meta)
+    objective = lm_objective
+    if d.exit_weights:                                   # CALM: weighted per-layer loss (calm/exits.py)
+        try:
+            layers = exit_layers(mcfg.n_layer, d.exit_every)
+            weights = exit_weights(layers, d.exit_weights)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        objective = functools.partial(early_exit_loss, layers=layers, weights=weights)
+        meta["calm"] = {"exit_weights": d.exit_weights, "exit_layers": layers}
+    return Built(model, tok, objective, batches, eval_fn, meta)
 
 
 register(Recipe(
@@ -56,6 +67,29 @@ register(Recipe(
                       save_every=200, weight_decay=0.1, min_lr_ratio=0.1),
     data=DataSpec(corpus="tinyshakespeare", tokenizer="char", seq_len=128),
     budget="<= 5 minutes on 2 CPU cores",
+))
+
+register(Recipe(
+    build=build_lm,
+    name="calm-pydocs",
+    description="causal LM with CALM's weighted per-layer loss on pydocs (BPE); the shipped builtin:calm-pydocs",
+    model=ModelConfig(n_layer=8, n_head=4, d_model=128, max_seq_len=512),
+    train=TrainConfig(steps=3000, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=500,
+                      save_every=200, log_every=20, weight_decay=0.1, min_lr_ratio=0.1),
+    data=DataSpec(corpus="pydocs", tokenizer="bpe", bpe_vocab=4096, seq_len=256, eval_windows=64,
+                  exit_weights="linear"),
+    budget="<= 60 minutes on 2 CPU cores",
+))
+
+register(Recipe(
+    build=build_lm,
+    name="tiny-calm-test",
+    description="a few-second CALM (weighted per-layer loss) run for tests",
+    model=ModelConfig(n_layer=4, n_head=2, d_model=32, max_seq_len=64),
+    train=TrainConfig(steps=10, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=5,
+                      save_every=5, log_every=5),
+    data=DataSpec(corpus="tinyshakespeare", tokenizer="char", seq_len=32, eval_windows=8, exit_weights="linear"),
+    budget="seconds",
 ))
 
 register(Recipe(

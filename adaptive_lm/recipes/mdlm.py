@@ -1,11 +1,15 @@
-"""Masked diffusion LM recipes: SFT on the synthetic arithmetic task (the shipped builtin:mdlm-arith).
+"""Recipes on the synthetic arithmetic task: the masked diffusion LM SFT (the shipped
+builtin:mdlm-arith) and, as its reference, a causal LM of the same size on the same problems.
 
-Each global batch draws problems whose step counts sit in a narrow random band (so a batch of short
-answers is short), then pads every row with EOS to the batch's longest answer plus a random extra
-tail — mostly short, sometimes hundreds of tokens — so the model learns that EOS fills whatever
-canvas is left, at every length the samplers will use. Half of the rows instead get a canvas too
-short for their answer (the answer cut, no EOS): without them the model learns "the last positions
-are always EOS" and its EOS confidence says nothing about whether a canvas is long enough.
+Every row's canvas length is drawn INDEPENDENTLY of its answer: the answer followed by EOS when the
+canvas is longer, the answer cut (no EOS) when it is shorter. The model then learns the prefix
+marginals of "answer + EOS forever", which do not depend on the canvas: EOS confidence at a
+position says whether the answer has ended there — DAEDAL's signal — and a fixed canvas is filled
+with the answer and then EOS. (Padding every row to its batch's longest answer, LLaDA's recipe,
+let our model read the answer's length off the canvas when a batch's answers had similar lengths:
+it filled any canvas with worked lines instead of stopping at the value condition; see
+docs/benchmarks.md.) A batch's canvases lie within ``canvas_spread`` of a length drawn per batch,
+so a batch of short canvases is cheap; the answers' step counts are uniform over 1..max_steps.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from typing import Optional
 import torch
 
 from ..data import shard, step_generator
-from ..diffusion.objective import mc_nll, mdm_loss, sft_batch
+from ..diffusion.objective import mc_nll, mdm_loss, semi_ar_noise, sft_batch
+from ..lm import lm_objective
 from ..model import ModelConfig, TransformerLM
 from ..tasks.arith import ALPHABET, MAX_STEPS, make_split, sample_problem
 from ..tokenizer import CharTokenizer
@@ -26,14 +31,13 @@ from . import Built, Recipe, register
 
 @dataclass
 class ArithSpec:
-    band: int = 2                 # a batch's step counts lie within center ± band
-    long_tail_prob: float = 0.25  # probability that a batch gets a long EOS tail
-    short_tail: int = 16          # extra EOS tokens: U(0, short_tail) ...
-    long_tail: int = 256          # ... or U(0, long_tail) with long_tail_prob
+    max_canvas: int = 320         # a batch's canvas length is drawn uniformly from 1..max_canvas ...
+    canvas_spread: int = 32       # ... and each row's from that length minus U(0, canvas_spread)
     eval_problems: int = 64       # held-out problems scored at each evaluation
     max_steps: int = MAX_STEPS    # longest chain (lines of the solution)
     stratified: bool = True       # low-discrepancy noise levels across the batch (less loss variance)
-    cut_prob: float = 0.5         # share of rows whose canvas is too short (answer cut, no EOS)
+    semi_ar_share: float = 0.5    # share of rows seen as the block sampler sees them (objective.semi_ar_noise)
+    semi_ar_block: int = 32       # the block length of those rows (the samplers' default)
 
 
 def arith_tokenizer() -> CharTokenizer:
@@ -41,23 +45,20 @@ def arith_tokenizer() -> CharTokenizer:
 
 
 def arith_global_batch(tok, spec: ArithSpec, batch_size: int, generator: torch.Generator, split: str = "train") -> dict:
-    """One global SFT batch of arithmetic problems with its diffusion noise."""
+    """One global SFT batch of arithmetic problems with its diffusion noise; canvases independent
+    of the answers (module docstring)."""
     g = generator
-    c = int(torch.randint(1, spec.max_steps + 1, (1,), generator=g))
-    lo, hi = max(1, c - spec.band), min(spec.max_steps, c + spec.band)
-    probs = [sample_problem(g, split, max_steps=hi, min_steps=lo) for _ in range(batch_size)]
-    long = bool(torch.rand(1, generator=g) < spec.long_tail_prob)
-    extra = int(torch.randint(0, (spec.long_tail if long else spec.short_tail) + 1, (1,), generator=g))
+    probs = [sample_problem(g, split, max_steps=spec.max_steps) for _ in range(batch_size)]
+    top = int(torch.randint(1, spec.max_canvas + 1, (1,), generator=g))
+    canvas = [max(1, top - int(torch.randint(0, spec.canvas_spread + 1, (1,), generator=g))) for _ in probs]
     prompts, responses = [tok.encode(p.prompt) for p in probs], [tok.encode(p.solution) for p in probs]
-    full = max(len(p) + len(r) for p, r in zip(prompts, responses)) + 1 + extra     # LLaDA: pad to the batch
-    canvas = []
-    for p, r in zip(prompts, responses):
-        if float(torch.rand(1, generator=g)) < spec.cut_prob:
-            canvas.append(int(torch.randint(1, len(r) + 1, (1,), generator=g)))     # too short: cut
-        else:
-            canvas.append(full - len(p))
-    return sft_batch(prompts, responses, eos_id=tok.eos_id, generator=g, stratified=spec.stratified,
-                     canvas_lens=canvas)
+    batch = sft_batch(prompts, responses, eos_id=tok.eos_id, generator=g, stratified=spec.stratified,
+                      canvas_lens=canvas)
+    if spec.semi_ar_share > 0:
+        starts = [len(p) for p in prompts]
+        batch["t"], batch["u"] = semi_ar_noise(batch["t"], batch["u"], starts, [a + c for a, c in zip(starts, canvas)],
+                                               share=spec.semi_ar_share, block=spec.semi_ar_block, generator=g)
+    return batch
 
 
 def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
@@ -81,11 +82,68 @@ def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
     @torch.no_grad()
     def eval_fn(m):
         m.eval()
-        loss, mets = mdm_loss(m, val, mask_id=tok.mask_id)
+        dev = next(m.parameters()).device
+        loss, mets = mdm_loss(m, {k: v.to(dev) for k, v in val.items()}, mask_id=tok.mask_id)
         return {"loss": float(loss), "masked_acc": float(mets["masked_acc"])}
 
     meta = {"recipe": recipe.name, "family": "masked-diffusion", "task": "arith"}
     return Built(model, tok, objective, batches, eval_fn, meta)
+
+
+def ar_arith_batch(tok, problems) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal-LM batch (x, y) of (B, T): prompt + solution + EOS, right-padded; loss only on the
+    solution and its EOS (y = -100 elsewhere, cross-entropy's ignore index)."""
+    seqs, starts = [], []
+    for p in problems:
+        prompt = tok.encode(p.prompt)
+        seqs.append(prompt + tok.encode(p.solution) + [tok.eos_id])
+        starts.append(len(prompt) - 1)                      # y[start] is the first solution token
+    T = max(len(s) for s in seqs) - 1
+    x = torch.full((len(seqs), T), tok.pad_id, dtype=torch.long)
+    y = torch.full((len(seqs), T), -100, dtype=torch.long)
+    for i, (s, a) in enumerate(zip(seqs, starts)):
+        x[i, :len(s) - 1] = torch.tensor(s[:-1])
+        y[i, a:len(s) - 1] = torch.tensor(s[a + 1:])
+    return x, y
+
+
+@torch.no_grad()
+def arith_generation_acc(model, tok, problems, *, batch_size: int = 32, max_new_tokens: int = 320) -> float:
+    """Share of problems a causal LM answers right by greedy decoding (last \\boxed{} checker)."""
+    from ..lm import generate
+    from ..tasks.arith import score
+    right = 0
+    for b in range(0, len(problems), batch_size):
+        chunk = problems[b:b + batch_size]
+        outs = generate(model, [tok.encode(p.prompt) for p in chunk], max_new_tokens=max_new_tokens,
+                        pad_id=tok.pad_id, eos_id=tok.eos_id, temperature=0)
+        right += sum(score(tok.decode(o), p) for o, p in zip(outs, chunk))
+    return right / len(problems)
+
+
+def build_ar_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
+    spec, tc = recipe.data, recipe.train
+    tok = arith_tokenizer()
+    torch.manual_seed(tc.seed)
+    model = TransformerLM(dataclasses.replace(recipe.model, vocab_size=tok.vocab_size, causal=True))
+
+    def batches(step, micro, rank, world):
+        g = step_generator(tc.seed, step)
+        b = ar_arith_batch(tok, [sample_problem(g, "train", max_steps=spec.max_steps) for _ in range(tc.batch_size)])
+        return shard(b, tc.batch_size, micro=micro, n_micro=tc.grad_accum, rank=rank, world=world)
+
+    held = make_split("test", spec.eval_problems, seed=777, max_steps=spec.max_steps)
+    vx, vy = ar_arith_batch(tok, held)
+
+    @torch.no_grad()
+    def eval_fn(m):
+        m.eval()
+        dev = next(m.parameters()).device
+        loss, _ = lm_objective(m, (vx.to(dev), vy.to(dev)))
+        return {"loss": float(loss), "acc": arith_generation_acc(m, tok, held)}
+
+    meta = {"recipe": recipe.name, "family": "causal-lm", "task": "arith"}
+    return Built(model, tok, lm_objective, batches, eval_fn, meta)
 
 
 @torch.no_grad()
@@ -117,8 +175,8 @@ register(Recipe(
     name="mdlm-arith",
     description="masked diffusion LM SFT'd on multi-step arithmetic; the shipped builtin:mdlm-arith",
     model=ModelConfig(n_layer=6, n_head=4, d_model=128, max_seq_len=1024, causal=False),
-    train=TrainConfig(steps=2400, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=200,
-                      save_every=100, log_every=20, weight_decay=0.05, min_lr_ratio=0.05),
+    train=TrainConfig(steps=4000, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=500,
+                      save_every=200, log_every=20, weight_decay=0.05, min_lr_ratio=0.05),
     data=ArithSpec(),
     budget="<= 45 minutes on 2 CPU cores",
 ))
@@ -129,6 +187,17 @@ register(Recipe(
     description="a seconds-long masked diffusion run for tests",
     model=ModelConfig(n_layer=2, n_head=2, d_model=32, max_seq_len=1024, causal=False),
     train=TrainConfig(steps=4, batch_size=4, lr=2e-3, warmup_steps=1, eval_every=2, save_every=2, log_every=1),
-    data=ArithSpec(long_tail=16, eval_problems=4, max_steps=3),
+    data=ArithSpec(max_canvas=64, eval_problems=4, max_steps=3),
     budget="seconds",
+))
+
+register(Recipe(
+    build=build_ar_arith,
+    name="ar-arith",
+    description="reference: a causal LM of mdlm-arith's size on the same arithmetic problems",
+    model=ModelConfig(n_layer=6, n_head=4, d_model=128, max_seq_len=1024, causal=True),
+    train=TrainConfig(steps=2400, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=400,
+                      save_every=100, log_every=20, weight_decay=0.05, min_lr_ratio=0.05),
+    data=ArithSpec(),
+    budget="<= 30 minutes on 2 CPU cores",
 ))

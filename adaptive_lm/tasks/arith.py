@@ -1,17 +1,18 @@
 """Synthetic multi-step arithmetic word problems whose answer LENGTH depends on the values.
 
 A problem describes a quantity that changes by a single digit each day until a condition on its
-value is met; the worked solution has one line per day, so 1 to 16 lines (answers of ~40 to ~260
+value is met; the worked solution has one line per day, so 1 to 16 lines (answers of 40 to 254
 characters), and the number of lines is known only after dividing the values — not from the
 prompt's shape. Each step is local (a 1- or 2-digit number plus or minus one digit), which a
-small model masters on a CPU; numbers in the worked lines are written with two digits so that
-copying a value from the line above is a fixed-offset lookup. The answer ends in ``\\boxed{days}`` and is scored with the same
-last-``\\boxed{}`` extractor as GSM8K / MATH.
+small model masters on a CPU; a line shows the change and the new value (not the old one: a
+diffusion model decoding in parallel would copy the old value instead of computing the new), the
+values written with two digits so that the line above is a fixed-offset lookup. The answer ends
+in ``\\boxed{days}`` and is scored with the same last-``\\boxed{}`` extractor as GSM8K / MATH.
 
     Mia has 47 coins and spends 6 each day until fewer than 6 are left. How many days?
-    Day 01: 47-6=41
+    Day 01: -6=41
     ...
-    Day 07: 11-6=05
+    Day 07: -6=05
     05<6, so 7 days.
     \\boxed{7}
 
@@ -60,7 +61,7 @@ def spend_problem(name: str, item: str, start: int, d: int) -> Problem:
     lines, x, k = [], start, 0
     while x >= d:
         k += 1
-        lines.append(f"Day {k:02d}: {x:02d}-{d}={x - d:02d}")
+        lines.append(f"Day {k:02d}: -{d}={x - d:02d}")
         x -= d
     lines.append(f"{x:02d}<{d}, so {k} days.")
     prompt = f"{name} has {start} {item} and spends {d} each day until fewer than {d} are left. How many days?\n"
@@ -72,7 +73,7 @@ def save_problem(name: str, item: str, start: int, d: int, target: int) -> Probl
     lines, x, k = [], start, 0
     while x < target:
         k += 1
-        lines.append(f"Day {k:02d}: {x:02d}+{d}={x + d:02d}")
+        lines.append(f"Day {k:02d}: +{d}={x + d:02d}")
         x += d
     lines.append(f"{x:02d}>={target}, so {k} days.")
     prompt = f"{name} has {start} {item} and gets {d} more each day until at least {target}. How many days?\n"

@@ -11,13 +11,12 @@ def _check_solution(p: arith.Problem):
     lines = p.solution.splitlines()
     steps = lines[:-2]
     assert len(steps) == p.steps == int(p.answer)
+    prev = int(re.search(r"has (\d+)", p.prompt)[1])
     for k, line in enumerate(steps, 1):
-        m = re.fullmatch(r"Day (\d\d): (\d+)([+-])(\d)=(\d+)", line)
+        m = re.fullmatch(r"Day (\d\d): ([+-])(\d)=(\d\d)", line)
         assert m, line
-        day, a, op, d, r = int(m[1]), int(m[2]), m[3], int(m[4]), int(m[5])
-        assert day == k and r == (a + d if op == "+" else a - d)
-        if k > 1:
-            assert a == prev
+        day, op, d, r = int(m[1]), m[2], int(m[3]), int(m[4])
+        assert day == k and r == (prev + d if op == "+" else prev - d)
         prev = r
     assert lines[-1] == f"\\boxed{{{p.answer}}}"
 

@@ -1,0 +1,157 @@
+"""CALM decoding: per-token early exit with a KV cache and state propagation, as a step policy of
+the ONE causal sampling loop (``adaptive_lm.lm.generate``).
+
+For each new token the layers run one at a time. After each exit layer i (every k-th) a confidence
+score c_i is compared with the decaying threshold λ_t (CALM §"Decaying threshold"):
+    λ_t = clip_[0,1]( 0.9·λ + 0.1·exp(−τ·t/N) )          (the paper's formula, default)
+    λ_t = 0.9·λ + λ·exp(−τ·t/N) / 10                     (the reference code's, ``decay="reference"``)
+t the generated token's index, N the generation budget. A sequence whose c_i ≥ λ_t emits its token
+from layer i's logits (the shared final norm + head) and skips the rest: its hidden state h_i is
+copied up and each skipped layer fills ITS OWN K/V from it (CALM §"Skipped layers"; copying projected
+K/V instead degrades quality). λ ≥ 1 never exits: the plain model.
+
+Sequences of a batch exit at their own depths within the same step: each layer runs only on the
+sequences still active (``StepContext.select``), so a batch costs what its members need, not
+what its least confident member needs.
+
+Measures: ``margin`` (softmax top-1 − top-2, the paper's default), ``top1``, ``state`` (cosine
+between h_i and h_{i−1}, per example), ``classifier`` (the trained exit classifier), and
+``oracle`` — the floor: the full model runs and the token is marked as exiting at the first layer
+whose argmax equals the top layer's (tokens and cache are the full model's; a measurement, not
+a speed-up).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..confidence import margin, top1
+from .exits import ExitClassifier, exit_layers
+
+MEASURES = ("margin", "top1", "state", "classifier", "oracle")
+
+
+@dataclass
+class CalmConfig:
+    measure: str = "margin"        # confidence measure: margin, top1, state, classifier, oracle
+    threshold: float = 1.0         # λ; >= 1 never exits (the plain model)
+    tau: float = 4.0               # decay temperature τ of λ_t; 0 = constant threshold
+    decay: str = "paper"           # paper or reference formula for λ_t
+    every: int = 1                 # try an exit after every k-th layer
+    min_layer: int = 1             # no exit below this layer
+
+
+def threshold_at(cfg: CalmConfig, t: int, n: int) -> float:
+    """λ_t for the t-th generated token of a budget of n (module docstring)."""
+    lam = cfg.threshold
+    if lam >= 1.0:
+        return math.inf
+    e = math.exp(-cfg.tau * t / max(n, 1))
+    if cfg.decay == "paper":
+        return min(max(0.9 * lam + 0.1 * e, 0.0), 1.0)
+    if cfg.decay == "reference":
+        return 0.9 * lam + lam * e / 10
+    raise ValueError(f"decay must be paper or reference, not {cfg.decay!r}")
+
+
+@dataclass
+class ExitRecord:
+    """What a CALM decode did: per sequence, the layer each generated token exited at."""
+    layers: list[list[int]] = field(default_factory=list)
+
+    def mean_layers(self) -> float:
+        flat = [x for row in self.layers for x in row]
+        return sum(flat) / max(len(flat), 1)
+
+
+class CalmStep:
+    """The step policy: ``generate(model, prompts, ..., step=CalmStep(cfg, max_new_tokens))``.
+
+    The prompt (a step of T > 1 tokens) runs at full depth, so the first generated token counts
+    n_layer. ``record.layers[r]`` holds the depth of every token sequence r produced, its EOS
+    included; a finished sequence (fed padding) records nothing."""
+
+    def __init__(self, cfg: CalmConfig, max_new_tokens: int, classifier: Optional[ExitClassifier] = None):
+        if cfg.measure not in MEASURES:
+            raise ValueError(f"measure must be one of {MEASURES}, not {cfg.measure!r}")
+        if cfg.measure == "classifier" and classifier is None:
+            raise ValueError("measure=classifier needs a trained exit classifier")
+        self.cfg, self.n, self.clf = cfg, max_new_tokens, classifier
+        self.t = 1                           # index of the next token decoded here (0 = from the prompt)
+        self.record = ExitRecord()
+
+    def __call__(self, m, ids, mask, cache) -> torch.Tensor:
+        B, T = ids.shape
+        if not self.record.layers:
+            self.record.layers = [[] for _ in range(B)]
+        if T > 1:                                                         # the prompt: full depth,
+            for r in range(B):                                            # which gives the 1st token
+                self.record.layers[r].append(m.config.n_layer)
+            return m(ids, attention_mask=mask, cache=cache).logits[:, -1]
+        lam = threshold_at(self.cfg, self.t, self.n)
+        self.t += 1
+        if self.cfg.measure == "oracle":
+            return self._oracle(m, ids, mask, cache)
+        return self._early_exit(m, ids, mask, cache, lam)
+
+    def _confidence(self, m, i: int, h, prev) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(b,) confidence at layer i for hidden states h (b, C); also the logits when computed."""
+        mea = self.cfg.measure
+        if mea in ("margin", "top1"):
+            logits = m.unembed(h)
+            return (margin(logits) if mea == "margin" else top1(logits)), logits
+        if mea == "state":
+            return F.cosine_similarity(h.float(), prev.float(), dim=-1), None
+        return self.clf(i, h), None
+
+    def _early_exit(self, m, ids, mask, cache, lam: float) -> torch.Tensor:
+        L = m.config.n_layer
+        ctx = m.prepare(ids, attention_mask=mask, cache=cache)
+        h = m.embed(ids)[:, 0]                                            # (B, C)
+        out = torch.zeros(h.shape[0], m.config.vocab_size, device=h.device, dtype=h.dtype)
+        active = mask[:, 0].bool().nonzero().squeeze(1)                   # padded rows never run
+        exits = set(exit_layers(L, self.cfg.every))
+        for i in range(1, L + 1):
+            if active.numel() == 0:
+                break
+            sub = ctx.select(active)
+            prev = h[active]
+            cur = m.layer(i - 1, prev[:, None], sub)[:, 0]                 # (b, C)
+            h[active] = cur
+            if i == L:
+                out[active] = m.unembed(cur).to(out.dtype)
+                for r in active.tolist():
+                    self.record.layers[r].append(L)
+                break
+            if i not in exits or i < self.cfg.min_layer or lam == math.inf:
+                continue
+            conf, logits = self._confidence(m, i, cur, prev)
+            go = conf >= lam
+            if bool(go.any()):
+                rows = active[go]
+                out[rows] = (logits[go] if logits is not None else m.unembed(cur[go])).to(out.dtype)
+                for j in range(i, L):                                      # state propagation
+                    m.fill_kv(j, cur[go][:, None], sub.select(go.nonzero().squeeze(1)))
+                for r in rows.tolist():
+                    self.record.layers[r].append(i)
+                active = active[~go]
+        m.commit(ctx)
+        return out
+
+    def _oracle(self, m, ids, mask, cache) -> torch.Tensor:
+        res = m(ids, attention_mask=mask, cache=cache, output_hidden_states=True)
+        logits = res.logits[:, -1]
+        top = logits.argmax(-1)
+        L = m.config.n_layer
+        first = torch.full_like(top, L)
+        for i in reversed(exit_layers(L, self.cfg.every)[:-1]):          # lowest agreeing exit layer
+            if i >= self.cfg.min_layer:
+                agree = m.unembed(res.hidden_states[i][:, -1]).argmax(-1) == top
+                first = torch.where(agree, torch.full_like(first, i), first)
+        for r in mask[:, 0].bool().nonzero().squeeze(1).tolist():
+            self.record.layers[r].append(int(first[r]))
+        return logits

@@ -1,0 +1,153 @@
+"""CALM in use: batched early-exit generation, the calibration run, and the ``calm.json`` file that
+stores a certified threshold next to a checkpoint.
+
+``calibrate_threshold`` is CALM §"Calibration" end to end: the full model's outputs on n
+calibration prompts are the reference (textual consistency needs no labels), every candidate
+λ_1 = 1 > λ_2 > … is decoded on the same prompts, its empirical risk (mean dissimilarity) gets a
+Hoeffding–Bentkus p-value, and fixed-sequence testing certifies the most aggressive λ it can.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..io import atomic_write_text
+from ..lm import generate
+from .calibrate import DISTANCES, fixed_sequence_test
+from .decode import CalmConfig, CalmStep, ExitRecord
+
+CALM_FILE = "calm.json"
+CLASSIFIER_FILE = "exit_classifier.safetensors"
+DEFAULT_CANDIDATES = tuple([1.0] + [round(1.0 - 0.05 * k, 2) for k in range(1, 20)])   # 1.0 … 0.05
+
+
+def calm_generate(model, prompts: list[list[int]], cfg: CalmConfig, *, max_new_tokens: int, pad_id: int,
+                  eos_id: Optional[int] = None, classifier=None, temperature: float = 0.0,
+                  generator: Optional[torch.Generator] = None, batch_size: int = 8) -> tuple[list[list[int]], ExitRecord]:
+    """CALM decoding of many prompts, ``batch_size`` at a time. Returns the generated ids per prompt
+    and the exit layer of every token produced (its EOS included)."""
+    outs, record = [], ExitRecord()
+    for b in range(0, len(prompts), batch_size):
+        step = CalmStep(cfg, max_new_tokens, classifier)
+        outs += generate(model, prompts[b:b + batch_size], max_new_tokens=max_new_tokens, pad_id=pad_id,
+                         eos_id=eos_id, temperature=temperature, generator=generator, step=step)
+        record.layers += step.record.layers
+    return outs, record
+
+
+def calibration_prompts(tok, text: str, *, n: int, prompt_len: int, seed: int = 0) -> list[list[int]]:
+    """n prompts of prompt_len tokens cut from a text at random offsets (deterministic from seed)."""
+    ids = tok.encode(text)
+    if len(ids) < prompt_len + 1:
+        raise ValueError(f"the text has {len(ids)} tokens; need more than prompt_len={prompt_len}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - prompt_len, (n,), generator=g).tolist()
+    return [ids[s:s + prompt_len] for s in starts]
+
+
+def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilon: float, pad_id: int,
+                        eos_id: Optional[int] = None, base: CalmConfig = CalmConfig(), distance: str = "mismatch",
+                        candidates: Sequence[float] = DEFAULT_CANDIDATES, max_new_tokens: int = 32,
+                        classifier=None, batch_size: int = 8, references: Optional[list[list[int]]] = None,
+                        on_test: Optional[Callable] = None, memo: Optional[dict] = None) -> dict:
+    """Learn-then-Test over descending thresholds (module docstring). With ``references`` the risk
+    is risk consistency max(0, D(early, Z) − D(full, Z)); without, textual consistency D(early, full).
+    Returns {"threshold": certified λ or None, "tests": [{"threshold", "risk", "p_value",
+    "avg_layers"}, ...], "n", "delta", "epsilon", "distance", "measure"}. ``memo`` (a dict kept by
+    the caller) reuses the decodes of an earlier call on the same prompts and settings — several
+    δ cost one sweep."""
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {sorted(DISTANCES)}, not {distance!r}")
+    dist = DISTANCES[distance]
+    kw = dict(max_new_tokens=max_new_tokens, pad_id=pad_id, eos_id=eos_id, classifier=classifier, batch_size=batch_size)
+    memo = {} if memo is None else memo
+    if "full" not in memo:
+        memo["full"] = calm_generate(model, prompts, CalmConfig(measure=base.measure, threshold=1.0), **kw)[0]
+    full = memo["full"]
+    tests, depth = [], {}
+
+    def risk_of(lam: float) -> float:
+        if lam not in memo:
+            cfg = CalmConfig(**{**base.__dict__, "threshold": lam})
+            memo[lam] = calm_generate(model, prompts, cfg, **kw) if lam < 1.0 else (full, None)
+        early, rec = memo[lam]
+        depth[lam] = rec.mean_layers() if rec else float(model.config.n_layer)
+        if references is None:
+            return sum(dist(e, f) for e, f in zip(early, full)) / len(prompts)
+        return sum(max(0.0, dist(e, z) - dist(f, z)) for e, f, z in zip(early, full, references)) / len(prompts)
+
+    def record(lam, r, p):
+        tests.append({"threshold": lam, "risk": r, "p_value": p, "avg_layers": depth[lam]})
+        if on_test is not None:
+            on_test(tests[-1])
+
+    lam = fixed_sequence_test(candidates, risk_of, n=len(prompts), delta=delta, epsilon=epsilon, on_test=record)
+    return {"threshold": lam, "tests": tests, "n": len(prompts), "delta": delta, "epsilon": epsilon,
+            "distance": distance, "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every}
+
+
+def save_calm(path, result: dict) -> Path:
+    """Write the calibration result (atomically) to ``path``, normally the checkpoint's calm.json."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps({**result, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+    return path
+
+
+def load_calm(folder) -> dict:
+    """The calibration stored next to a checkpoint, or {} when it has none."""
+    path = Path(folder) / CALM_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def train_classifier(model, batches: Callable, *, steps: int = 300, lr: float = 1e-3, layers: Optional[list[int]] = None,
+                     progress: Optional[Callable] = None):
+    """CALM's second step: fit the early-exit classifier (exits.ExitClassifier) with the backbone
+    frozen. ``batches(step)`` -> (x, y) causal-LM batches. Returns the classifier (eval mode)."""
+    from .exits import ExitClassifier, classifier_loss, exit_layers
+    L = model.config.n_layer
+    clf = ExitClassifier(model.config.d_model, layers or exit_layers(L)[:-1])
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(clf.parameters(), lr=lr)
+    try:
+        for step in range(steps):
+            loss, mets = classifier_loss(clf, model, batches(step))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if progress is not None:
+                progress(step + 1, {k: float(v) for k, v in mets.items()})
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return clf.eval()
+
+
+def save_classifier(folder, clf) -> Path:
+    """exit_classifier.safetensors next to the checkpoint (atomically); its layers in the metadata."""
+    from safetensors.torch import save as st_save
+    from ..io import atomic_write_bytes
+    path = Path(folder) / CLASSIFIER_FILE
+    tensors = {k: v.detach().contiguous() for k, v in clf.state_dict().items()}
+    atomic_write_bytes(path, st_save(tensors, metadata={"layers": ",".join(map(str, clf.layers))}))
+    return path
+
+
+def load_classifier(folder, model):
+    """The exit classifier stored next to a checkpoint, or None."""
+    from safetensors import safe_open
+    from .exits import ExitClassifier
+    path = Path(folder) / CLASSIFIER_FILE
+    if not path.exists():
+        return None
+    with safe_open(str(path), "pt") as f:
+        layers = [int(x) for x in f.metadata()["layers"].split(",")]
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    clf = ExitClassifier(model.config.d_model, layers)
+    clf.load_state_dict(state)
+    return clf.eval()

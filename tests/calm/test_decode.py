@@ -1,0 +1,140 @@
+"""CALM decoding: never-exit equals the plain model; the oracle's tokens equal the full model's;
+early exit with state propagation equals the slow obvious reference; batched equals one at a time."""
+import math
+
+import pytest
+import torch
+
+from adaptive_lm.calm.decode import CalmConfig, CalmStep, threshold_at
+from adaptive_lm.calm.exits import exit_layers
+from adaptive_lm.confidence import margin
+from adaptive_lm.lm import full_depth_step, generate
+
+PAD, N = 0, 12
+
+
+def _recording(step, sink):
+    def f(m, ids, mask, cache):
+        out = step(m, ids, mask, cache)
+        sink.append(out.clone())
+        return out
+    return f
+
+
+def _calm(model, prompts, cfg, **kw):
+    step = CalmStep(cfg, N)
+    out = generate(model, prompts, max_new_tokens=N, pad_id=PAD, temperature=0, step=step, **kw)
+    return out, step.record.layers
+
+
+def test_never_exit_equals_plain_model(calm_model, prompts):
+    plain_logits, calm_logits = [], []
+    plain = generate(calm_model, prompts, max_new_tokens=N, pad_id=PAD, temperature=0,
+                     step=_recording(full_depth_step, plain_logits))
+    step = CalmStep(CalmConfig(measure="margin", threshold=1.0), N)
+    out = generate(calm_model, prompts, max_new_tokens=N, pad_id=PAD, temperature=0,
+                   step=_recording(step, calm_logits))
+    assert out == plain
+    for a, b in zip(plain_logits, calm_logits):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    assert all(x == 4 for row in step.record.layers for x in row)
+
+
+def test_oracle_tokens_equal_full_model_and_exit_at_first_agreeing_layer(calm_model, prompts):
+    plain = generate(calm_model, prompts, max_new_tokens=N, pad_id=PAD, temperature=0)
+    out, layers = _calm(calm_model, prompts, CalmConfig(measure="oracle"))
+    assert out == plain
+    flat = [x for row in layers for x in row]
+    assert min(flat) < 4 and all(1 <= x <= 4 for x in flat)     # some tokens need fewer layers
+
+
+@torch.no_grad()
+def _threshold_for_median_margin(model, prompts):
+    """A λ whose effective threshold (τ = 0: 0.9λ + 0.1) is the median layer-1..3 margin, so
+    that about half of the tries exit."""
+    x = torch.tensor([p[:3] for p in prompts])
+    hs = model(x, output_hidden_states=True).hidden_states
+    conf = torch.cat([margin(model.unembed(hs[i])).flatten() for i in (1, 2, 3)])
+    return (float(conf.median()) - 0.1) / 0.9
+
+
+@torch.no_grad()
+def reference_calm(model, prompt, cfg, n):
+    """The slow obvious CALM at batch 1: no KV cache; every step re-runs the whole sequence layer
+    by layer, and a token that exited at layer e keeps h_e as its state in every layer above
+    (its K/V there come from h_e, as state propagation prescribes)."""
+    ids, exits, toks = list(prompt), [model.config.n_layer] * len(prompt), []
+    L = model.config.n_layer
+    for t in range(n):
+        x = torch.tensor([ids])
+        ctx = model.prepare(x)
+        h = model.embed(x)
+        exited = torch.tensor(exits)                                  # (T,) exit layer per position
+        lam = threshold_at(cfg, t, n) if t > 0 else math.inf          # 1st token: the prompt pass
+        e_new = L
+        for i in range(1, L + 1):
+            nxt = model.layer(i - 1, h, ctx)
+            keep = (exited < i)[None, :, None]
+            h = torch.where(keep, h, nxt)                               # frozen states stay
+            if e_new == L and i < L and i in exit_layers(L, cfg.every):
+                if float(margin(model.unembed(h[0, -1]))) >= lam:
+                    e_new = i
+                    exits[-1] = i                                       # the new token's state freezes
+                    exited = torch.tensor(exits)
+        tok = int(model.unembed(h[0, -1]).argmax())                     # frozen state = state at exit
+        toks.append(tok)
+        ids.append(tok)
+        exits.append(L)                                                 # decided when it is fed
+    return toks
+
+
+def test_early_exit_with_state_propagation_matches_slow_reference(calm_model, prompts):
+    cfg = CalmConfig(measure="margin", threshold=_threshold_for_median_margin(calm_model, prompts), tau=2.0)
+    for p in prompts:
+        out, layers = _calm(calm_model, [p], cfg)
+        assert out[0] == reference_calm(calm_model, p, cfg, N)
+    flat = [x for row in layers for x in row]
+    assert 1 <= min(flat) < 4 < max(flat) + 1                           # exits did happen
+
+
+@pytest.mark.parametrize("measure", ["margin", "top1", "state"])
+def test_batched_equals_one_at_a_time(calm_model, prompts, measure):
+    lam = _threshold_for_median_margin(calm_model, prompts) if measure != "state" else 0.5
+    cfg = CalmConfig(measure=measure, threshold=lam, tau=2.0)
+    batch, blayers = _calm(calm_model, prompts, cfg)
+    for i, p in enumerate(prompts):
+        one, olayers = _calm(calm_model, [p], cfg)
+        assert batch[i] == one[0]
+        assert blayers[i] == olayers[0]
+
+
+def test_eos_stops_each_sequence_and_records_its_depths(calm_model, prompts):
+    def gen():
+        return torch.Generator().manual_seed(3)
+    plain = generate(calm_model, prompts, max_new_tokens=N, pad_id=PAD, temperature=1.0, generator=gen())
+    r, k = next((r, k) for r, row in enumerate(plain) for k, t in enumerate(row) if k and t not in row[:k])
+    cfg = CalmConfig(measure="margin", threshold=1.0)
+    step = CalmStep(cfg, N)                                             # sampling: same draws as plain
+    out = generate(calm_model, prompts, max_new_tokens=N, pad_id=PAD, temperature=1.0, generator=gen(),
+                   eos_id=plain[r][k], step=step)                       # row r emits it (k+1)-th
+    layers = step.record.layers
+    assert out[r] == plain[r][:k]
+    assert len(layers[r]) == k + 1                                      # k tokens + the EOS
+
+
+def test_decaying_threshold_formulas():
+    paper = CalmConfig(threshold=0.5, tau=4.0)
+    assert threshold_at(paper, 0, 10) == pytest.approx(0.9 * 0.5 + 0.1)
+    assert threshold_at(paper, 10, 10) == pytest.approx(0.45 + 0.1 * math.exp(-4))
+    ref = CalmConfig(threshold=0.5, tau=4.0, decay="reference")
+    assert threshold_at(ref, 5, 10) == pytest.approx(0.45 + 0.5 * math.exp(-2) / 10)
+    assert threshold_at(CalmConfig(threshold=1.0), 7, 10) == math.inf
+    with pytest.raises(ValueError):
+        threshold_at(CalmConfig(threshold=0.5, decay="nope"), 1, 10)
+
+
+def test_bad_measure_and_missing_classifier_are_refused():
+    with pytest.raises(ValueError, match="measure"):
+        CalmStep(CalmConfig(measure="entropy"), 4)
+    with pytest.raises(ValueError, match="classifier"):
+        CalmStep(CalmConfig(measure="classifier"), 4)

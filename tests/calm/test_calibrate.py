@@ -1,0 +1,58 @@
+"""Learn-then-Test pieces: the Hoeffding–Bentkus p-value, fixed-sequence testing, and the
+dissimilarities, each against a direct computation."""
+import math
+
+import pytest
+
+from adaptive_lm.calm import calibrate as C
+
+
+def test_binomial_cdf_matches_direct_sum():
+    n, p = 30, 0.2
+    direct = lambda k: sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k + 1))
+    for k in (0, 3, 6, 15, 29):
+        assert C.binom_cdf(k, n, p) == pytest.approx(direct(k), rel=1e-10)
+    assert C.binom_cdf(-1, n, p) == 0.0 and C.binom_cdf(30, n, p) == 1.0
+
+
+def test_hb_pvalue_is_the_smaller_of_the_two_bounds():
+    n, delta, risk = 100, 0.1, 0.03
+    a, b = risk, delta
+    h = a * math.log(a / b) + (1 - a) * math.log((1 - a) / (1 - b))
+    hoeffding = math.exp(-n * h)
+    bentkus = math.e * sum(math.comb(n, i) * b ** i * (1 - b) ** (n - i) for i in range(math.ceil(n * risk) + 1))
+    assert C.hb_pvalue(risk, n, delta) == pytest.approx(min(hoeffding, bentkus), rel=1e-9)
+
+
+def test_hb_pvalue_behaviour():
+    assert C.hb_pvalue(0.0, 100, 0.1) < C.hb_pvalue(0.05, 100, 0.1) < C.hb_pvalue(0.09, 100, 0.1)
+    assert C.hb_pvalue(0.2, 100, 0.1) == 1.0                # empirical risk above δ: never rejected
+    assert C.hb_pvalue(0.0, 1000, 0.1) < C.hb_pvalue(0.0, 10, 0.1)
+    with pytest.raises(ValueError):
+        C.hb_pvalue(0.0, 0, 0.1)
+    with pytest.raises(ValueError):
+        C.hb_pvalue(0.0, 10, 1.5)
+
+
+def test_fixed_sequence_stops_at_first_failure():
+    risks = {1.0: 0.0, 0.9: 0.01, 0.8: 0.5, 0.7: 0.0}       # 0.7 would pass, but the walk stops at 0.8
+    seen = []
+    lam = C.fixed_sequence_test([1.0, 0.9, 0.8, 0.7], risks.__getitem__, n=200, delta=0.1, epsilon=0.05,
+                                on_test=lambda l, r, p: seen.append(l))
+    assert lam == 0.9 and seen == [1.0, 0.9, 0.8]
+    assert C.fixed_sequence_test([1.0], lambda l: 0.0, n=5, delta=0.1, epsilon=0.05) is None   # too few
+    with pytest.raises(ValueError):
+        C.fixed_sequence_test([0.5, 0.9], lambda l: 0.0, n=100, delta=0.1, epsilon=0.05)
+
+
+def test_dissimilarities():
+    assert C.token_mismatch([1, 2, 3], [1, 2, 3]) == 0.0
+    assert C.token_mismatch([1, 2, 3], [1, 5, 3, 4]) == pytest.approx(0.5)
+    assert C.token_mismatch([], []) == 0.0
+    assert C.lcs_length("ABCBDAB", "BDCABA") == 4
+    assert C.rouge_l([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    p, r = 3 / 4, 3 / 5                                       # LCS 3 of lengths 4 and 5
+    assert C.rouge_l([1, 2, 9, 3], [1, 2, 3, 7, 8]) == pytest.approx(2 * p * r / (p + r))
+    assert C.rouge_l_distance([1], [2]) == 1.0
+    assert C.risk_consistency([1, 2], [1, 2, 3], [1, 2, 3]) > 0
+    assert C.risk_consistency([1, 2, 3], [1, 2], [1, 2, 3]) == 0.0  # early better than full: no risk

@@ -1,0 +1,75 @@
+"""CALM on the command line: generate --method calm, calibrate (certifies and writes calm.json, or
+refuses and writes nothing), calm-classifier; bad input -> one line."""
+import json
+
+import pytest
+import torch
+
+from adaptive_lm.checkpoint import save_pretrained
+from adaptive_lm.model import ModelConfig, TransformerLM
+from adaptive_lm.tokenizer import CharTokenizer
+from tests.conftest import TEXT
+from tests.test_cli import assert_one_line_error, run
+
+
+@pytest.fixture(scope="module")
+def calm_ckpt(tmp_path_factory):
+    """A tiny causal checkpoint with peaked logits, trained on nothing; its corpus is a text file."""
+    d = tmp_path_factory.mktemp("calm")
+    (d / "text.txt").write_text(TEXT)
+    tok = CharTokenizer.from_text(TEXT)
+    torch.manual_seed(0)
+    m = TransformerLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=4, n_head=2, d_model=32, max_seq_len=64))
+    with torch.no_grad():
+        m.tok_emb.weight.mul_(8.0)
+    save_pretrained(d / "ck", m, tok, meta={"corpus": str(d / "text.txt"), "family": "causal-lm"})
+    return d / "ck"
+
+
+def test_generate_calm_shows_exit_layers(calm_ckpt):
+    rc, so, se = run("generate", str(calm_ckpt), "--method", "calm", "--threshold", "0.2", "--prompt", "All",
+                     "--max-new-tokens", "6", "--temperature", "0", "--show-exits")
+    assert rc == 0, se
+    assert so.startswith("All") and so.count("[") == 6
+    stats = json.loads(se.strip().splitlines()[-1])
+    assert 1 <= stats["avg_layers"] <= 4 and stats["n_layer"] == 4
+
+
+def test_calibrate_certifies_and_writes_calm_json(calm_ckpt, tmp_path):
+    out = tmp_path / "calm.json"
+    rc, so, se = run("calibrate", str(calm_ckpt), "--delta", "0.5", "--n", "40", "--prompt-len", "8",
+                     "--max-new-tokens", "6", "--split", "train", "--out", str(out))
+    assert rc == 0, se
+    res = json.loads(out.read_text())
+    assert res["threshold"] < 1.0 and res["delta"] == 0.5
+    tested = [t["threshold"] for t in res["tests"]]
+    assert tested[0] == 1.0 and tested == sorted(tested, reverse=True)
+    assert all(t["p_value"] <= 0.05 for t in res["tests"] if t["threshold"] >= res["threshold"])
+
+
+def test_calibrate_refuses_when_nothing_can_be_certified(calm_ckpt):
+    rc, so, se = run("calibrate", str(calm_ckpt), "--delta", "0.01", "--n", "8", "--prompt-len", "8",
+                     "--max-new-tokens", "4", "--split", "train")
+    assert rc == 1 and "Traceback" not in se
+    assert "no threshold below 1.0 can be certified" in se.strip().splitlines()[-1]
+    assert not (calm_ckpt / "calm.json").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["calibrate", "builtin:shakespeare-char"], ["read-only"]),
+    (["calibrate", "CK", "--delta", "1.5"], ["--delta"]),
+    (["calibrate", "CK", "--measure", "oracle"], ["--measure"]),
+    (["generate", "CK", "--method", "calm", "--measure", "classifier", "--prompt", "a"], ["calm-classifier"]),
+    (["generate", "CK", "--method", "calm", "--threshold", "2", "--prompt", "a"], ["--threshold"]),
+])
+def test_bad_calm_input_is_one_line(calm_ckpt, args, words):
+    rc, so, se = run(*[str(calm_ckpt) if a == "CK" else a for a in args])
+    assert_one_line_error(rc, se, 2, *words)
+
+
+def test_calm_classifier_then_generate_with_it(calm_ckpt, tmp_path):
+    rc, so, se = run("calm-classifier", str(calm_ckpt), "--steps", "3", "--seq-len", "16", "--batch-size", "4",
+                     "--out", str(tmp_path))
+    assert rc == 0, se
+    assert (tmp_path / "exit_classifier.safetensors").exists()
+    assert json.loads(so)["layers"] == [1, 2, 3]

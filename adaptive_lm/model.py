@@ -113,22 +113,24 @@ class KVCache:
 @dataclass
 class StepContext:
     """What every layer needs for one forward step; built once by ``TransformerLM.prepare``."""
-    cos: torch.Tensor                    # (B, 1, T, Dh/2) RoPE cosines for the new tokens
-    sin: torch.Tensor                    # (B, 1, T, Dh/2)
+    cos: Optional[torch.Tensor]          # (B, 1, T, Dh/2) RoPE cosines for the new tokens (backbone-specific)
+    sin: Optional[torch.Tensor]          # (B, 1, T, Dh/2)
     attn_mask: Optional[torch.Tensor]    # (B, 1, T, S) bool, True = may attend; None = full / plain causal
     is_causal: bool                      # use SDPA's built-in causal mask (no cache, no padding)
     cache: Optional[KVCache] = None
     start: int = 0                       # cache position of the first new token
     new_len: int = 0                     # T
     rows: Optional[torch.Tensor] = None  # (b,) cache rows these b sequences are (``select``); None = all
+    positions: Optional[torch.Tensor] = None   # (B, T) position of each new token in its row
 
     def select(self, idx: torch.Tensor) -> "StepContext":
         """The context of a subset of the batch, rows ``idx`` (b,) — for running a layer on only the
         sequences that still need it (CALM's per-sequence exits). Cache reads and writes go to the
         selected rows; ``idx`` indexes this context's own rows."""
         rows = idx if self.rows is None else self.rows[idx]
-        return StepContext(self.cos[idx], self.sin[idx], None if self.attn_mask is None else self.attn_mask[idx],
-                           self.is_causal, self.cache, self.start, self.new_len, rows)
+        pick = lambda t: None if t is None else t[idx]
+        return StepContext(pick(self.cos), pick(self.sin), pick(self.attn_mask), self.is_causal, self.cache,
+                           self.start, self.new_len, rows, pick(self.positions))
 
 
 class RMSNorm(nn.Module):
@@ -214,6 +216,41 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
+def step_context(input_ids, attention_mask, cache: Optional[KVCache], *, causal: bool, max_seq_len: int) -> StepContext:
+    """Positions (B, T) and the attention mask of a step of T new tokens, for any backbone that
+    uses a KVCache (ours, and the Hugging Face adapter in hf_causal.py). Positions count each
+    row's real tokens from 0, so a left-padded row computes what it computes alone. cos/sin are
+    left for the caller (its own rotary embedding)."""
+    B, T = input_ids.shape
+    dev = input_ids.device
+    real = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=dev)
+    start = cache.length if cache is not None else 0
+    if cache is not None and start + T > cache.max_len:
+        raise ValueError(f"KV cache full: {start} + {T} tokens > max_len {cache.max_len}")
+    if start + T > max_seq_len:
+        raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {max_seq_len}")
+    base = cache.n_real[:, None] if cache is not None else 0
+    positions = (base + real.long().cumsum(1) - 1).clamp(min=0)        # (B, T)
+    padded = attention_mask is not None and not bool(real.all())
+    if cache is None and not padded:
+        return StepContext(None, None, None, causal, None, 0, T, positions=positions)
+    if cache is not None:
+        if not causal:
+            raise ValueError("KV cache decoding needs a causal model")
+        cache.key_mask[:, start:start + T] = real
+        keys = cache.key_mask[:, :start + T]                           # (B, S)
+    else:
+        keys = real
+    S = keys.shape[1]
+    allow = keys[:, None, :].expand(B, T, S)                           # (B, T, S)
+    q_pos = torch.arange(start, start + T, device=dev)
+    k_pos = torch.arange(S, device=dev)
+    if causal:
+        allow = allow & (k_pos[None, :] <= q_pos[:, None])
+    allow = allow | (k_pos[None, :] == q_pos[:, None])                # a padding query sees itself: no NaN rows
+    return StepContext(None, None, allow[:, None], False, cache, start, T, positions=positions)
+
+
 class TransformerLM(nn.Module):
     """Token ids (B, T) -> logits (B, T, V), optionally every layer's hidden state."""
 
@@ -244,8 +281,9 @@ class TransformerLM(nn.Module):
         return n - self.tok_emb.weight.numel() if exclude_embeddings else n
 
     # ---- the pieces, for callers that run layer by layer (CALM) ----
-    def embed(self, input_ids, cond=None):
-        """(B, T) ids [+ cond (B, C_cond) or (B, T, C_cond)] -> (B, T, C) hidden state 0."""
+    def embed(self, input_ids, cond=None, ctx: Optional[StepContext] = None):
+        """(B, T) ids [+ cond (B, C_cond) or (B, T, C_cond)] -> (B, T, C) hidden state 0. (``ctx`` is
+        unused: RoPE positions enter in attention; a backbone with learned positions reads them.)"""
         h = self.tok_emb(input_ids)
         if cond is not None:
             if self.cond_proj is None:
@@ -265,35 +303,10 @@ class TransformerLM(nn.Module):
         With a cache, the new tokens are appended after ``cache.length`` and attend to all real
         cached keys; ``commit`` must be called after the step's layers have run.
         """
-        B, T = input_ids.shape
-        dev = input_ids.device
-        real = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=dev)
-        start = cache.length if cache is not None else 0
-        if cache is not None and start + T > cache.max_len:
-            raise ValueError(f"KV cache full: {start} + {T} tokens > max_len {cache.max_len}")
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
-        base = cache.n_real[:, None] if cache is not None else 0
-        positions = (base + real.long().cumsum(1) - 1).clamp(min=0)        # (B, T)
-        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
-        padded = attention_mask is not None and not bool(real.all())
-        if cache is None and not padded:
-            return StepContext(cos, sin, None, self.config.causal, None, 0, T)
-        if cache is not None:
-            if not self.config.causal:
-                raise ValueError("KV cache decoding needs a causal model")
-            cache.key_mask[:, start:start + T] = real
-            keys = cache.key_mask[:, :start + T]                           # (B, S)
-        else:
-            keys = real
-        S = keys.shape[1]
-        allow = keys[:, None, :].expand(B, T, S)                           # (B, T, S)
-        q_pos = torch.arange(start, start + T, device=dev)
-        k_pos = torch.arange(S, device=dev)
-        if self.config.causal:
-            allow = allow & (k_pos[None, :] <= q_pos[:, None])
-        allow = allow | (k_pos[None, :] == q_pos[:, None])                # a padding query sees itself: no NaN rows
-        return StepContext(cos, sin, allow[:, None], False, cache, start, T)
+        ctx = step_context(input_ids, attention_mask, cache, causal=self.config.causal,
+                           max_seq_len=self.config.max_seq_len)
+        ctx.cos, ctx.sin = rope_angles(ctx.positions, self.config.head_dim, self.config.rope_theta)
+        return ctx
 
     def layer(self, i: int, h, ctx: StepContext):
         """Run block i on hidden state h (B, T, C); writes its K/V into the cache if any. For a

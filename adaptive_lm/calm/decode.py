@@ -111,7 +111,7 @@ class CalmStep:
     def _early_exit(self, m, ids, mask, cache, lam: float) -> torch.Tensor:
         L = m.config.n_layer
         ctx = m.prepare(ids, attention_mask=mask, cache=cache)
-        h = m.embed(ids)[:, 0]                                            # (B, C)
+        h = m.embed(ids, ctx=ctx)[:, 0]                                   # (B, C)
         out = torch.zeros(h.shape[0], m.config.vocab_size, device=h.device, dtype=h.dtype)
         active = mask[:, 0].bool().nonzero().squeeze(1)                   # padded rows never run
         exits = set(exit_layers(L, self.cfg.every))

@@ -1,0 +1,148 @@
+"""Hugging Face decoder-only causal LMs behind our backbone's interface, so CALM (exit training,
+early-exit decoding with state propagation, calibration) and the causal sampling loop run on
+them unchanged.
+
+``HFCausalLM(hf_model)`` wraps a transformers causal LM of the Llama family (Llama, SmolLM2,
+Mistral, Qwen2, Gemma — same block layout: input norm, attention with rotary embeddings and
+grouped K/V heads, post-attention norm, MLP) or GPT-2, and exposes what TransformerLM exposes:
+``embed`` / ``prepare`` / ``layer`` / ``fill_kv`` / ``commit`` / ``unembed`` / ``new_cache`` and a
+``forward`` returning logits and every layer's RAW output (the model's own final norm is applied
+in ``unembed`` only — transformers' last hidden state is already normed, ours is not). The
+weights are the HF model's own modules; the attention is recomputed here with our KV cache
+(per-layer, per-row access), which is what state propagation needs. ``forward`` equals the HF
+model's logits (tests/test_hf_causal.py).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .model import KVCache, ModelOutput, StepContext, TransformerLM, step_context
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "gemma")
+SUPPORTED = LLAMA_LIKE + ("gpt2",)
+
+
+class HFCausalLM(nn.Module):
+    """A transformers causal LM with our backbone's per-layer interface (module docstring)."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        kind = getattr(hf_model.config, "model_type", "")
+        if kind not in SUPPORTED:
+            raise ValueError(f"model_type {kind!r} is not supported; supported: {', '.join(SUPPORTED)}")
+        self.hf, self.kind = hf_model, kind
+        c = hf_model.config
+        if kind == "gpt2":
+            if getattr(c, "scale_attn_by_inverse_layer_idx", False) or getattr(c, "reorder_and_upcast_attn", False):
+                raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+            base = hf_model.transformer
+            self.blocks, self.norm_f = base.h, base.ln_f
+            n_head = n_kv = c.n_head
+            head_dim, d_model, max_len = c.n_embd // c.n_head, c.n_embd, c.n_positions
+        else:
+            base = hf_model.model
+            self.blocks, self.norm_f = base.layers, base.norm
+            n_head, n_kv = c.num_attention_heads, c.num_key_value_heads
+            head_dim = getattr(c, "head_dim", None) or c.hidden_size // n_head
+            d_model, max_len = c.hidden_size, c.max_position_embeddings
+        self.base = base
+        self.config = SimpleNamespace(n_layer=len(self.blocks), vocab_size=c.vocab_size, d_model=d_model,
+                                      n_head=n_head, n_kv_head=n_kv, head_dim=head_dim, max_seq_len=max_len,
+                                      causal=True)
+
+    # ---- the per-layer interface (same contract as TransformerLM) ----
+    def embed(self, input_ids, ctx: Optional[StepContext] = None):
+        """(B, T) ids -> hidden state 0 (B, T, C); GPT-2 adds its learned positions (from ctx)."""
+        if self.kind == "gpt2":
+            pos = ctx.positions if ctx is not None else torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+            return self.base.wte(input_ids) + self.base.wpe(pos)
+        return self.base.embed_tokens(input_ids)
+
+    def unembed(self, h):
+        """Any layer's raw output (..., C) -> logits: the model's final norm + its head."""
+        return self.hf.lm_head(self.norm_f(h))
+
+    def prepare(self, input_ids, *, attention_mask=None, cache: Optional[KVCache] = None) -> StepContext:
+        ctx = step_context(input_ids, attention_mask, cache, causal=True, max_seq_len=self.config.max_seq_len)
+        if self.kind != "gpt2":
+            probe = torch.empty(0, device=input_ids.device, dtype=self.hf.dtype)
+            ctx.cos, ctx.sin = self.base.rotary_emb(probe, ctx.positions)    # (B, T, Dh) each
+        return ctx
+
+    def _qkv(self, blk, x, ctx: StepContext):
+        """Normalised input x (B, T, C) -> q (B, H, T, Dh), k, v (B, Hkv, T, Dh), rotated."""
+        B, T, _ = x.shape
+        cfg = self.config
+        if self.kind == "gpt2":
+            q, k, v = blk.attn.c_attn(x).split(cfg.d_model, dim=-1)
+            shape = lambda t, h: t.view(B, T, h, cfg.head_dim).transpose(1, 2)
+            return shape(q, cfg.n_head), shape(k, cfg.n_kv_head), shape(v, cfg.n_kv_head)
+        a = blk.self_attn
+        q = a.q_proj(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
+        k = a.k_proj(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
+        v = a.v_proj(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
+        cos, sin = ctx.cos[:, None].to(q.dtype), ctx.sin[:, None].to(q.dtype)
+        rot = lambda t: torch.cat((-t[..., cfg.head_dim // 2:], t[..., :cfg.head_dim // 2]), dim=-1)
+        return q * cos + rot(q) * sin, k * cos + rot(k) * sin, v
+
+    def _norms(self, blk):
+        if self.kind == "gpt2":
+            return blk.ln_1, blk.ln_2
+        return blk.input_layernorm, blk.post_attention_layernorm
+
+    def _write_kv(self, i, k, v, ctx: StepContext):
+        K, V, end = ctx.cache.k[i], ctx.cache.v[i], ctx.start + ctx.new_len
+        if ctx.rows is None:
+            K[:, :, ctx.start:end], V[:, :, ctx.start:end] = k, v
+            return K[:, :, :end], V[:, :, :end]
+        K[ctx.rows, :, ctx.start:end], V[ctx.rows, :, ctx.start:end] = k, v
+        return K[ctx.rows, :, :end], V[ctx.rows, :, :end]
+
+    def layer(self, i: int, h, ctx: StepContext):
+        """Block i on h (B, T, C) (or a row subset with ctx.select); writes its K/V to the cache."""
+        blk, cfg = self.blocks[i], self.config
+        norm1, norm2 = self._norms(blk)
+        q, k, v = self._qkv(blk, norm1(h), ctx)
+        if ctx.cache is not None:
+            k, v = self._write_kv(i, k, v, ctx)
+        groups = cfg.n_head // cfg.n_kv_head
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scale = None if self.kind == "gpt2" else self.blocks[i].self_attn.scaling
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal, scale=scale)
+        y = y.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
+        h = h + (blk.attn.c_proj(y) if self.kind == "gpt2" else blk.self_attn.o_proj(y))
+        return h + blk.mlp(norm2(h))
+
+    def fill_kv(self, i: int, h, ctx: StepContext, rows=None):
+        """Layer i's K/V from hidden state h (state propagation), nothing else (TransformerLM.fill_kv)."""
+        if rows is not None:
+            idx = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
+            h, ctx = h[idx], ctx.select(idx)
+        _, k, v = self._qkv(self.blocks[i], self._norms(self.blocks[i])[0](h), ctx)
+        self._write_kv(i, k, v, ctx)
+
+    commit = staticmethod(TransformerLM.commit)
+
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
+        c = self.config
+        shape_cfg = SimpleNamespace(n_layer=c.n_layer, n_head=c.n_kv_head, head_dim=c.head_dim)
+        p = next(self.hf.parameters())
+        return KVCache(shape_cfg, batch_size, max_len or c.max_seq_len, device=p.device, dtype=p.dtype)
+
+    def forward(self, input_ids, *, attention_mask=None, cache: Optional[KVCache] = None,
+                output_hidden_states: bool = False) -> ModelOutput:
+        ctx = self.prepare(input_ids, attention_mask=attention_mask, cache=cache)
+        h = self.embed(input_ids, ctx)
+        hidden = [h] if output_hidden_states else None
+        for i in range(self.config.n_layer):
+            h = self.layer(i, h, ctx)
+            if hidden is not None:
+                hidden.append(h)
+        self.commit(ctx)
+        return ModelOutput(self.unembed(h), hidden)

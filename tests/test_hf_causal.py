@@ -8,7 +8,7 @@ transformers = pytest.importorskip("transformers")
 
 from adaptive_lm.calm.decode import CalmConfig, CalmStep  # noqa: E402
 from adaptive_lm.hf_causal import HFCausalLM  # noqa: E402
-from adaptive_lm.lm import full_depth_step, generate  # noqa: E402
+from adaptive_lm.lm import generate  # noqa: E402
 
 
 def _tiny(kind):

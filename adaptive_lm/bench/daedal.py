@@ -39,6 +39,7 @@ class DaedalBenchOptions:
     batch_size: int = 16                # sequences per sampling call
     data_seed: int = 1234               # which held-out problems
     device: str = "cpu"                 # where the model runs: cpu, cuda, or auto (cuda when available)
+    ar_model: str = ""                  # optional reference row: a causal LM on the same problems (greedy)
 
 
 def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batch_size: int,
@@ -64,6 +65,26 @@ def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batc
                      "nfe": sum(s["nfe"] for s in stats) / n, "hit_max": sum(s["hit_max"] for s in stats) / n,
                      "seconds": round(time.perf_counter() - t0, 2)})
     return rows
+
+
+def ar_row(spec: str, problems, batch_size: int, device: str) -> dict:
+    """The reference row: a causal LM answering the same problems greedily (one token per NFE)."""
+    from ..lm import generate
+    m, tok = from_pretrained(spec)
+    if not m.config.causal:
+        raise UsageError(f"ar_model={spec} is not a causal LM")
+    m.to(device)
+    t0, correct, lens = time.perf_counter(), 0, []
+    for b in range(0, len(problems), batch_size):
+        chunk = problems[b:b + batch_size]
+        outs = generate(m, [tok.encode(p.prompt) for p in chunk], max_new_tokens=320, pad_id=tok.pad_id,
+                        eos_id=tok.eos_id, temperature=0)
+        correct += sum(score(tok.decode(o), p) for o, p in zip(outs, chunk))
+        lens += [len(o) + 1 for o in outs]                               # + its EOS
+    n = len(problems)
+    return {"method": "ar (reference)", "length": 0, "acc": correct / n, "e_token": (sum(lens) - n) / n,
+            "n_token": sum(lens) / n, "e_ratio": (sum(lens) - n) / sum(lens), "nfe": sum(lens) / n, "hit_max": 0.0,
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _ints(name: str, s: str) -> list[int]:
@@ -103,6 +124,8 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
         for L in inits:
             policies.append((f"daedal-w{o.small_w_eos}", L, Daedal(init_length=L, max_length=o.max_length, w_eos=o.small_w_eos)))
     rows = run_rows(model, tok, problems, policies, o.batch_size, device)
+    if o.ar_model:
+        rows.append(ar_row(o.ar_model, problems, o.batch_size, device))
     fixed = [r for r in rows if r["method"] == "fixed"]
     best = max(fixed, key=lambda r: (r["acc"], -r["nfe"]))
     daedal = [r for r in rows if r["method"] == "daedal"]

@@ -107,7 +107,7 @@ def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 
 def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: str = "auto",
              max_new_tokens: int = 200, temperature: float = -1.0, top_k: int = 0, num_samples: int = 1,
              seed: int = 0, length: int = 0, max_length: int = 512, block_length: int = 32,
-             threshold: float = -1.0, measure: str = "", show_exits: bool = False) -> int:
+             threshold: float = -1.0, measure: str = "", show_exits: bool = False, calm: str = "") -> int:
     """Generate from a checkpoint. The prompt comes from --prompt, or from stdin when piped.
 
     Args:
@@ -115,7 +115,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         prompt: text to continue or answer (default: stdin if piped)
         method: auto (ar for causal LMs, daedal for diffusion LMs), ar, calm, daedal, fixed, threshold
         max_new_tokens: ar: tokens to generate per sample
-        temperature: sampling temperature; 0 = greedy (default 0.8 for ar, 0 for diffusion)
+        temperature: sampling temperature; 0 = greedy (default 0.8 for ar, 0 for calm and diffusion)
         top_k: ar: sample among the k most likely tokens (0 = all)
         num_samples: samples generated as one batch
         seed: random seed
@@ -125,6 +125,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         threshold: threshold decoding: commit masks above this confidence (default 0.9); calm: the exit threshold λ (default: the certified one in the model's calm.json, else 0.9)
         measure: calm: confidence measure margin, top1, state, classifier (default: calm.json's, else margin)
         show_exits: calm: print each token with its exit layer, token[layer]
+        calm: calm: a calm.json written by `adaptive-lm calibrate --out` (default: the model folder's)
 
     Diffusion methods print each answer on stdout and its stats (NFE, N_token, E_token, hit_max)
     as one JSON line on stderr.
@@ -145,9 +146,10 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         raise UsageError(f"--method {method} does not fit {model}, which is {kind}")
     g = torch.Generator().manual_seed(seed)
     if method in ("ar", "calm"):
-        calm = _calm_options(model, m, threshold, measure) if method == "calm" else None
-        return _generate_ar(m, tok, prompt, max_new_tokens, 0.8 if temperature < 0 else temperature, top_k,
-                            num_samples, g, calm, show_exits)
+        calm_cfg = _calm_options(model, m, threshold, measure, calm) if method == "calm" else None
+        default_t = 0.0 if method == "calm" else 0.8      # CALM's guarantee is about greedy decoding
+        return _generate_ar(m, tok, prompt, max_new_tokens, default_t if temperature < 0 else temperature, top_k,
+                            num_samples, g, calm_cfg, show_exits)
     if not prompt:
         raise UsageError("a masked diffusion model needs a prompt (--prompt or stdin)")
     from .diffusion.daedal import Daedal
@@ -170,15 +172,22 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     return 0
 
 
-def _calm_options(model: str, m, threshold: float, measure: str):
-    """(CalmConfig, exit classifier or None) from the flags, falling back on the model's calm.json,
-    then on the defaults."""
+def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str = ""):
+    """(CalmConfig, exit classifier or None) from the flags, falling back on the calm.json given or
+    in the model folder, then on the defaults."""
     from .calm.decode import MEASURES, CalmConfig
     from .calm.runtime import load_calm, load_classifier
-    from .checkpoint import resolve
+    from .checkpoint import read_config, resolve
     from .hf_causal import is_hf_spec
     folder = None if is_hf_spec(model) else resolve(model)
-    stored = load_calm(folder) if folder else {}
+    if calm_file:
+        try:
+            stored = json.loads(Path(calm_file).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--calm {calm_file}: cannot read it ({e.__class__.__name__})") from None
+    else:
+        stored = load_calm(folder) if folder else {}
+    trained_every = read_config(folder).get("meta", {}).get("calm", {}).get("exit_every", 1) if folder else 1
     measure = measure or stored.get("measure") or "margin"
     if measure not in MEASURES or measure == "oracle":
         raise UsageError(f"--measure must be one of margin, top1, state, classifier, not {measure!r}")
@@ -188,9 +197,11 @@ def _calm_options(model: str, m, threshold: float, measure: str):
         raise UsageError(f"--threshold must be in [0, 1], not {threshold}")
     clf = load_classifier(folder, m) if measure == "classifier" and folder else None
     if measure == "classifier" and clf is None:
-        raise UsageError(f"--measure classifier needs an exit classifier: run `adaptive-lm calm-classifier {model}`")
+        raise UsageError(f"--measure classifier needs an exit classifier next to one of our checkpoints "
+                         f"(`adaptive-lm calm-classifier CHECKPOINT`); {model} has none")
     return CalmConfig(measure=measure, threshold=threshold, tau=stored.get("tau", 4.0),
-                      decay=stored.get("decay", "paper"), every=stored.get("every", 1)), clf
+                      decay=stored.get("decay", "paper"), every=stored.get("every", trained_every),
+                      horizon=stored.get("horizon", 0)), clf
 
 
 def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples, g, calm=None, show_exits=False) -> int:
@@ -256,8 +267,12 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         raise UsageError(f"--measure must be margin, top1 or state, not {measure!r}")
     if distance not in DISTANCES:
         raise UsageError(f"--distance must be one of {', '.join(sorted(DISTANCES))}, not {distance!r}")
-    if n < 1 or prompt_len < 1 or max_new_tokens < 1:
-        raise UsageError("--n, --prompt-len and --max-new-tokens must be >= 1")
+    if n < 1 or prompt_len < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise UsageError("--n, --prompt-len, --max-new-tokens and --batch-size must be >= 1")
+    if tau < 0:
+        raise UsageError("--tau must be >= 0")
+    if out and not Path(out).parent.is_dir():
+        raise UsageError(f"--out {out}: folder {Path(out).parent} does not exist")
     from .hf_causal import is_hf_spec, load_causal_lm, pad_id_of
     hf = is_hf_spec(model)
     if (hf or model.startswith("builtin:")) and not out:
@@ -267,7 +282,9 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     m, tok = load_causal_lm(model)
     if not m.config.causal:
         raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
-    corpus = corpus or (read_config(folder).get("meta", {}).get("corpus", "") if folder else "")
+    meta = read_config(folder).get("meta", {}) if folder else {}
+    corpus = corpus or meta.get("corpus", "")
+    every = meta.get("calm", {}).get("exit_every", 1)         # exits where the model was trained to exit
     if not corpus:
         raise UsageError("--corpus is needed: the checkpoint does not say what it was trained on")
     text = read_text(corpus, split, data_dir_flag=data_dir or None)
@@ -283,7 +300,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
               file=sys.stderr, flush=True)
     print(f"calibrating {model}: {n} prompts, δ={delta}, ε={epsilon}, measure={measure}, distance={distance}", file=sys.stderr)
     res = calibrate_threshold(m, prompts, delta=delta, epsilon=epsilon, pad_id=pad_id_of(tok), eos_id=tok.eos_id,
-                              base=CalmConfig(measure=measure, tau=tau), distance=distance,
+                              base=CalmConfig(measure=measure, tau=tau, every=every), distance=distance,
                               max_new_tokens=max_new_tokens, batch_size=batch_size, on_test=show)
     if res["threshold"] is None or res["threshold"] >= 1.0:
         raise AdaptiveLMError(f"no threshold below 1.0 can be certified at delta={delta}, epsilon={epsilon} "

@@ -38,8 +38,10 @@ class HFCausalLM(nn.Module):
         self.hf, self.kind = hf_model, kind
         c = hf_model.config
         if kind == "gpt2":
-            if getattr(c, "scale_attn_by_inverse_layer_idx", False) or getattr(c, "reorder_and_upcast_attn", False):
-                raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+            if (getattr(c, "scale_attn_by_inverse_layer_idx", False) or getattr(c, "reorder_and_upcast_attn", False)
+                    or not getattr(c, "scale_attn_weights", True)):
+                raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx, reorder_and_upcast_attn "
+                                 "or scale_attn_weights=False are not supported")
             base = hf_model.transformer
             self.blocks, self.norm_f = base.h, base.ln_f
             n_head = n_kv = c.n_head
@@ -50,6 +52,9 @@ class HFCausalLM(nn.Module):
             n_head, n_kv = c.num_attention_heads, c.num_key_value_heads
             head_dim = getattr(c, "head_dim", None) or c.hidden_size // n_head
             d_model, max_len = c.hidden_size, c.max_position_embeddings
+            window = getattr(c, "sliding_window", None)
+            if window and (kind == "mistral" or getattr(c, "use_sliding_window", False)):
+                max_len = min(max_len, window)     # within the window, sliding attention = full attention
         self.base = base
         self.config = SimpleNamespace(n_layer=len(self.blocks), vocab_size=c.vocab_size, d_model=d_model,
                                       n_head=n_head, n_kv_head=n_kv, head_dim=head_dim, max_seq_len=max_len,
@@ -74,8 +79,8 @@ class HFCausalLM(nn.Module):
             ctx.cos, ctx.sin = self.base.rotary_emb(probe, ctx.positions)    # (B, T, Dh) each
         return ctx
 
-    def _qkv(self, blk, x, ctx: StepContext):
-        """Normalised input x (B, T, C) -> q (B, H, T, Dh), k, v (B, Hkv, T, Dh), rotated."""
+    def _qkv(self, blk, x, ctx: StepContext, need_q: bool = True):
+        """Normalised input x (B, T, C) -> q (B, H, T, Dh) (None unless need_q), k, v (B, Hkv, T, Dh), rotated."""
         B, T, _ = x.shape
         cfg = self.config
         if self.kind == "gpt2":
@@ -83,12 +88,12 @@ class HFCausalLM(nn.Module):
             shape = lambda t, h: t.view(B, T, h, cfg.head_dim).transpose(1, 2)
             return shape(q, cfg.n_head), shape(k, cfg.n_kv_head), shape(v, cfg.n_kv_head)
         a = blk.self_attn
-        q = a.q_proj(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
         k = a.k_proj(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
         v = a.v_proj(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
-        cos, sin = ctx.cos[:, None].to(q.dtype), ctx.sin[:, None].to(q.dtype)
-        rot = lambda t: torch.cat((-t[..., cfg.head_dim // 2:], t[..., :cfg.head_dim // 2]), dim=-1)
-        return q * cos + rot(q) * sin, k * cos + rot(k) * sin, v
+        cos, sin = ctx.cos[:, None].to(k.dtype), ctx.sin[:, None].to(k.dtype)
+        rope = lambda t: t * cos + torch.cat((-t[..., cfg.head_dim // 2:], t[..., :cfg.head_dim // 2]), dim=-1) * sin
+        q = rope(a.q_proj(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)) if need_q else None
+        return q, rope(k), v
 
     def _norms(self, blk):
         if self.kind == "gpt2":
@@ -124,7 +129,7 @@ class HFCausalLM(nn.Module):
         if rows is not None:
             idx = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
             h, ctx = h[idx], ctx.select(idx)
-        _, k, v = self._qkv(self.blocks[i], self._norms(self.blocks[i])[0](h), ctx)
+        _, k, v = self._qkv(self.blocks[i], self._norms(self.blocks[i])[0](h), ctx, need_q=False)
         self._write_kv(i, k, v, ctx)
 
     commit = staticmethod(TransformerLM.commit)

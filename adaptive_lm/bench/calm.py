@@ -4,10 +4,12 @@ For each confidence measure and each δ (at one ε): Learn-then-Test certifies a
 calibration prompts (the corpus' valid split); then, on test prompts (the test split, never used
 in calibration), the early-exit decode is compared with the full model: average layers per token,
 the oracle's (exit at the first layer whose argmax equals the top layer's — the floor), the
-consistency achieved (mean token mismatch, or 1 − ROUGE-L, with the full model's output), and the
-wall-clock decode speed of CALM over the same model at full depth with its KV cache, greedy, at
-batch 1 and batch 8, measured in this run (one untimed warm-up each; the full-depth timing is
-taken once and shared by the rows). A row whose δ certifies nothing below λ = 1 is the full model.
+consistency achieved (1 − the mean dissimilarity to the full model's output: token mismatch rate
+or 1 − ROUGE-L), and the wall-clock decode speed of CALM over the same model at full depth with
+its KV cache, greedy, at batch 1 and batch 8 (median of 3 interleaved timings after a warm-up;
+the prompt pass is included on both sides; for a Hugging Face model both sides run through our
+adapter). avg_layers counts every generated token, the first one (from the full-depth prompt
+pass) included. A row whose δ certifies nothing below λ = 1 is the full model.
 """
 from __future__ import annotations
 
@@ -54,19 +56,25 @@ def _floats(name: str, s: str) -> list[float]:
     return vals
 
 
-def tokens_per_second(model, prompts, step_factory, *, batch_size: int, max_new_tokens: int, pad_id: int) -> float:
-    """Greedy decode of the prompts, batch_size at a time; generated tokens per wall second."""
-    def run():
-        n = 0
-        for b in range(0, len(prompts), batch_size):
-            outs = generate(model, prompts[b:b + batch_size], max_new_tokens=max_new_tokens, pad_id=pad_id,
-                            temperature=0, step=step_factory())
-            n += sum(len(o) for o in outs)
-        return n
-    run()                                                                 # warm-up, untimed
+def timed_decode(model, prompts, step_factory, *, batch_size: int, max_new_tokens: int, pad_id: int) -> float:
+    """Wall seconds of a greedy decode of the prompts, batch_size at a time (prompt pass included)."""
     t0 = time.perf_counter()
-    n = run()
-    return n / (time.perf_counter() - t0)
+    for b in range(0, len(prompts), batch_size):
+        generate(model, prompts[b:b + batch_size], max_new_tokens=max_new_tokens, pad_id=pad_id,
+                 temperature=0, step=step_factory())
+    return time.perf_counter() - t0
+
+
+def speedup(model, prompts, calm_factory, *, batch_size: int, repeats: int = 3, **kw) -> float:
+    """Median over ``repeats`` of (full-depth seconds / CALM seconds), the two decodes interleaved
+    so that drift of the machine hits both; one untimed warm-up of each first. Every row decodes
+    max_new_tokens per prompt (no EOS stop), so equal token counts."""
+    full = lambda: full_depth_step
+    timed_decode(model, prompts, full, batch_size=batch_size, **kw)
+    timed_decode(model, prompts, calm_factory, batch_size=batch_size, **kw)
+    ratios = [timed_decode(model, prompts, full, batch_size=batch_size, **kw) /
+              timed_decode(model, prompts, calm_factory, batch_size=batch_size, **kw) for _ in range(repeats)]
+    return sorted(ratios)[len(ratios) // 2]
 
 
 @register("calm", CalmBenchOptions)
@@ -84,6 +92,8 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     names = [x.strip() for x in o.models.split(",") if x.strip()]
     if not names:
         raise UsageError("models: give at least one model")
+    if min(o.n_cal, o.n_test, o.prompt_len, o.max_new_tokens, o.timing_prompts) < 1 or o.tau < 0:
+        raise UsageError("n_cal, n_test, prompt_len, max_new_tokens and timing_prompts must be >= 1, tau >= 0")
     rows, per_model = [], {}
     for name in names:
         model_rows, info = bench_one(name, seed, o, deltas, list(measures))
@@ -102,7 +112,9 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     if "classifier" in measures and clf is None:
         print(f"{name}: no exit classifier next to the checkpoint: skipping measure=classifier", file=sys.stderr)
         measures.remove("classifier")
-    corpus = o.corpus or (read_config(folder).get("meta", {}).get("corpus", "") if folder else "pydocs")
+    meta = read_config(folder).get("meta", {}) if folder else {}
+    corpus = o.corpus or meta.get("corpus", "pydocs")
+    every = meta.get("calm", {}).get("exit_every", 1)
     if not corpus:
         raise UsageError("corpus= is needed: the checkpoint does not say what it was trained on")
     if o.prompt_len + o.max_new_tokens > model.config.max_seq_len:
@@ -116,27 +128,27 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     _, oracle = calm_generate(model, test, CalmConfig(measure="oracle"), **kw)
     timed = test[:o.timing_prompts]
     tps = dict(max_new_tokens=o.max_new_tokens, pad_id=pad)
-    print(f"{name}: timing the full-depth decode ...", file=sys.stderr, flush=True)
-    full_b1 = tokens_per_second(model, timed, lambda: full_depth_step, batch_size=1, **tps)
-    full_b8 = tokens_per_second(model, timed, lambda: full_depth_step, batch_size=8, **tps)
+    n_tok = len(timed) * o.max_new_tokens
+    full_b1 = n_tok / timed_decode(model, timed, lambda: full_depth_step, batch_size=1, **tps)
+    full_b8 = n_tok / timed_decode(model, timed, lambda: full_depth_step, batch_size=8, **tps)
     rows = []
     for measure in measures:
         memo = {}
-        base = CalmConfig(measure=measure, tau=o.tau)
+        base = CalmConfig(measure=measure, tau=o.tau, every=every)
         for delta in deltas:
             print(f"{name}: measure={measure} delta={delta}: calibrating ...", file=sys.stderr, flush=True)
             res = calibrate_threshold(model, cal, delta=delta, epsilon=o.epsilon, base=base, distance=o.distance,
                                       memo=memo, batch_size=8, **kw)
             lam = res["threshold"] if res["threshold"] is not None else 1.0
-            cfg = CalmConfig(measure=measure, threshold=lam, tau=o.tau)
+            cfg = CalmConfig(measure=measure, threshold=lam, tau=o.tau, every=every, horizon=o.max_new_tokens)
             early, rec = calm_generate(model, test, cfg, **kw)
             row = {"model": name, "delta": delta, "measure": measure, "threshold": lam,
                    "avg_layers": round(rec.mean_layers(), 3), "oracle_layers": round(oracle.mean_layers(), 3),
                    "consistency": round(1 - sum(dist(e, f) for e, f in zip(early, full_test)) / len(test), 4)}
             if lam < 1.0:
                 mk = lambda: CalmStep(cfg, o.max_new_tokens, clf)
-                row["speedup_b1"] = round(tokens_per_second(model, timed, mk, batch_size=1, **tps) / full_b1, 3)
-                row["speedup_b8"] = round(tokens_per_second(model, timed, mk, batch_size=8, **tps) / full_b8, 3)
+                row["speedup_b1"] = round(speedup(model, timed, mk, batch_size=1, **tps), 3)
+                row["speedup_b8"] = round(speedup(model, timed, mk, batch_size=8, **tps), 3)
             else:
                 row["speedup_b1"] = row["speedup_b8"] = 1.0                  # nothing certified: the full model
             rows.append(row)

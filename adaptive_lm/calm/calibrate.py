@@ -49,7 +49,7 @@ def hb_pvalue(risk: float, n: int, delta: float) -> float:
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), not {delta}")
     hoeffding = math.exp(-n * _kl_bernoulli(min(risk, delta), delta))
-    bentkus = math.e * binom_cdf(math.ceil(n * risk), n, delta)
+    bentkus = math.e * binom_cdf(math.ceil(n * risk - 1e-9), n, delta)     # (float noise must not add a count)
     return min(hoeffding, bentkus, 1.0)
 
 

@@ -43,6 +43,7 @@ class CalmConfig:
     decay: str = "paper"           # paper or reference formula for λ_t
     every: int = 1                 # try an exit after every k-th layer
     min_layer: int = 1             # no exit below this layer
+    horizon: int = 0               # N of λ_t; 0 = the generation budget (calibrate stores the one it used)
 
 
 def threshold_at(cfg: CalmConfig, t: int, n: int) -> float:
@@ -50,6 +51,7 @@ def threshold_at(cfg: CalmConfig, t: int, n: int) -> float:
     lam = cfg.threshold
     if lam >= 1.0:
         return math.inf
+    n = cfg.horizon or n
     e = math.exp(-cfg.tau * t / max(n, 1))
     if cfg.decay == "paper":
         return min(max(0.9 * lam + 0.1 * e, 0.0), 1.0)
@@ -71,7 +73,7 @@ class ExitRecord:
 class CalmStep:
     """The step policy: ``generate(model, prompts, ..., step=CalmStep(cfg, max_new_tokens))``.
 
-    The prompt (a step of T > 1 tokens) runs at full depth, so the first generated token counts
+    The prompt (the step that starts an empty cache) runs at full depth, so the first generated token counts
     n_layer. ``record.layers[r]`` holds the depth of every token sequence r produced, its EOS
     included; a finished sequence (fed padding) records nothing."""
 
@@ -86,11 +88,8 @@ class CalmStep:
 
     def __call__(self, m, ids, mask, cache) -> torch.Tensor:
         B, T = ids.shape
-        if not self.record.layers:
-            self.record.layers = [[] for _ in range(B)]
-        if T > 1:                                                         # the prompt: full depth,
-            for r in range(B):                                            # which gives the 1st token
-                self.record.layers[r].append(m.config.n_layer)
+        if cache is None or cache.length == 0:                            # the prompt: full depth, which
+            self.t, self.record = 1, ExitRecord([[m.config.n_layer] for _ in range(B)])   # gives token 0
             return m(ids, attention_mask=mask, cache=cache).logits[:, -1]
         lam = threshold_at(self.cfg, self.t, self.n)
         self.t += 1

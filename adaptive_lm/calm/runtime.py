@@ -22,7 +22,8 @@ from .decode import CalmConfig, CalmStep, ExitRecord
 
 CALM_FILE = "calm.json"
 CLASSIFIER_FILE = "exit_classifier.safetensors"
-DEFAULT_CANDIDATES = tuple([1.0] + [round(1.0 - 0.05 * k, 2) for k in range(1, 20)])   # 1.0 … 0.05
+# 1.0, then fine steps near 1 (cosine similarities of hidden states live there), then 0.9 … 0.05
+DEFAULT_CANDIDATES = (1.0, 0.999, 0.995, 0.99, 0.98, 0.97, 0.96, 0.95) + tuple(round(0.9 - 0.05 * k, 2) for k in range(18))
 
 
 def calm_generate(model, prompts: list[list[int]], cfg: CalmConfig, *, max_new_tokens: int, pad_id: int,
@@ -30,6 +31,8 @@ def calm_generate(model, prompts: list[list[int]], cfg: CalmConfig, *, max_new_t
                   generator: Optional[torch.Generator] = None, batch_size: int = 8) -> tuple[list[list[int]], ExitRecord]:
     """CALM decoding of many prompts, ``batch_size`` at a time. Returns the generated ids per prompt
     and the exit layer of every token produced (its EOS included)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     outs, record = [], ExitRecord()
     for b in range(0, len(prompts), batch_size):
         step = CalmStep(cfg, max_new_tokens, classifier)
@@ -62,7 +65,10 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
     δ cost one sweep."""
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {sorted(DISTANCES)}, not {distance!r}")
+    if not prompts:
+        raise ValueError("calibration needs at least one prompt")
     dist = DISTANCES[distance]
+    base = CalmConfig(**{**base.__dict__, "horizon": base.horizon or max_new_tokens})
     kw = dict(max_new_tokens=max_new_tokens, pad_id=pad_id, eos_id=eos_id, classifier=classifier, batch_size=batch_size)
     memo = {} if memo is None else memo
     if "full" not in memo:
@@ -75,6 +81,7 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
             cfg = CalmConfig(**{**base.__dict__, "threshold": lam})
             memo[lam] = calm_generate(model, prompts, cfg, **kw) if lam < 1.0 else (full, None)
         early, rec = memo[lam]
+        assert len(early) == len(full) == len(prompts)
         depth[lam] = rec.mean_layers() if rec else float(model.config.n_layer)
         if references is None:
             return sum(dist(e, f) for e, f in zip(early, full)) / len(prompts)
@@ -87,7 +94,8 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
 
     lam = fixed_sequence_test(candidates, risk_of, n=len(prompts), delta=delta, epsilon=epsilon, on_test=record)
     return {"threshold": lam, "tests": tests, "n": len(prompts), "delta": delta, "epsilon": epsilon,
-            "distance": distance, "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every}
+            "distance": distance, "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every,
+            "horizon": base.horizon, "max_new_tokens": max_new_tokens, "prompt_len": len(prompts[0])}
 
 
 def save_calm(path, result: dict) -> Path:
@@ -109,7 +117,7 @@ def train_classifier(model, batches: Callable, *, steps: int = 300, lr: float = 
     frozen. ``batches(step)`` -> (x, y) causal-LM batches. Returns the classifier (eval mode)."""
     from .exits import ExitClassifier, classifier_loss, exit_layers
     L = model.config.n_layer
-    clf = ExitClassifier(model.config.d_model, layers or exit_layers(L)[:-1])
+    clf = ExitClassifier(model.config.d_model, layers or exit_layers(L)[:-1]).to(next(model.parameters()).device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -150,4 +158,4 @@ def load_classifier(folder, model):
         state = {k: f.get_tensor(k) for k in f.keys()}
     clf = ExitClassifier(model.config.d_model, layers)
     clf.load_state_dict(state)
-    return clf.eval()
+    return clf.to(next(model.parameters()).device).eval()

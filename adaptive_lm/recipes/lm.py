@@ -54,7 +54,7 @@ def build_lm(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
         except ValueError as e:
             raise UsageError(str(e)) from None
         objective = functools.partial(early_exit_loss, layers=layers, weights=weights)
-        meta["calm"] = {"exit_weights": d.exit_weights, "exit_layers": layers}
+        meta["calm"] = {"exit_weights": d.exit_weights, "exit_every": d.exit_every, "exit_layers": layers}
     return Built(model, tok, objective, batches, eval_fn, meta)
 
 

@@ -138,3 +138,13 @@ def test_bad_measure_and_missing_classifier_are_refused():
         CalmStep(CalmConfig(measure="entropy"), 4)
     with pytest.raises(ValueError, match="classifier"):
         CalmStep(CalmConfig(measure="classifier"), 4)
+
+
+def test_one_token_prompt_and_reused_step(calm_model):
+    """A 1-token prompt is still the prompt pass (full depth, t restarts); a CalmStep reused for a
+    second generate starts afresh."""
+    plain = generate(calm_model, [[7]], max_new_tokens=N, pad_id=PAD, temperature=0)
+    step = CalmStep(CalmConfig(threshold=1.0), N)
+    for _ in range(2):
+        assert generate(calm_model, [[7]], max_new_tokens=N, pad_id=PAD, temperature=0, step=step) == plain
+        assert step.record.layers == [[4] * N] and step.t == N

@@ -74,9 +74,9 @@ register(Recipe(
     name="calm-pydocs",
     description="causal LM with CALM's weighted per-layer loss on pydocs (BPE); the shipped builtin:calm-pydocs",
     model=ModelConfig(n_layer=8, n_head=4, d_model=128, max_seq_len=512),
-    train=TrainConfig(steps=3000, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=500,
-                      save_every=200, log_every=20, weight_decay=0.1, min_lr_ratio=0.1),
-    data=DataSpec(corpus="pydocs", tokenizer="bpe", bpe_vocab=4096, seq_len=256, eval_windows=64,
+    train=TrainConfig(steps=1500, batch_size=16, lr=2e-3, warmup_steps=60, eval_every=500,
+                      save_every=100, log_every=20, weight_decay=0.1, min_lr_ratio=0.1),
+    data=DataSpec(corpus="pydocs", tokenizer="bpe", bpe_vocab=2048, seq_len=256, eval_windows=64,
                   exit_weights="linear"),
     budget="<= 60 minutes on 2 CPU cores",
 ))

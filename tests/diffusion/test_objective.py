@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adaptive_lm.diffusion.objective import apply_mask, draw_noise, mc_nll, mdm_loss, sft_batch
+from adaptive_lm.diffusion.objective import apply_mask, draw_noise, mc_nll, mdm_loss, semi_ar_noise, sft_batch
 from adaptive_lm.model import ModelConfig, TransformerLM
 
 V, EOS, MASK = 20, 1, 19
@@ -247,3 +247,28 @@ def test_sft_batch_with_canvas_lengths_cuts_pads_and_masks_attention():
     assert b["prompt_mask"].tolist() == [[True, True, False, False, False], [True, False, False, False, False]]
     full = sft_batch([[7, 7], [8]], [[1, 2, 3], [4, 5]], eos_id=9, generator=g)
     assert "attention_mask" not in full and full["input_ids"].shape == (2, 6)
+
+
+def test_semi_ar_noise_gives_the_block_samplers_view():
+    """A converted row: clean before its cut k, masked at level t inside [k, k+block), masked after;
+    weight 1 (t := 1). Unconverted rows and the caller's tensors are untouched."""
+    g = torch.Generator().manual_seed(0)
+    B, L, block = 6, 40, 8
+    t, u = draw_noise(B, L, g)
+    t0, u0 = t.clone(), u.clone()
+    starts, ends = [5] * B, [35] * B
+    nt, nu = semi_ar_noise(t, u, starts, ends, share=0.5, block=block, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(t, t0) and torch.equal(u, u0)
+    converted = (nt == 1.0).nonzero().flatten().tolist()
+    assert 0 < len(converted) < B
+    maskable = torch.ones(B, L, dtype=torch.bool)
+    maskable[:, :5] = False
+    for i in range(B):
+        masked = maskable[i] & (nu[i] < nt[i])
+        if i not in converted:
+            assert torch.equal(nu[i], u0[i]) and nt[i] == t0[i]
+            continue
+        k = int((nu[i] != 2.0).nonzero()[0])                       # first position not kept clean
+        assert 5 <= k < 35 and not masked[:k].any()
+        assert torch.equal(masked[k:k + block], u0[i, k:k + block] < t0[i])
+        assert masked[k + block:].all()

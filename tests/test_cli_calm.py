@@ -73,3 +73,21 @@ def test_calm_classifier_then_generate_with_it(calm_ckpt, tmp_path):
     assert rc == 0, se
     assert (tmp_path / "exit_classifier.safetensors").exists()
     assert json.loads(so)["layers"] == [1, 2, 3]
+
+
+def test_bench_calm_rows(calm_ckpt, tmp_path):
+    out = tmp_path / "b.json"
+    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "n_cal=40", "n_test=8", "prompt_len=8",
+                     "max_new_tokens=6", "timing_prompts=8", "deltas=0.3,0.5", "measures=margin,state", "--json", str(out))
+    assert rc == 0, se
+    res = json.loads(out.read_text())
+    assert len(res["rows"]) == 4
+    for r in res["rows"]:
+        assert set(r) == {"model", "delta", "measure", "threshold", "avg_layers", "oracle_layers", "consistency",
+                          "speedup_b1", "speedup_b8"}
+        assert 1 <= r["oracle_layers"] <= 4 and 1 <= r["avg_layers"] <= 4
+        assert 0 <= r["consistency"] <= 1 and r["speedup_b1"] > 0 and r["speedup_b8"] > 0
+        if r["threshold"] == 1.0:                                      # nothing certified: the full model
+            assert r["avg_layers"] == 4 and r["consistency"] == 1
+    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "n_cal=0")
+    assert_one_line_error(rc, se, 2, "n_cal")

@@ -1,8 +1,9 @@
 """`adaptive-lm demo` (`make demo`): the main job on the shipped checkpoints, on a CPU.
 
-Today it samples from the shipped causal LM and runs DAEDAL beside the fixed-length baseline on a
-fresh arithmetic problem; each method issue adds its section (VMD, CALM, entropy/compression) and
-issue 7 the HTML report.
+Today it samples from the shipped causal LM, runs DAEDAL beside the fixed-length baseline on a
+fresh arithmetic problem (when builtin:mdlm-arith is shipped) and CALM with each token's exit layer
+beside full depth; each method issue adds its section (VMD, entropy/compression) and issue 7 the
+HTML report.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .lm import generate
 
 DEFAULT_LM = "builtin:shakespeare-char"
 DEFAULT_MDM = "builtin:mdlm-arith"
+DEFAULT_CALM = "builtin:calm-pydocs"
 
 
 def daedal_section(seed: int) -> dict:
@@ -40,10 +42,37 @@ def daedal_section(seed: int) -> dict:
     return res
 
 
+def calm_section(seed: int) -> dict:
+    """CALM generating Python-docs text with its certified threshold (calm.json), each token's exit
+    layer shown, beside the same model at full depth."""
+    from .calm.decode import CalmConfig, CalmStep
+    from .calm.runtime import load_calm
+    from .checkpoint import resolve
+    model, tok = from_pretrained(DEFAULT_CALM)
+    stored = load_calm(resolve(DEFAULT_CALM))
+    cfg = CalmConfig(measure=stored.get("measure", "margin"), threshold=stored.get("threshold", 0.9),
+                     tau=stored.get("tau", 4.0), horizon=stored.get("horizon", 0))
+    prompt, n = "The ``open()`` function returns", 32
+    ids = [tok.encode(prompt)]
+    full = generate(model, ids, max_new_tokens=n, pad_id=tok.pad_id, temperature=0)[0]
+    step = CalmStep(cfg, n)
+    out = generate(model, ids, max_new_tokens=n, pad_id=tok.pad_id, temperature=0, step=step)[0]
+    layers = step.record.layers[0][:len(out)]
+    shown = "".join(f"{tok.decode([t])}[{d}]" for t, d in zip(out, layers))
+    print(f"--- CALM ({cfg.measure} ≥ λ={cfg.threshold}, certified: {bool(stored)}), token[exit layer]:\n{prompt}{shown}")
+    print(f"--- full depth ({model.config.n_layer} layers):\n{prompt}{tok.decode(full)}")
+    avg = sum(layers) / max(len(layers), 1)
+    print(f"average layers per token {avg:.2f} of {model.config.n_layer}; tokens equal to full depth: "
+          f"{sum(a == b for a, b in zip(out, full))}/{len(full)}")
+    return {"prompt": prompt, "calm": tok.decode(out), "full": tok.decode(full), "exit_layers": layers,
+            "threshold": cfg.threshold, "measure": cfg.measure, "avg_layers": avg}
+
+
 def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
     names = builtin_names()
     print(f"adaptive-lm demo — shipped checkpoints: {', '.join(names) or 'none'}", file=sys.stderr)
-    sections = 2 if DEFAULT_MDM.split(":")[1] in names else 1
+    extra = [sec for sec, name in (("daedal", DEFAULT_MDM), ("calm", DEFAULT_CALM)) if name.split(":")[1] in names]
+    sections = 1 + len(extra)
     print(f"[1/{sections}] causal LM: sampling 4 continuations of 'ROMEO:' as one batch ...", file=sys.stderr)
     model, tok = from_pretrained(DEFAULT_LM)
     prompt = "ROMEO:"
@@ -58,9 +87,11 @@ def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
     print(f"\n{n} tokens in {dt:.2f}s ({n / dt:,.0f} tokens/s, batch 4, KV cache, {torch.get_num_threads()} threads)")
     summary = {"model": DEFAULT_LM, "seed": seed, "prompt": prompt, "samples": [tok.decode(o) for o in outs],
                "tokens_per_s": n / dt}
-    if sections == 2:
-        print("\n[2/2] DAEDAL vs fixed length on a fresh arithmetic problem ...", file=sys.stderr)
-        summary["daedal"] = daedal_section(seed)
+    for k, sec in enumerate(extra, 2):
+        what = {"daedal": "DAEDAL vs fixed length on a fresh arithmetic problem",
+                "calm": "CALM: early exit per token with the certified threshold"}[sec]
+        print(f"\n[{k}/{sections}] {what} ...", file=sys.stderr)
+        summary[sec] = (daedal_section if sec == "daedal" else calm_section)(seed)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))

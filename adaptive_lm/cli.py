@@ -175,8 +175,8 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
 def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str = ""):
     """(CalmConfig, exit classifier or None) from the flags, falling back on the calm.json given or
     in the model folder, then on the defaults."""
-    from .calm.decode import MEASURES, CalmConfig
-    from .calm.runtime import load_calm, load_classifier
+    from .calm.decode import MEASURES
+    from .calm.runtime import config_from_calm, load_calm, load_classifier
     from .checkpoint import read_config, resolve
     from .hf_causal import is_hf_spec
     folder = None if is_hf_spec(model) else resolve(model)
@@ -199,9 +199,7 @@ def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str 
     if measure == "classifier" and clf is None:
         raise UsageError(f"--measure classifier needs an exit classifier next to one of our checkpoints "
                          f"(`adaptive-lm calm-classifier CHECKPOINT`); {model} has none")
-    return CalmConfig(measure=measure, threshold=threshold, tau=stored.get("tau", 4.0),
-                      decay=stored.get("decay", "paper"), every=stored.get("every", trained_every),
-                      horizon=stored.get("horizon", 0)), clf
+    return config_from_calm({"every": trained_every, **stored}, measure=measure, threshold=threshold), clf
 
 
 def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples, g, calm=None, show_exits=False) -> int:

@@ -45,13 +45,12 @@ def daedal_section(seed: int) -> dict:
 def calm_section(seed: int) -> dict:
     """CALM generating Python-docs text with its certified threshold (calm.json), each token's exit
     layer shown, beside the same model at full depth."""
-    from .calm.decode import CalmConfig, CalmStep
-    from .calm.runtime import load_calm
+    from .calm.decode import CalmStep
+    from .calm.runtime import config_from_calm, load_calm
     from .checkpoint import resolve
     model, tok = from_pretrained(DEFAULT_CALM)
     stored = load_calm(resolve(DEFAULT_CALM))
-    cfg = CalmConfig(measure=stored.get("measure", "margin"), threshold=stored.get("threshold", 0.9),
-                     tau=stored.get("tau", 4.0), horizon=stored.get("horizon", 0))
+    cfg = config_from_calm(stored)
     prompt, n = "The ``open()`` function returns", 32
     ids = [tok.encode(prompt)]
     full = generate(model, ids, max_new_tokens=n, pad_id=tok.pad_id, temperature=0)[0]

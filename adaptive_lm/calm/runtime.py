@@ -105,6 +105,15 @@ def save_calm(path, result: dict) -> Path:
     return path
 
 
+def config_from_calm(stored: dict, **overrides) -> CalmConfig:
+    """The CalmConfig a calm.json describes (its certified threshold, measure, τ, decay, exit
+    spacing, horizon), defaults where it says nothing, ``overrides`` on top."""
+    keys = ("measure", "threshold", "tau", "decay", "every", "horizon")
+    vals = {k: stored[k] for k in keys if stored.get(k) is not None}
+    vals.setdefault("threshold", 0.9)
+    return CalmConfig(**{**vals, **overrides})
+
+
 def load_calm(folder) -> dict:
     """The calibration stored next to a checkpoint, or {} when it has none."""
     path = Path(folder) / CALM_FILE

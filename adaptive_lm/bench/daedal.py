@@ -69,18 +69,15 @@ def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batc
 
 def ar_row(spec: str, problems, batch_size: int, device: str) -> dict:
     """The reference row: a causal LM answering the same problems greedily (one token per NFE)."""
-    from ..lm import generate
+    from ..recipes.mdlm import ar_answers
     m, tok = from_pretrained(spec)
     if not m.config.causal:
         raise UsageError(f"ar_model={spec} is not a causal LM")
     m.to(device)
-    t0, correct, lens = time.perf_counter(), 0, []
-    for b in range(0, len(problems), batch_size):
-        chunk = problems[b:b + batch_size]
-        outs = generate(m, [tok.encode(p.prompt) for p in chunk], max_new_tokens=320, pad_id=tok.pad_id,
-                        eos_id=tok.eos_id, temperature=0)
-        correct += sum(score(tok.decode(o), p) for o, p in zip(outs, chunk))
-        lens += [len(o) + 1 for o in outs]                               # + its EOS
+    t0 = time.perf_counter()
+    outs = ar_answers(m, tok, problems, batch_size=batch_size)
+    correct = sum(score(tok.decode(o), p) for o, p in zip(outs, problems))
+    lens = [len(o) + 1 for o in outs]                                    # + its EOS
     n = len(problems)
     return {"method": "ar (reference)", "length": 0, "acc": correct / n, "e_token": (sum(lens) - n) / n,
             "n_token": sum(lens) / n, "e_ratio": (sum(lens) - n) / sum(lens), "nfe": sum(lens) / n, "hit_max": 0.0,

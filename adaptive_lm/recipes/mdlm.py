@@ -108,17 +108,21 @@ def ar_arith_batch(tok, problems) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
+def ar_answers(model, tok, problems, *, batch_size: int = 32, max_new_tokens: int = 320) -> list[list[int]]:
+    """A causal LM's greedy answers (ids, EOS excluded) to the problems, batch_size at a time."""
+    from ..lm import generate
+    outs = []
+    for b in range(0, len(problems), batch_size):
+        outs += generate(model, [tok.encode(p.prompt) for p in problems[b:b + batch_size]],
+                         max_new_tokens=max_new_tokens, pad_id=tok.pad_id, eos_id=tok.eos_id, temperature=0)
+    return outs
+
+
 def arith_generation_acc(model, tok, problems, *, batch_size: int = 32, max_new_tokens: int = 320) -> float:
     """Share of problems a causal LM answers right by greedy decoding (last \\boxed{} checker)."""
-    from ..lm import generate
     from ..tasks.arith import score
-    right = 0
-    for b in range(0, len(problems), batch_size):
-        chunk = problems[b:b + batch_size]
-        outs = generate(model, [tok.encode(p.prompt) for p in chunk], max_new_tokens=max_new_tokens,
-                        pad_id=tok.pad_id, eos_id=tok.eos_id, temperature=0)
-        right += sum(score(tok.decode(o), p) for o, p in zip(outs, chunk))
-    return right / len(problems)
+    outs = ar_answers(model, tok, problems, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return sum(score(tok.decode(o), p) for o, p in zip(outs, problems)) / len(problems)
 
 
 def build_ar_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:

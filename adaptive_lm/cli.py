@@ -20,6 +20,7 @@ from typing import Optional
 from .errors import AdaptiveLMError, UsageError
 
 COMMANDS: dict[str, typing.Callable] = {}
+SHORT = {"output": "-o"}            # short spellings of some flags
 
 
 def command(fn):
@@ -370,6 +371,46 @@ def bench(name: str, json_: str = "", seed: int = 0, options: list[str] = ()) ->
 
 
 @command
+def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch: int = 0,
+             force: bool = False, quiet: bool = False) -> int:
+    """Compress any file losslessly: a causal LM's next-token probabilities + arithmetic coding.
+
+    Args:
+        file: the file to compress (any bytes)
+        output: the compressed file (default FILE.almz); never overwritten without --force
+        model: the LM: builtin:NAME, a checkpoint folder, hf:FOLDER, gguf:FILE or smollm2 (default builtin:compress-pydocs)
+        chunk: tokens per independently coded chunk (0 = the model's training window)
+        batch: chunks coded together, one forward per position (0 = automatic)
+        force: overwrite the output if it exists
+        quiet: no progress bar
+    """
+    from .entropy.codec import CodecConfig
+    from .entropy.runtime import compress_file
+    r = compress_file(file, output, model=model, cfg=CodecConfig(chunk=chunk, batch=batch), force=force,
+                      progress=not quiet)
+    print(f"{r['output']}: {r['bytes_in']:,} -> {r['bytes_out']:,} bytes, {r['bits_per_byte']:.3f} bits/byte, "
+          f"{r['bytes_in'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s ({r['model']})")
+    return 0
+
+
+@command
+def decompress(file: str, output: str = "", model: str = "", force: bool = False, quiet: bool = False) -> int:
+    """Decompress a file made by `adaptive-lm compress`; nothing is written unless it decodes exactly.
+
+    Args:
+        file: the compressed file
+        output: where to write the original (default FILE without .almz); never overwritten without --force
+        model: the LM (default: the one named in the file; its fingerprint must match)
+        force: overwrite the output if it exists
+        quiet: no progress bar
+    """
+    from .entropy.runtime import decompress_file
+    r = decompress_file(file, output, model=model, force=force, progress=not quiet)
+    print(f"{r['output']}: {r['bytes_out']:,} bytes, {r['bytes_out'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s")
+    return 0
+
+
+@command
 def recipes(name: str = "") -> int:
     """List the training recipes, or every key of one recipe.
 
@@ -427,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         for pos, (pname, par) in enumerate(inspect.signature(fn).parameters.items()):
             typ, h = hints.get(pname, str), helps.get(pname.rstrip("_"), "")
             flag = "--" + pname.rstrip("_").replace("_", "-")
+            short = [SHORT[pname]] if pname in SHORT else []
             if typing.get_origin(typ) is list:
                 if pname == "overrides" or pname == "options":
                     sp.add_argument(pname, nargs="*", default=list(par.default), help=h, metavar="KEY=VALUE")
@@ -439,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
             elif typ is bool:
                 sp.add_argument(flag, dest=pname, action="store_true", help=h)
             else:
-                sp.add_argument(flag, dest=pname, type=typ, default=par.default, help=h)
+                sp.add_argument(flag, *short, dest=pname, type=typ, default=par.default, help=h)
         sp.set_defaults(_fn=fn)
     return p
 

@@ -19,9 +19,8 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .model import KVCache, ModelOutput, StepContext, TransformerLM, run_layers, step_context, write_kv
+from .model import KVCache, ModelOutput, StepContext, TransformerLM, attend, run_layers, step_context, write_kv
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "gemma")
 SUPPORTED = LLAMA_LIKE + ("gpt2",)
@@ -113,7 +112,7 @@ class HFCausalLM(nn.Module):
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         scale = None if self.kind == "gpt2" else self.blocks[i].self_attn.scaling
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal, scale=scale)
+        y = attend(q, k, v, ctx, scale=scale)
         y = y.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
         h = h + (blk.attn.c_proj(y) if self.kind == "gpt2" else blk.self_attn.o_proj(y))
         return h + blk.mlp(norm2(h))

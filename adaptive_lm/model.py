@@ -94,10 +94,16 @@ class KVCache:
     ``n_real`` (B,) counts each row's real tokens, which gives the RoPE position of the next one.
     Each layer's K/V lives in ``k[i]``, ``v[i]`` (B, H, max_len, Dh) and is written by
     ``TransformerLM.layer`` or ``TransformerLM.fill_kv`` at positions [start, start+T).
+    ``exact=True`` computes attention over this cache as matmul + softmax + matmul (``attend``):
+    slower than SDPA's CPU kernel, but bit-identical whatever the thread count — what the
+    compressor needs to decode exactly what it encoded.
     """
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, *, device=None, dtype=torch.float32):
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, *, device=None, dtype=torch.float32,
+                 exact: bool = False):
         shape = (batch_size, cfg.n_head, max_len, cfg.head_dim)
+        self.exact = exact            # attention through kernels whose result does not depend on the thread count
+        self.padded = False           # some row holds a padding key (else a 1-token step needs no mask)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.key_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
@@ -168,6 +174,19 @@ def write_kv(i: int, k, v, ctx: StepContext):
     return K[ctx.rows, :, :end], V[ctx.rows, :, :end]
 
 
+def attend(q, k, v, ctx: StepContext, *, scale: Optional[float] = None, dropout: float = 0.0):
+    """Scaled dot-product attention of q (B, H, T, Dh) over k, v (B, H, S, Dh) with the step's mask
+    -> (B, H, T, Dh). Over an ``exact`` cache: explicit matmul + softmax + matmul, whose result does
+    not depend on the thread count (SDPA's CPU kernel splits the keys across threads)."""
+    if ctx.cache is not None and ctx.cache.exact:
+        s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)   # (B, H, T, S)
+        if ctx.attn_mask is not None:
+            s = s.masked_fill(~ctx.attn_mask, float("-inf"))
+        return s.softmax(-1) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal,
+                                          dropout_p=dropout, scale=scale)
+
+
 def run_layers(m, input_ids, *, attention_mask=None, cond=None, cache=None, output_hidden_states: bool = False) -> "ModelOutput":
     """The whole model through its per-layer interface (prepare, embed, layer, commit, unembed) —
     the forward of our backbone and of the Hugging Face adapter (hf_causal.py)."""
@@ -203,9 +222,7 @@ class Attention(nn.Module):
         v = qkv[2]
         if ctx.cache is not None:
             k, v = write_kv(layer_idx, k, v, ctx)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal,
-            dropout_p=self.dropout if self.training else 0.0)         # (B, H, T, Dh)
+        y = attend(q, k, v, ctx, dropout=self.dropout if self.training else 0.0)   # (B, H, T, Dh)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -256,6 +273,9 @@ def step_context(input_ids, attention_mask, cache: Optional[KVCache], *, causal:
         if not causal:
             raise ValueError("KV cache decoding needs a causal model")
         cache.key_mask[:, start:start + T] = real
+        cache.padded = cache.padded or padded
+        if T == 1 and not cache.padded:                                # one query, every cached key real
+            return StepContext(None, None, None, False, cache, start, T, positions=positions)
         keys = cache.key_mask[:, :start + T]                           # (B, S)
     else:
         keys = real

@@ -83,6 +83,17 @@ register(Recipe(
 
 register(Recipe(
     build=build_lm,
+    name="compress-pydocs",
+    description="plain causal LM on pydocs (BPE 4096) for the LM compressor; the shipped builtin:compress-pydocs",
+    model=ModelConfig(n_layer=8, n_head=4, d_model=128, max_seq_len=512),
+    train=TrainConfig(steps=3000, batch_size=16, lr=2e-3, warmup_steps=60, eval_every=500,
+                      save_every=100, log_every=20, weight_decay=0.1, min_lr_ratio=0.1),
+    data=DataSpec(corpus="pydocs", tokenizer="bpe", bpe_vocab=4096, seq_len=256, eval_windows=64),
+    budget="<= 60 minutes on 2 CPU cores",
+))
+
+register(Recipe(
+    build=build_lm,
     name="tiny-calm-test",
     description="a few-second CALM (weighted per-layer loss) run for tests",
     model=ModelConfig(n_layer=4, n_head=2, d_model=32, max_seq_len=64),

@@ -1,0 +1,1 @@
+"""Entropy estimation models and the LM compressor (brief entropy.md)."""

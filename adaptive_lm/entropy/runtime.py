@@ -1,0 +1,98 @@
+"""The compressor as the CLI and benches use it: load a model by spec, code files with a progress
+bar, write outputs atomically, and turn every failure into one clear error."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ..errors import AdaptiveLMError, CheckpointError, UsageError
+from ..io import atomic_write_bytes
+from .codec import CodecConfig, compress, decompress, read_header
+
+DEFAULT_MODEL = "builtin:compress-pydocs"
+SUFFIX = ".almz"
+
+
+def load_codec_model(spec: str):
+    """(model, tokenizer, training window or None) for any causal LM spec: builtin:NAME, a
+    checkpoint folder, hf:FOLDER, gguf:FILE or smollm2."""
+    from ..checkpoint import read_config
+    from ..hf_causal import is_hf_spec, load_causal_lm
+    model, tok = load_causal_lm(spec)
+    if not getattr(model.config, "causal", True):
+        raise CheckpointError(f"{spec} is not a causal LM (the compressor needs next-token probabilities)")
+    seq_len = None if is_hf_spec(spec) else read_config(spec).get("meta", {}).get("seq_len")
+    return model, tok, seq_len
+
+
+class Meter:
+    """A progress bar on stderr for a long coding job: tokens done, percentage, KB/s."""
+
+    def __init__(self, label: str, n_bytes: int, enabled: bool):
+        self.label, self.n_bytes, self.enabled = label, n_bytes, enabled
+        self.tty, self.t0, self.last = sys.stderr.isatty(), time.time(), 0.0
+
+    def __call__(self, done: int, total: int):
+        now = time.time()
+        if not self.enabled or (now - self.last < (0.2 if self.tty else 5.0) and done < total):
+            return
+        self.last = now
+        frac = done / max(total, 1)
+        kbps = frac * self.n_bytes / 1024 / max(now - self.t0, 1e-9)
+        line = f"{self.label} [{'#' * int(24 * frac):<24}] {frac:6.1%} {done:,}/{total:,} tokens {kbps:,.1f} KB/s"
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        if self.tty and done >= total:
+            print(file=sys.stderr)
+
+
+def _read_input(path: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise AdaptiveLMError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _check_output(out: Path, force: bool, src: str) -> None:
+    if out.resolve() == Path(src).resolve():
+        raise UsageError(f"{out}: the output would overwrite the input")
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists: pass --force to overwrite it, or choose another -o")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent}: no such folder")
+
+
+def compress_file(src: str, out: str = "", *, model: str = "", cfg: CodecConfig = CodecConfig(),
+                  force: bool = False, progress: bool = True) -> dict:
+    """Compress ``src`` into ``out`` (default SRC.almz). Returns sizes, bits per byte and speed."""
+    data = _read_input(src)
+    dst = Path(out or src + SUFFIX)
+    _check_output(dst, force, src)
+    spec = model or DEFAULT_MODEL
+    m, tok, seq_len = load_codec_model(spec)
+    t0 = time.time()
+    blob = compress(data, m, tok, model_id=spec, cfg=cfg, meta_seq_len=seq_len,
+                    progress=Meter("compress", len(data), progress))
+    secs = time.time() - t0
+    atomic_write_bytes(dst, blob)
+    return {"input": src, "output": str(dst), "bytes_in": len(data), "bytes_out": len(blob),
+            "bits_per_byte": 8 * len(blob) / max(len(data), 1), "seconds": secs, "model": spec}
+
+
+def decompress_file(src: str, out: str = "", *, model: str = "", force: bool = False, progress: bool = True) -> dict:
+    """Decompress ``src`` into ``out`` (default: SRC without .almz). Nothing is written unless the
+    result matches the original's checksum."""
+    blob = _read_input(src)
+    header, _ = read_header(blob)
+    dst = Path(out or (src[:-len(SUFFIX)] if src.endswith(SUFFIX) else src + ".out"))
+    _check_output(dst, force, src)
+    m, tok, _ = load_codec_model(model or header["model"])
+    t0 = time.time()
+    data = decompress(blob, m, tok, progress=Meter("decompress", header["length"], progress))
+    secs = time.time() - t0
+    atomic_write_bytes(dst, data)
+    return {"input": src, "output": str(dst), "bytes_out": len(data), "seconds": secs, "model": model or header["model"]}
+

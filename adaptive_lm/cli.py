@@ -357,17 +357,19 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
 
 
 @command
-def bench(name: str, json_: str = "", seed: int = 0, options: list[str] = ()) -> int:
+def bench(name: str, json_: str = "", seed: int = 0, input_: str = "", options: list[str] = ()) -> int:
     """Run a benchmark: prints its table, writes JSON rows, prints the command that reruns it.
 
     Args:
         name: benchmark name (see `adaptive-lm bench list`)
         json_: write the result JSON here
         seed: random seed
+        input: the input file of a bench that takes one (same as input=FILE), e.g. bench compress
         options: key=value settings of the benchmark
     """
     from .bench import run_bench
-    return run_bench(name, json_path=json_ or None, seed=seed, options=list(options))
+    return run_bench(name, json_path=json_ or None, seed=seed,
+                     options=list(options) + ([f"input={input_}"] if input_ else []))
 
 
 @command

@@ -92,7 +92,7 @@ def _bos(tok) -> int:
 def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig) -> tuple[int, int]:
     """(chunk, batch) for a model: defaults from its training window and its KV-cache size."""
     c = model.config
-    chunk = cfg.chunk or min(meta_seq_len or 512, 512)
+    chunk = cfg.chunk or min(meta_seq_len or 512, 512, c.max_seq_len)
     if not 1 <= chunk <= c.max_seq_len:
         raise AdaptiveLMError(f"chunk must be within 1..{c.max_seq_len} (the model's max_seq_len), not {chunk}")
     if cfg.batch < 0:

@@ -1,0 +1,63 @@
+"""`adaptive-lm compress` / `decompress`: round trips through files, one-line errors with a non-zero
+exit, and nothing the user had overwritten or left half-written."""
+from adaptive_lm.cli import main
+
+DATA = b"def f(x):\n    return x + 1\n\xff\xfe binary tail \x00" * 20
+
+
+def _files(tmp_path):
+    src = tmp_path / "in.bin"
+    src.write_bytes(DATA)
+    return src, tmp_path / "in.bin.almz", tmp_path / "back.bin"
+
+
+def test_roundtrip_through_the_cli(codec_lm, tmp_path, capsys):
+    src, z, back = _files(tmp_path)
+    assert main(["compress", str(src), "--model", str(codec_lm[0]), "--quiet"]) == 0   # default output name
+    assert z.exists() and "bits/byte" in capsys.readouterr().out
+    assert main(["decompress", str(z), "-o", str(back), "--quiet"]) == 0             # model from the header
+    assert back.read_bytes() == DATA
+
+
+def test_existing_output_is_not_overwritten(codec_lm, tmp_path, capsys):
+    src, z, _ = _files(tmp_path)
+    z.write_bytes(b"precious")
+    assert main(["compress", str(src), "-o", str(z), "--model", str(codec_lm[0]), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--force" in err
+    assert z.read_bytes() == b"precious"
+    assert main(["compress", str(src), "-o", str(z), "--model", str(codec_lm[0]), "--quiet", "--force"]) == 0
+    assert z.read_bytes() != b"precious"
+
+
+def test_corrupt_file_is_refused_and_leaves_no_output(codec_lm, tmp_path, capsys):
+    src, z, back = _files(tmp_path)
+    assert main(["compress", str(src), "-o", str(z), "--model", str(codec_lm[0]), "--quiet"]) == 0
+    blob = bytearray(z.read_bytes())
+    blob[len(blob) // 2] ^= 0x10
+    z.write_bytes(bytes(blob))
+    assert main(["decompress", str(z), "-o", str(back), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("adaptive-lm: error:") and "corrupted" in err and "Traceback" not in err
+    assert {p.name for p in tmp_path.iterdir()} == {"in.bin", "in.bin.almz"}      # no output, no temp file
+
+
+def test_wrong_model_is_refused(codec_lm, other_lm, tmp_path, capsys):
+    src, z, back = _files(tmp_path)
+    assert main(["compress", str(src), "-o", str(z), "--model", str(codec_lm[0]), "--quiet"]) == 0
+    assert main(["decompress", str(z), "-o", str(back), "--model", str(other_lm), "--quiet"]) == 1
+    assert "pass --model" in capsys.readouterr().err and not back.exists()
+
+
+def test_bad_inputs_are_one_line_errors(codec_lm, tmp_path, capsys):
+    src, z, back = _files(tmp_path)
+    cases = [(["compress", str(tmp_path / "missing")], 2, "no such file"),
+             (["decompress", str(src), "-o", str(back)], 1, "bad magic"),
+             (["compress", str(src), "-o", str(src), "--model", str(codec_lm[0])], 2, "overwrite the input"),
+             (["compress", str(src), "--model", str(tmp_path / "nomodel")], 1, ""),
+             (["compress", str(src), "--model", str(codec_lm[0]), "--chunk", "9999"], 1, "chunk must be within")]
+    for argv, code, text in cases:
+        assert main(argv + ["--quiet"]) == code, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("adaptive-lm: error:") and "\n" not in err and text in err, (argv, err)
+    assert not back.exists() and not z.exists()

@@ -1,0 +1,132 @@
+"""The compressor (entropy/codec.py): exact round trips on any bytes, independence from the thread
+count and the batch layout, and refusal of anything that cannot decode exactly."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adaptive_lm.entropy.codec import (PRECISION, CodecConfig, CodecError, code_batch, compress, decompress,
+                                       fingerprint, quantize)
+from adaptive_lm.model import KVCache, ModelConfig, StepContext, attend
+
+SAMPLES = {
+    "empty": b"",
+    "one byte": b"a",
+    "text": "First Citizen:\nBefore we proceed any further, hear me speak.\n".encode() * 5,
+    "invalid utf-8": b"\xff\xfe\x80abc\xc3(\xe2\x82" * 7,
+    "binary": bytes(np.random.default_rng(0).integers(0, 256, 700, dtype=np.uint8)),
+    "special-token text": b"[EOS][BOS][PAD][MASK] <|endoftext|> \x00\x00",
+    "unicode": "日本語のテキスト — émoji 🙂\r\n\t".encode() * 3,
+}
+
+
+def _rt(data, lm, **cfg):
+    _, model, tok = lm
+    blob = compress(data, model, tok, model_id="test", cfg=CodecConfig(**cfg), meta_seq_len=32)
+    return blob, decompress(blob, model, tok)
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_roundtrip_any_bytes(codec_lm, name):
+    blob, back = _rt(SAMPLES[name], codec_lm)
+    assert back == SAMPLES[name]
+
+
+@pytest.mark.parametrize("chunk,batch", [(1, 1), (7, 3), (32, 2), (64, 100)])
+def test_roundtrip_chunk_and_batch_layouts(codec_lm, chunk, batch):
+    data = SAMPLES["text"] + SAMPLES["binary"][:200]
+    _, back = _rt(data, codec_lm, chunk=chunk, batch=batch)
+    assert back == data
+
+
+def test_compression_follows_the_model(codec_lm):
+    """The coded size is the model's cross-entropy (+ a few words per batch): check against -sum log2 p."""
+    _, model, tok = codec_lm
+    ids = tok.encode_bytes(SAMPLES["text"])[:60]
+    data = tok.decode_bytes(ids)
+    blob = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=len(ids), batch=1))
+    with torch.no_grad():
+        x = torch.tensor([[tok.bos_id] + ids[:-1]])
+        nll = F.cross_entropy(model(x).logits[0], torch.tensor(ids), reduction="sum").item()
+    payload_bits = 8 * len(blob)
+    assert nll / np.log(2) <= payload_bits <= nll / np.log(2) * 1.01 + 8 * 600   # header + frame < 600 bytes
+
+
+def test_decoding_is_independent_of_thread_count(codec_lm):
+    _, model, tok = codec_lm
+    data = SAMPLES["text"] * 3
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        blob = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=48, batch=4))
+        for n in (2, 3):
+            torch.set_num_threads(n)
+            assert decompress(blob, model, tok) == data
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_quantize_rows_are_exact_integer_frequencies():
+    logits = torch.randn(5, 300) * 8
+    logits[0, 3] = 80.0                                         # one token takes nearly all the mass
+    f = quantize(logits)
+    assert f.dtype == np.float32 and f.flags["C_CONTIGUOUS"]
+    assert np.all(f >= 0) and np.all(f == np.floor(f))
+    assert np.all(f.sum(1) == (1 << PRECISION) - 300)
+    assert np.array_equal(quantize(logits[2:3]), f[2:3])        # a row does not depend on the others
+
+
+def test_exact_attention_matches_sdpa():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 1, 8), torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8)
+    mask = torch.ones(3, 1, 1, 5, dtype=torch.bool)
+    mask[1, ..., :2] = False
+    cfg = ModelConfig(vocab_size=8, n_layer=1, n_head=2, d_model=16, max_seq_len=8)
+    for m in (None, mask):
+        exact = StepContext(None, None, m, False, KVCache(cfg, 3, 8, exact=True))
+        plain = StepContext(None, None, m, False, KVCache(cfg, 3, 8))
+        torch.testing.assert_close(attend(q, k, v, exact), attend(q, k, v, plain))
+
+
+def test_code_batch_logits_equal_the_full_forward(codec_lm):
+    """The coding loop's per-step logits (exact cache) are the model's parallel forward's."""
+    _, model, tok = codec_lm
+    ids = tok.encode_bytes(SAMPLES["text"])[:20]
+    seen = []
+    code_batch(model, [20], bos_id=tok.bos_id, code=lambda t, f: (seen.append(f[0]), [ids[t]])[1])
+    with torch.no_grad():
+        full = model(torch.tensor([[tok.bos_id] + ids[:-1]])).logits[0]
+    ref = quantize(full)
+    assert len(seen) == 20
+    for t in range(20):    # frequencies within rounding of the full forward's
+        assert np.abs(seen[t] - ref[t]).max() <= 1 + 1e-4 * ref[t].max()
+
+
+def test_wrong_model_is_refused(codec_lm, other_lm):
+    from adaptive_lm.checkpoint import from_pretrained
+    blob, _ = _rt(SAMPLES["text"], codec_lm)
+    other, tok = from_pretrained(other_lm)
+    assert fingerprint(other, tok) != fingerprint(codec_lm[1], codec_lm[2])
+    with pytest.raises(CodecError, match="compressed with model test"):
+        decompress(blob, other, tok)
+
+
+def test_truncated_altered_and_foreign_files_are_refused(codec_lm):
+    _, model, tok = codec_lm
+    blob, _ = _rt(SAMPLES["text"], codec_lm)
+    bad = {"truncated": blob[:-9], "cut to the header": blob[:20], "empty": b"", "not ours": b"PK\x03\x04" + blob[4:]}
+    rng = np.random.default_rng(0)
+    for i in rng.integers(0, len(blob), 12):
+        flipped = bytearray(blob)
+        flipped[i] ^= 1 << int(rng.integers(0, 8))
+        bad[f"bit {i}"] = bytes(flipped)
+    for name, b in bad.items():
+        with pytest.raises(CodecError):
+            decompress(b, model, tok)
+
+
+def test_bad_chunk_is_a_clear_error(codec_lm):
+    from adaptive_lm.errors import AdaptiveLMError
+    _, model, tok = codec_lm
+    with pytest.raises(AdaptiveLMError, match="chunk must be within"):
+        compress(b"abc", model, tok, model_id="t", cfg=CodecConfig(chunk=65))

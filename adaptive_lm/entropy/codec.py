@@ -130,8 +130,12 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
              meta_seq_len: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None) -> bytes:
     """Bytes -> the compressed file (module docstring). ``progress(tokens_done, tokens_total)``."""
     cs = _constriction()
-    ids = tok.encode_bytes(data)
-    if tok.decode_bytes(ids) != data:
+    try:
+        ids = tok.encode_bytes(data)
+        exact = tok.decode_bytes(ids) == data
+    except (UnicodeError, ValueError):
+        exact = False
+    if not exact:
         raise AdaptiveLMError(f"the tokenizer of {model_id} does not reproduce these bytes exactly "
                               "(not byte-level); use a byte-level BPE model such as builtin:compress-pydocs")
     chunk, batch = resolve_config(model, meta_seq_len, cfg)

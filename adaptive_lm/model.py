@@ -1,7 +1,10 @@
 """The one backbone every method stands on: a pre-norm transformer in one readable file.
 
 RMSNorm, rotary position embeddings (RoPE), SwiGLU feed-forward; causal (autoregressive LMs,
-CALM, entropy models) or bidirectional (masked diffusion, VMD) by config.
+CALM, entropy models) or bidirectional (masked diffusion, VMD) by config. Options for the entropy
+models (brief entropy.md): the masked mixer (``mixer="masked_conv"``: a lower-triangular-masked
+convolution over the token axis + a GELU feed-forward, no positional encoding) in place of
+attention, and learned positional encodings (``positions="learned"``) in place of RoPE.
 
 What the methods need from it, and where it lives here:
 - every layer's hidden state: ``forward(..., output_hidden_states=True)``;
@@ -43,6 +46,8 @@ class ModelConfig:
     dropout: float = 0.0          # dropout on attention probabilities and on each residual branch (training only)
     tie_embeddings: bool = True   # share the token embedding with the output head
     cond_dim: int = 0             # width of the optional conditioning vector; 0 = none
+    mixer: str = "attention"      # token mixing: attention | masked_conv (the masked mixer, brief entropy.md)
+    positions: str = "rope"       # rope (rotary, in attention) | learned (a position table added to the embeddings)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
@@ -55,13 +60,21 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
-        if (self.d_model // self.n_head) % 2:
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {', '.join(MIXERS)}, got {self.mixer!r}")
+        if self.positions not in ("rope", "learned"):
+            raise ValueError(f"positions must be rope or learned, got {self.positions!r}")
+        if self.mixer == "masked_conv" and not self.causal:
+            raise ValueError("the masked mixer is causal: it needs causal=True")
+        if self.positions == "rope" and self.mixer == "attention" and (self.d_model // self.n_head) % 2:
             raise ValueError("head dimension must be even for RoPE")
 
     @property
     def ff_dim(self) -> int:
         if self.d_ff:
             return self.d_ff
+        if self.mixer == "masked_conv":                      # the mixer's GELU feed-forward: 4x
+            return 4 * self.d_model
         return 32 * math.ceil(8 * self.d_model / 3 / 32)
 
     @property
@@ -157,7 +170,9 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate pairs (x[..., :D/2], x[..., D/2:]) of (B, H, T, Dh) by the angles."""
+    """Rotate pairs (x[..., :D/2], x[..., D/2:]) of (B, H, T, Dh) by the angles (none: learned positions)."""
+    if cos is None:
+        return x
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
@@ -237,13 +252,64 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(g) * u)
 
 
+class GeluMLP(nn.Module):
+    """The masked mixer's feed-forward: Linear, GELU, Linear."""
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.ff_dim, bias=False)
+        self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class MaskedConv(nn.Module):
+    """The masked mixer's token mixing (brief entropy.md): a Conv1d(n_ctx, n_ctx, 1) over the TOKEN
+    axis, y_i = b_i + sum_{j<=i} W[i, j] x_j, its weight masked lower-triangular on every forward
+    so it is causal; one matrix per head (n_head = 1: the plain mixer). The weights are
+    position-specific, so it needs no positional encoding. With a KV cache the normalised inputs
+    x_j (B, H, S, Dh) are cached in the key slot, and a new token mixes them with its row of W.
+    Rows must not be padded (positions are cache indices)."""
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n = cfg.max_seq_len
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.weight = nn.Parameter(torch.randn(cfg.n_head, n, n) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(n))
+        self.register_buffer("tril", torch.tril(torch.ones(n, n, dtype=torch.bool)), persistent=False)
+
+    def kv(self, x, ctx: StepContext):
+        """What the cache keeps for a token: its normalised input by head, (B, H, T, Dh) (twice)."""
+        B, T, _ = x.shape
+        xh = x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        return xh, xh
+
+    def forward(self, x, ctx: StepContext, layer_idx: int):
+        B, T, C = x.shape
+        if ctx.attn_mask is not None and ctx.cache is None:
+            raise ValueError("the masked mixer does not take padded batches")
+        xs, _ = self.kv(x, ctx)
+        if ctx.cache is not None:
+            if ctx.cache.padded:
+                raise ValueError("the masked mixer does not take padded batches")
+            xs, _ = write_kv(layer_idx, xs, xs, ctx)                             # (B, H, S, Dh)
+        s0, S = ctx.start, xs.shape[2]
+        w = (self.weight * self.tril)[:, s0:s0 + T, :S]                         # (H, T, S)
+        y = torch.einsum("hts,bhsd->bhtd", w, xs) + self.bias[s0:s0 + T, None]  # (B, H, T, Dh)
+        return y.transpose(1, 2).reshape(B, T, C)
+
+
+MIXERS = {"attention": (Attention, SwiGLU), "masked_conv": (MaskedConv, GeluMLP)}
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        mixer, mlp = MIXERS[cfg.mixer]
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = mixer(cfg)                    # the token mixer: attention or the masked convolution
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg)
+        self.mlp = mlp(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, ctx: StepContext, layer_idx: int):
@@ -296,6 +362,7 @@ class TransformerLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
         self.cond_proj = nn.Linear(cfg.cond_dim, cfg.d_model, bias=False) if cfg.cond_dim else None
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -320,9 +387,14 @@ class TransformerLM(nn.Module):
 
     # ---- the pieces, for callers that run layer by layer (CALM) ----
     def embed(self, input_ids, cond=None, ctx: Optional[StepContext] = None):
-        """(B, T) ids [+ cond (B, C_cond) or (B, T, C_cond)] -> (B, T, C) hidden state 0. (``ctx`` is
-        unused: RoPE positions enter in attention; a backbone with learned positions reads them.)"""
+        """(B, T) ids [+ cond (B, C_cond) or (B, T, C_cond)] -> (B, T, C) hidden state 0. With learned
+        positions, each token's position (``ctx.positions``, else 0..T-1) adds its row of the table;
+        RoPE positions enter in attention instead."""
         h = self.tok_emb(input_ids)
+        if self.pos_emb is not None:
+            pos = ctx.positions if ctx is not None and ctx.positions is not None else \
+                torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+            h = h + self.pos_emb(pos)
         if cond is not None:
             if self.cond_proj is None:
                 raise ValueError("this model has cond_dim=0 and takes no conditioning vector")
@@ -343,7 +415,8 @@ class TransformerLM(nn.Module):
         """
         ctx = step_context(input_ids, attention_mask, cache, causal=self.config.causal,
                            max_seq_len=self.config.max_seq_len)
-        ctx.cos, ctx.sin = rope_angles(ctx.positions, self.config.head_dim, self.config.rope_theta)
+        if self.config.positions == "rope" and self.config.mixer == "attention":
+            ctx.cos, ctx.sin = rope_angles(ctx.positions, self.config.head_dim, self.config.rope_theta)
         return ctx
 
     def layer(self, i: int, h, ctx: StepContext):

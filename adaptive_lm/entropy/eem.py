@@ -38,6 +38,7 @@ class EEMConfig:
     compression: int = 4          # bottleneck: d_enc -> d_enc // compression values per window
     injection: str = "add"        # prepend | concat | add
     noise_q: float = 0.0          # QAT: U(-q, q) added to the embedding in training (brief: q = 2^-4)
+    share_embeddings: bool = True # encoder and decoder share one token table (same width needed)
 
     def __post_init__(self):
         if isinstance(self.encoder, dict):
@@ -52,6 +53,8 @@ class EEMConfig:
             raise ValueError("the EEM's encoder and decoder are causal stacks")
         if self.encoder.vocab_size != self.decoder.vocab_size:
             raise ValueError("encoder and decoder must share the vocabulary")
+        if self.share_embeddings and self.encoder.d_model != self.decoder.d_model:
+            raise ValueError("share_embeddings needs the encoder and decoder widths to be equal")
         if self.noise_q < 0:
             raise ValueError(f"noise_q must be >= 0, got {self.noise_q}")
 
@@ -98,6 +101,9 @@ class EEM(nn.Module):
         self.config = cfg
         self.encoder = TransformerLM(cfg.encoder)
         self.decoder = TransformerLM(cfg.decoder)
+        if cfg.share_embeddings:                     # one token table (and tied head) for both stacks
+            self.encoder.tok_emb.weight = self.decoder.tok_emb.weight
+            self.encoder.head.weight = self.decoder.tok_emb.weight
         self.down = nn.Linear(cfg.encoder.d_model, cfg.d_emb)
         d_dec = cfg.decoder.d_model
         self.d_in = d_dec // 4 if cfg.injection == "concat" else d_dec        # channels the embedding fills
@@ -172,7 +178,7 @@ def evaluate_eem(model, x: torch.Tensor, y: torch.Tensor, *, n_bytes: Optional[i
         count += yb.numel()
     ce = total / max(count, 1)
     emb_nats = model.config.d_emb * FORMATS[fmt] * math.log(2) * x.shape[0]   # charged per window
-    out = {"ce": ce, "ce_charged": (total + emb_nats) / max(count, 1), "tokens": count, "format": fmt}
+    out = {"ce": ce, "ce_charged": (total + emb_nats) / max(count, 1), "tokens": count}
     if n_bytes:
         out["bpb"] = total / math.log(2) / n_bytes
         out["bpb_charged"] = (total + emb_nats) / math.log(2) / n_bytes

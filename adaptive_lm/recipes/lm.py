@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -17,11 +18,18 @@ from ..train import TrainConfig
 from . import Built, DataSpec, Recipe, register
 
 
-def build_lm(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
-    """A causal LM on a text corpus: tokenizer fit on the train split, random windows, held-out loss."""
-    d = recipe.data
-    if d.seq_len > recipe.model.max_seq_len:
-        raise UsageError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={recipe.model.max_seq_len}")
+@dataclass
+class LMData:
+    """A tokenised corpus ready for a causal-LM-shaped recipe."""
+    tokenizer: object
+    train: TokenStream               # training windows
+    vx: torch.Tensor                 # held-out windows (N, T) inputs
+    vy: torch.Tensor                 # (N, T) next-token targets
+    n_bytes: int                     # bytes the held-out targets cover
+
+
+def lm_data(d: DataSpec, data_dir: Optional[str] = None) -> LMData:
+    """Read the corpus, fit the tokenizer on the train split, cut train and held-out windows."""
     text = read_text(d.corpus, "train", holdout=d.holdout, data_dir_flag=data_dir)
     valid = read_text(d.corpus, "valid", holdout=d.holdout, data_dir_flag=data_dir)
     if d.tokenizer == "char":
@@ -30,21 +38,21 @@ def build_lm(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
         tok = BPETokenizer.train([text], vocab_size=d.bpe_vocab)
     else:
         raise UsageError(f"data.tokenizer must be char or bpe, not {d.tokenizer!r}")
-    train_stream = TokenStream(pack(tok, text), d.seq_len)
-    valid_stream = TokenStream(pack(tok, valid), d.seq_len)
-    mcfg = dataclasses.replace(recipe.model, vocab_size=tok.vocab_size, causal=True)
+    vx, vy = TokenStream(pack(tok, valid), d.seq_len).eval_windows(d.eval_windows or None)
+    n_bytes = len(tok.decode_bytes(vy.flatten().tolist()))
+    return LMData(tok, TokenStream(pack(tok, text), d.seq_len), vx, vy, n_bytes)
+
+
+def build_lm(recipe: Recipe, data_dir: Optional[str] = None, *, data: Optional[LMData] = None) -> Built:
+    """A causal LM on a text corpus: tokenizer fit on the train split, random windows, held-out loss.
+    ``data``: an already tokenised corpus (benches that train several models on one)."""
+    d = recipe.data
+    if d.seq_len > recipe.model.max_seq_len:
+        raise UsageError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={recipe.model.max_seq_len}")
+    data = data or lm_data(d, data_dir)
+    mcfg = dataclasses.replace(recipe.model, vocab_size=data.tokenizer.vocab_size, causal=True)
     torch.manual_seed(recipe.train.seed)
     model = TransformerLM(mcfg)
-    vx, vy = valid_stream.eval_windows(d.eval_windows or None)
-    n_bytes = len(tok.decode_bytes(vy.flatten().tolist()))              # bytes the scored targets cover
-
-    def batches(step, micro, rank, world):
-        return lm_batch(train_stream, recipe.train.batch_size, seed=recipe.train.seed, step=step,
-                        micro=micro, n_micro=recipe.train.grad_accum, rank=rank, world=world)
-
-    def eval_fn(m):
-        return evaluate_lm(m, vx, vy, n_bytes=n_bytes)
-
     meta = {"recipe": recipe.name, "corpus": d.corpus, "seq_len": d.seq_len, "family": "causal-lm"}
     objective = lm_objective
     if d.exit_weights:                                   # CALM: weighted per-layer loss (calm/exits.py)
@@ -55,7 +63,20 @@ def build_lm(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
             raise UsageError(str(e)) from None
         objective = functools.partial(early_exit_loss, layers=layers, weights=weights)
         meta["calm"] = {"exit_weights": d.exit_weights, "exit_every": d.exit_every, "exit_layers": layers}
-    return Built(model, tok, objective, batches, eval_fn, meta)
+    eval_fn = functools.partial(_eval_lm, data=data)
+    return Built(model, data.tokenizer, objective, lm_batches(data, recipe), eval_fn, meta)
+
+
+def _eval_lm(model, *, data: LMData) -> dict:
+    return evaluate_lm(model, data.vx, data.vy, n_bytes=data.n_bytes)
+
+
+def lm_batches(data: LMData, recipe: Recipe):
+    """The trainer's batches(step, micro, rank, world) over the training windows."""
+    def batches(step, micro, rank, world):
+        return lm_batch(data.train, recipe.train.batch_size, seed=recipe.train.seed, step=step,
+                        micro=micro, n_micro=recipe.train.grad_accum, rank=rank, world=world)
+    return batches
 
 
 register(Recipe(

@@ -413,6 +413,37 @@ def decompress(file: str, output: str = "", model: str = "", force: bool = False
 
 
 @command
+def entropy(file: str, model: str = "builtin:eem-pydocs", short_model: str = "", window: int = 0, output: str = "",
+            html: str = "", force: bool = False, quiet: bool = False) -> int:
+    """Per-token entropy estimates of a text file by an EEM (chain rule over windows): JSON + an HTML heatmap.
+
+    Args:
+        file: the text (any bytes) to estimate
+        model: an EEM checkpoint (builtin:NAME or folder); trained with data.left_pad for the single-model method
+        short_model: an EEM of window N-1 for the two-model method (default: the single-model method)
+        window: tokens per window N (0 = the model's training window + 1)
+        output: the JSON file (default FILE.entropy.json)
+        html: the heatmap (default FILE.entropy.html)
+        force: overwrite existing outputs
+        quiet: no progress bar
+    """
+    from .entropy.runtime import estimate_file
+    from .report import entropy_heatmap
+    from .io import atomic_write_text
+    outs = [Path(output or file + ".entropy.json"), Path(html or file + ".entropy.html")]
+    for o in outs:
+        if o.exists() and not force:
+            raise UsageError(f"{o} exists: pass --force to overwrite it")
+    res = estimate_file(file, model=model, short_model=short_model, window=window, progress=not quiet)
+    atomic_write_text(outs[0], json.dumps(res, indent=1))
+    atomic_write_text(outs[1], entropy_heatmap([t["text"] for t in res["tokens"]], [t["bits"] for t in res["tokens"]],
+                                               title=f"Per-token entropy: {Path(file).name}", summary=res["summary"]))
+    s = res["summary"]
+    print(f"{s['tokens']} tokens, mean {s['mean_bits_per_token']:.3f} bits/token -> {outs[0]}, {outs[1]}")
+    return 0
+
+
+@command
 def recipes(name: str = "") -> int:
     """List the training recipes, or every key of one recipe.
 

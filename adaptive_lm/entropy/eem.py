@@ -112,11 +112,13 @@ class EEM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def embed_window(self, window: torch.Tensor, *, fmt: str = "fp32", generator: Optional[torch.Generator] = None):
+    def embed_window(self, window: torch.Tensor, mask: Optional[torch.Tensor] = None, *, fmt: str = "fp32",
+                     generator: Optional[torch.Generator] = None):
         """The compressed embedding of each window (B, d_emb): the encoder's last state, down-projected;
-        noise U(-q, q) in training (QAT), stored as ``fmt`` at evaluation."""
+        noise U(-q, q) in training (QAT), stored as ``fmt`` at evaluation. ``mask`` (B, N): 0 on
+        left padding (shorter windows; attention stacks only)."""
         enc = self.encoder
-        ctx = enc.prepare(window)
+        ctx = enc.prepare(window, attention_mask=mask)
         h = enc.embed(window, ctx=ctx)
         for i in range(enc.config.n_layer):
             h = enc.layer(i, h, ctx)
@@ -126,17 +128,20 @@ class EEM(nn.Module):
             e = e + (2 * u - 1) * self.config.noise_q
         return e if self.training else quantize_embedding(e, fmt)
 
-    def decode(self, ids: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """Decoder inputs w_0..w_{T-1} (B, T) and embeddings (B, d_emb) -> logits (B, T, V)."""
+    def decode(self, ids: torch.Tensor, e: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Decoder inputs w_0..w_{T-1} (B, T) [mask (B, T), 0 on left padding] and embeddings (B, d_emb)
+        -> logits (B, T, V)."""
         dec, inj = self.decoder, self.config.injection
         z = self.up(e)                                                      # (B, d_in)
         if inj == "prepend":
             full = torch.cat([ids[:, :1], ids], 1)                          # a placeholder id at position 0
-            ctx = dec.prepare(full)
+            if mask is not None:                                            # the embedding token is real
+                mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
+            ctx = dec.prepare(full, attention_mask=mask)
             h = dec.embed(full, ctx=ctx)
             h = torch.cat([z[:, None].to(h.dtype), h[:, 1:]], 1)
         else:
-            ctx = dec.prepare(ids)
+            ctx = dec.prepare(ids, attention_mask=mask)
             h = dec.embed(ids, ctx=ctx)
             if inj == "add":
                 h = h + z[:, None]
@@ -147,20 +152,35 @@ class EEM(nn.Module):
         logits = dec.unembed(h)
         return logits[:, 1:] if inj == "prepend" else logits
 
-    def forward(self, window: torch.Tensor, *, fmt: str = "fp32", generator: Optional[torch.Generator] = None):
-        return self.decode(window[:, :-1], self.embed_window(window, fmt=fmt, generator=generator))
+    def forward(self, window: torch.Tensor, mask: Optional[torch.Tensor] = None, *, fmt: str = "fp32",
+                generator: Optional[torch.Generator] = None):
+        """window (B, N) [mask (B, N)] -> logits (B, N-1, V) predicting window[:, 1:]."""
+        e = self.embed_window(window, mask, fmt=fmt, generator=generator)
+        return self.decode(window[:, :-1], e, None if mask is None else mask[:, :-1])
 
 
 ARCHITECTURES["EEM"] = (EEMConfig, EEM)
 
 
-def eem_objective(model, batch, *, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict]:
+def left_pad_mask(n_rows: int, n: int, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(n_rows, n) long mask hiding a random number of leading positions, 0..n-2 per row (so every
+    row keeps at least two real tokens): windows of every length for the single-model entropy
+    estimate (brief entropy.md, "Per-token entropy")."""
+    pad = torch.randint(0, n - 1, (n_rows, 1), generator=generator)
+    return (torch.arange(n)[None] >= pad).long()
+
+
+def eem_objective(model, batch, *, left_pad: bool = False,
+                  generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict]:
     """Next-token cross-entropy (nats/token) of the decoder given the window's embedding; batch (x, y)
-    of (B, T) ids as for a causal LM (the window is x_0 followed by y)."""
+    of (B, T) ids as for a causal LM (the window is x_0 followed by y). ``left_pad``: each window
+    is cut to a random length by left padding (mask 0, no loss there)."""
     x, y = batch
     window = torch.cat([x[:, :1], y], 1)                                    # (B, T+1)
-    logits = model(window, generator=generator)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    mask = left_pad_mask(window.shape[0], window.shape[1], generator=generator).to(x.device) if left_pad else None
+    logits = model(window, mask, generator=generator)
+    target = y if mask is None else y.masked_fill(mask[:, :-1] == 0, -100)  # a target needs a real input
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
     return loss, {"loss": loss.detach()}
 
 

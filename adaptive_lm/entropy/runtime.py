@@ -2,6 +2,7 @@
 bar, write outputs atomically, and turn every failure into one clear error."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -96,3 +97,27 @@ def decompress_file(src: str, out: str = "", *, model: str = "", force: bool = F
     atomic_write_bytes(dst, data)
     return {"input": src, "output": str(dst), "bytes_out": len(data), "seconds": secs, "model": model or header["model"]}
 
+
+
+def estimate_file(src: str, *, model: str, short_model: str = "", window: int = 0, progress: bool = True) -> dict:
+    """Per-token entropy estimates of a file (estimate.py) -> {"model", "window", "summary", "tokens":
+    [{"id", "text", "bits"}]} (bits None for the first token)."""
+    from ..checkpoint import from_pretrained, read_config
+    from . import eem as _eem  # noqa: F401  (registers the EEM architecture)
+    from .estimate import summarize, token_entropies
+    data = _read_input(src)
+    m, tok = from_pretrained(model)
+    if type(m).__name__ != "EEM":
+        raise UsageError(f"{model} is not an EEM (entropy estimates need one: adaptive-lm train eem-pydocs)")
+    n = window or read_config(model).get("meta", {}).get("seq_len", 127) + 1
+    if not 2 <= n <= m.config.max_seq_len:
+        raise UsageError(f"window must be within 2..{m.config.max_seq_len}, not {n}")
+    short = from_pretrained(short_model)[0] if short_model else None
+    ids = tok.encode_bytes(data)
+    bar = Meter("entropy", len(data), progress)
+    est = token_entropies(m, ids, window=n, short_model=short, pad_id=tok.pad_id or 0, progress=bar)
+    pieces = [tok.decode_bytes([i]).decode("utf-8", errors="replace") for i in ids]
+    bits = [None if h is None else h / math.log(2) for h in est]
+    return {"model": model, "short_model": short_model or None, "window": n,
+            "summary": summarize(pieces, est),
+            "tokens": [{"id": i, "text": p, "bits": b} for i, p, b in zip(ids, pieces, bits)]}

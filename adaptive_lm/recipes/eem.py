@@ -25,12 +25,15 @@ class EEMSpec(DataSpec):
     injection: str = "add"       # prepend | concat | add
     noise_q: float = 0.0         # noise-injection QAT: U(-q, q) on the embedding in training (0 = off)
     eval_format: str = "fp16"    # the embedding's storage format at evaluation (charged at its width)
+    left_pad: bool = False       # train on windows of every length (random left padding): the single-model entropy estimate
 
 
 def build_eem(recipe: Recipe, data_dir: Optional[str] = None, *, data: Optional[LMData] = None) -> Built:
     """An EEM: tokenizer and windows as for a causal LM (recipes/lm.py); each window (T+1 tokens) is
     read whole by the encoder and predicted by the decoder from its compressed embedding."""
     d = recipe.data
+    if d.left_pad and recipe.model.mixer != "attention":
+        raise UsageError("data.left_pad needs attention stacks (the masked mixer takes no padding)")
     if d.seq_len + 1 > recipe.model.max_seq_len - (d.injection == "prepend"):
         raise UsageError(f"data.seq_len={d.seq_len}: an EEM window needs seq_len + 1 (+1 with prepend) "
                          f"<= model.max_seq_len={recipe.model.max_seq_len}")
@@ -45,7 +48,8 @@ def build_eem(recipe: Recipe, data_dir: Optional[str] = None, *, data: Optional[
     model = EEM(cfg)
     eval_fn = functools.partial(_eval_eem, data=data, fmt=d.eval_format)
     meta = {"recipe": recipe.name, "corpus": d.corpus, "seq_len": d.seq_len, "family": "eem"}
-    return Built(model, data.tokenizer, eem_objective, lm_batches(data, recipe), eval_fn, meta)
+    objective = functools.partial(eem_objective, left_pad=d.left_pad)
+    return Built(model, data.tokenizer, objective, lm_batches(data, recipe), eval_fn, meta)
 
 
 def _eval_eem(model, *, data: LMData, fmt: str) -> dict:

@@ -1,0 +1,84 @@
+"""Per-token entropy estimates (entropy/estimate.py) and `adaptive-lm entropy`: the chain-rule
+difference computed the slow obvious way, left padding that changes nothing, the CLI outputs."""
+import html
+import json
+import re
+
+import pytest
+import torch
+
+from adaptive_lm.cli import main
+from adaptive_lm.entropy.eem import EEM, EEMConfig, eem_objective, left_pad_mask
+from adaptive_lm.entropy.estimate import token_entropies, window_nats
+from adaptive_lm.model import ModelConfig
+
+
+def _eem(seed=0, n=12, injection="add"):
+    torch.manual_seed(seed)
+    c = ModelConfig(vocab_size=30, n_layer=1, n_head=2, d_model=32, max_seq_len=n + 1)
+    return EEM(EEMConfig(encoder=c, decoder=c, compression=4, injection=injection)).eval()
+
+
+@pytest.mark.parametrize("injection", ["prepend", "concat", "add"])
+def test_left_padding_changes_nothing(injection):
+    m = _eem(injection=injection)
+    w = torch.randint(1, 30, (1, 7))
+    alone = window_nats(m, w, torch.ones_like(w))
+    padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), w], 1)
+    mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones_like(w)], 1)
+    torch.testing.assert_close(window_nats(m, padded, mask), alone)
+
+
+def test_window_nats_is_the_summed_cross_entropy():
+    m = _eem()
+    w = torch.randint(1, 30, (2, 9))
+    logp = m(w).log_softmax(-1)
+    ref = -logp.gather(-1, w[:, 1:, None]).squeeze(-1).sum(1)
+    torch.testing.assert_close(window_nats(m, w, torch.ones_like(w)), ref)
+
+
+def test_single_and_two_model_estimates_are_the_chain_rule_differences():
+    m, short = _eem(0), _eem(1, n=11)
+    ids = torch.randint(1, 30, (20,)).tolist()
+    N = 6
+    single = token_entropies(m, ids, window=N, batch_size=5)
+    two = token_entropies(m, ids, window=N, short_model=short, batch_size=7)
+    assert single[0] is None and two[0] is None
+    for k in (1, 3, 5, 12, 19):                       # short windows near the start, full ones later
+        a = ids[max(0, k - N + 1):k + 1]
+        s_long = window_nats(m, torch.tensor([a]), torch.ones(1, len(a), dtype=torch.long)).item()
+        s_m = window_nats(m, torch.tensor([a[:-1]]), torch.ones(1, len(a) - 1, dtype=torch.long)).item() if len(a) > 1 else 0
+        s_s = window_nats(short, torch.tensor([a[:-1]]), torch.ones(1, len(a) - 1, dtype=torch.long)).item()
+        assert single[k] == pytest.approx(s_long - s_m, abs=1e-4)
+        assert two[k] == pytest.approx(s_long - s_s, abs=1e-4)
+
+
+def test_left_pad_training_masks_the_padding():
+    mask = left_pad_mask(500, 8, generator=torch.Generator().manual_seed(0))
+    assert mask[:, -2:].all() and set(mask.sum(1).tolist()) == set(range(2, 9))
+    assert (mask[:, 1:] >= mask[:, :-1]).all()                        # left padding only
+    m = _eem().train()
+    x = torch.randint(1, 30, (4, 10))
+    loss, _ = eem_objective(m, (x, torch.roll(x, -1, 1)), left_pad=True, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+
+
+def test_entropy_cli(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "tiny-eem-test", "--out", str(run), "--quiet", "data.left_pad=true", "train.steps=4"]) == 0
+    src = tmp_path / "t.txt"
+    src.write_text("To be, or not to be: that is the question.")
+    ck = str(run / "checkpoint")
+    assert main(["entropy", str(src), "--model", ck, "--quiet"]) == 0
+    res = json.loads((tmp_path / "t.txt.entropy.json").read_text())
+    toks = res["tokens"]
+    assert len(toks) == len(src.read_text()) and toks[0]["bits"] is None
+    assert all(isinstance(t["bits"], float) for t in toks[1:]) and res["window"] == 33
+    page = (tmp_path / "t.txt.entropy.html").read_text()
+    spans = re.findall(r'<span class="t" style="[^"]*" title="([^"]*)">(.*?)</span>', page)
+    assert "".join(html.unescape(t) for _, t in spans) == src.read_text()        # every token, in order
+    assert spans[0][0] == "no estimate" and spans[1][0].endswith(" bits")
+    assert main(["entropy", str(src), "--model", ck, "--quiet"]) == 2                  # outputs exist
+    assert "--force" in capsys.readouterr().err
+    assert main(["entropy", str(src), "--model", "builtin:shakespeare-char", "--quiet", "--force"]) == 2
+    assert "not an EEM" in capsys.readouterr().err

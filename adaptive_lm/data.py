@@ -93,17 +93,23 @@ class TokenStream:
     """A packed token stream and the windows drawn from it."""
     tokens: torch.Tensor   # (N,) int64
     seq_len: int           # window length T; each window gives T inputs and T next-token targets
+    side: Optional[torch.Tensor] = None   # (N,) float per-token values (e.g. entropy estimates), drawn with the targets
 
     def __post_init__(self):
         if self.tokens.numel() < self.seq_len + 1:
             raise DataError(f"corpus has {self.tokens.numel()} tokens, fewer than seq_len+1={self.seq_len + 1}")
+        if self.side is not None and self.side.shape != self.tokens.shape:
+            raise DataError(f"side values {tuple(self.side.shape)} do not match the tokens {tuple(self.tokens.shape)}")
 
-    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows: (x, y) each (B, T), y = x shifted by one."""
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Random windows: (x, y) each (B, T), y = x shifted by one; with ``side``, (x, y, s) where
+        s (B, T) are the side values of the targets y."""
         hi = self.tokens.numel() - self.seq_len - 1
         starts = torch.randint(0, hi + 1, (batch_size,), generator=generator)
         idx = starts[:, None] + torch.arange(self.seq_len + 1)
         w = self.tokens[idx]
+        if self.side is not None:
+            return w[:, :-1], w[:, 1:], self.side[idx[:, 1:]]
         return w[:, :-1], w[:, 1:]
 
     def eval_windows(self, max_windows: Optional[int] = None):

@@ -63,11 +63,12 @@ def test_left_pad_training_masks_the_padding():
     assert torch.isfinite(loss)
 
 
-def test_entropy_cli(tmp_path, capsys):
+def test_entropy_cli(tmp_path, corpus, capsys):
     run = tmp_path / "run"
-    assert main(["train", "tiny-eem-test", "--out", str(run), "--quiet", "data.left_pad=true", "train.steps=4"]) == 0
+    assert main(["train", "tiny-eem-test", "--out", str(run), "--quiet", "data.left_pad=true", "train.steps=4",
+                 f"data.corpus={corpus}"]) == 0
     src = tmp_path / "t.txt"
-    src.write_text("To be, or not to be: that is the question.")
+    src.write_text("First Citizen:\nBefore we proceed any further, hear me speak.")
     ck = str(run / "checkpoint")
     assert main(["entropy", str(src), "--model", ck, "--quiet"]) == 0
     res = json.loads((tmp_path / "t.txt.entropy.json").read_text())
@@ -75,10 +76,25 @@ def test_entropy_cli(tmp_path, capsys):
     assert len(toks) == len(src.read_text()) and toks[0]["bits"] is None
     assert all(isinstance(t["bits"], float) for t in toks[1:]) and res["window"] == 33
     page = (tmp_path / "t.txt.entropy.html").read_text()
-    spans = re.findall(r'<span class="t" style="[^"]*" title="([^"]*)">(.*?)</span>', page)
+    spans = re.findall(r'<span class="t" style="[^"]*" title="([^"]*)">(.*?)</span>', page, re.S)
     assert "".join(html.unescape(t) for _, t in spans) == src.read_text()        # every token, in order
     assert spans[0][0] == "no estimate" and spans[1][0].endswith(" bits")
     assert main(["entropy", str(src), "--model", ck, "--quiet"]) == 2                  # outputs exist
     assert "--force" in capsys.readouterr().err
     assert main(["entropy", str(src), "--model", "builtin:shakespeare-char", "--quiet", "--force"]) == 2
     assert "not an EEM" in capsys.readouterr().err
+
+
+def test_bench_entropy_aware(tmp_path, corpus):
+    run = tmp_path / "run"
+    assert main(["train", "tiny-eem-test", "--out", str(run), "--quiet", "data.left_pad=true", "train.steps=3",
+                 f"data.corpus={corpus}"]) == 0
+    out = tmp_path / "ea.json"
+    assert main(["bench", "entropy-aware", f"eem={run / 'checkpoint'}", f"corpus={corpus}", "train_tokens=400",
+                 "steps=3", "seq_len=16", "batch_size=4", "d_model=32", "eval_windows=4", "drop_above=1.0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [r["objective"] for r in res["rows"]] == ["ce", "abs", "drop"]
+    for r in res["rows"]:
+        assert r["gap"] == pytest.approx(r["test_ce"] - r["train_ce"]) and r["train_entropy_est"] > 0
+    assert len({round(r["train_ce"], 6) for r in res["rows"]}) == 3          # the objectives train differently
+    assert main(["bench", "entropy-aware", "objectives=mse"]) == 2

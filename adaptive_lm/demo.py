@@ -2,8 +2,8 @@
 
 Today it samples from the shipped causal LM, runs DAEDAL beside the fixed-length baseline on a
 fresh arithmetic problem (when builtin:mdlm-arith is shipped) and CALM with each token's exit layer
-beside full depth; each method issue adds its section (VMD, entropy/compression) and issue 7 the
-HTML report.
+beside full depth, the LM compressor's round trip beside gzip and xz, and per-token entropy by the
+EEM (each section when its checkpoint is shipped); VMD adds its section and issue 7 the HTML report.
 """
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ from .lm import generate
 DEFAULT_LM = "builtin:shakespeare-char"
 DEFAULT_MDM = "builtin:mdlm-arith"
 DEFAULT_CALM = "builtin:calm-pydocs"
+DEFAULT_CODEC = "builtin:compress-pydocs"
+DEFAULT_EEM = "builtin:eem-pydocs"
+SAMPLE_TEXT = ("The :func:`open` function returns a :term:`file object`, and is most commonly used with two\n"
+               "positional arguments and one keyword argument: ``open(filename, mode, encoding=None)``.\n")
 
 
 def daedal_section(seed: int) -> dict:
@@ -67,10 +71,54 @@ def calm_section(seed: int) -> dict:
             "threshold": cfg.threshold, "measure": cfg.measure, "avg_layers": avg}
 
 
+def compress_section(seed: int) -> dict:
+    """The LM compressor round-tripping a text, its bits per byte beside gzip and xz."""
+    import gzip
+    import lzma
+    from .entropy.codec import compress, decompress
+    from .entropy.runtime import load_codec_model
+    model, tok, seq_len = load_codec_model(DEFAULT_CODEC)
+    data = (SAMPLE_TEXT * 4).encode()
+    t0 = time.perf_counter()
+    blob = compress(data, model, tok, model_id=DEFAULT_CODEC, meta_seq_len=seq_len)
+    back = decompress(blob, model, tok)
+    secs = time.perf_counter() - t0
+    bpb = {"lm": 8 * len(blob) / len(data), "gzip -9": 8 * len(gzip.compress(data, 9)) / len(data),
+           "xz -9e": 8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / len(data)}
+    print(f"--- {len(data)} bytes -> {len(blob)} bytes; round trip exact: {back == data} ({secs:.1f}s both ways)")
+    print("bits per byte: " + ", ".join(f"{k} {v:.3f}" for k, v in bpb.items()) +
+          " (small inputs favour no codec; see docs/benchmarks.md for whole files)")
+    return {"bytes": len(data), "compressed": len(blob), "roundtrip": back == data, "bits_per_byte": bpb}
+
+
+def entropy_section(seed: int) -> dict:
+    """Per-token entropy estimates of a sentence by the shipped EEM (single-model chain rule)."""
+    import math
+    from .entropy import eem as _eem  # noqa: F401  (registers the EEM architecture)
+    from .entropy.estimate import token_entropies
+    model, tok = from_pretrained(DEFAULT_EEM)
+    ids = tok.encode(SAMPLE_TEXT)
+    from .checkpoint import read_config
+    window = read_config(DEFAULT_EEM)["meta"]["seq_len"] + 1                # the EEM's training window
+    est = token_entropies(model, ids, window=window, pad_id=tok.pad_id or 0)
+    pieces = [tok.decode([i]) for i in ids]
+    bits = [None if h is None else h / math.log(2) for h in est]
+    print("--- token(bits): " + "".join(f"{p}({b:.1f})" if b is not None else p for p, b in zip(pieces, bits)))
+    known = [b for b in bits if b is not None]
+    print(f"mean {sum(known) / len(known):.2f} bits/token over {len(known)} tokens")
+    return {"text": SAMPLE_TEXT, "tokens": pieces, "bits": bits}
+
+
+SECTIONS = {"daedal": (DEFAULT_MDM, "DAEDAL vs fixed length on a fresh arithmetic problem", daedal_section),
+            "calm": (DEFAULT_CALM, "CALM: early exit per token with the certified threshold", calm_section),
+            "compress": (DEFAULT_CODEC, "LM compression: a round trip, beside gzip and xz", compress_section),
+            "entropy": (DEFAULT_EEM, "per-token entropy of a text by the EEM", entropy_section)}
+
+
 def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
     names = builtin_names()
     print(f"adaptive-lm demo — shipped checkpoints: {', '.join(names) or 'none'}", file=sys.stderr)
-    extra = [sec for sec, name in (("daedal", DEFAULT_MDM), ("calm", DEFAULT_CALM)) if name.split(":")[1] in names]
+    extra = [sec for sec, (name, _, _) in SECTIONS.items() if name.split(":")[1] in names]
     sections = 1 + len(extra)
     print(f"[1/{sections}] causal LM: sampling 4 continuations of 'ROMEO:' as one batch ...", file=sys.stderr)
     model, tok = from_pretrained(DEFAULT_LM)
@@ -87,10 +135,9 @@ def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
     summary = {"model": DEFAULT_LM, "seed": seed, "prompt": prompt, "samples": [tok.decode(o) for o in outs],
                "tokens_per_s": n / dt}
     for k, sec in enumerate(extra, 2):
-        what = {"daedal": "DAEDAL vs fixed length on a fresh arithmetic problem",
-                "calm": "CALM: early exit per token with the certified threshold"}[sec]
+        _, what, fn = SECTIONS[sec]
         print(f"\n[{k}/{sections}] {what} ...", file=sys.stderr)
-        summary[sec] = (daedal_section if sec == "daedal" else calm_section)(seed)
+        summary[sec] = fn(seed)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))

@@ -119,3 +119,8 @@ def test_demo_runs_on_the_shipped_checkpoints(tmp_path):
     calm = summary["calm"]                                           # builtin:calm-pydocs is shipped
     assert calm["full"] and calm["calm"] and 1 <= calm["avg_layers"] <= 8
     assert all(1 <= d <= 8 for d in calm["exit_layers"]) and calm["exit_layers"][0] == 8   # 1st token: prompt pass
+    comp = summary["compress"]                                       # builtin:compress-pydocs is shipped
+    assert comp["roundtrip"] is True and comp["compressed"] < comp["bytes"]
+    ent = summary["entropy"]                                         # builtin:eem-pydocs is shipped
+    assert ent["bits"][0] is None and len(ent["bits"]) == len(ent["tokens"]) > 10
+    assert all(isinstance(b, float) for b in ent["bits"][1:])

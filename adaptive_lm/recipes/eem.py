@@ -63,9 +63,10 @@ _TRAIN = TrainConfig(steps=1000, batch_size=16, lr=2e-3, warmup_steps=50, eval_e
 register(Recipe(
     build=build_eem,
     name="eem-pydocs",
-    description="EEM (2-layer encoder + 2-layer decoder, d=128, 8-value embedding) on pydocs (BPE 2048)",
-    model=_SMALL, train=_TRAIN,
-    data=EEMSpec(corpus="pydocs", tokenizer="bpe", bpe_vocab=2048, seq_len=128, eval_windows=64),
+    description="EEM (2-layer encoder + 2-layer decoder, d=128, 8-value embedding, left-padded windows) on "
+                "pydocs (BPE 2048); the shipped builtin:eem-pydocs behind `adaptive-lm entropy`",
+    model=_SMALL, train=dataclasses.replace(_TRAIN, steps=2000, eval_every=500, save_every=100),
+    data=EEMSpec(corpus="pydocs", tokenizer="bpe", bpe_vocab=2048, seq_len=128, eval_windows=64, left_pad=True),
     budget="<= 20 minutes on 2 CPU cores",
 ))
 

@@ -439,7 +439,8 @@ def entropy(file: str, model: str = "builtin:eem-pydocs", short_model: str = "",
     atomic_write_text(outs[1], entropy_heatmap([t["text"] for t in res["tokens"]], [t["bits"] for t in res["tokens"]],
                                                title=f"Per-token entropy: {Path(file).name}", summary=res["summary"]))
     s = res["summary"]
-    print(f"{s['tokens']} tokens, mean {s['mean_bits_per_token']:.3f} bits/token -> {outs[0]}, {outs[1]}")
+    mean = "no estimate" if s["mean_bits_per_token"] is None else f"mean {s['mean_bits_per_token']:.3f} bits/token"
+    print(f"{s['tokens']} tokens, {mean} -> {outs[0]}, {outs[1]}")
     return 0
 
 

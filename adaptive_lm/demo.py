@@ -94,12 +94,10 @@ def compress_section(seed: int) -> dict:
 def entropy_section(seed: int) -> dict:
     """Per-token entropy estimates of a sentence by the shipped EEM (single-model chain rule)."""
     import math
-    from .entropy import eem as _eem  # noqa: F401  (registers the EEM architecture)
     from .entropy.estimate import token_entropies
-    model, tok = from_pretrained(DEFAULT_EEM)
+    from .entropy.runtime import load_estimator
+    model, _, tok, window = load_estimator(DEFAULT_EEM)
     ids = tok.encode(SAMPLE_TEXT)
-    from .checkpoint import read_config
-    window = read_config(DEFAULT_EEM)["meta"]["seq_len"] + 1                # the EEM's training window
     est = token_entropies(model, ids, window=window, pad_id=tok.pad_id or 0)
     pieces = [tok.decode([i]) for i in ids]
     bits = [None if h is None else h / math.log(2) for h in est]

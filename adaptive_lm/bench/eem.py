@@ -55,8 +55,8 @@ def _recipe(name: str, o: EEMBenchOptions, seed: int, **data_kw):
                                 n_layer=o.dec_layers if is_eem else o.baseline_layers)
     train_cfg = dataclasses.replace(r.train, steps=o.steps, batch_size=o.batch_size, lr=o.lr, seed=seed,
                                     eval_every=0, save_every=0, warmup_steps=min(r.train.warmup_steps, o.steps // 10 + 1))
-    if is_eem:
-        data_kw = {"left_pad": False, **data_kw}                   # full windows only: the CE comparison
+    if is_eem:                                                     # full windows only: the CE comparison
+        data_kw = {"left_pad": False, "enc_layers": o.enc_layers, **data_kw}
     data = dataclasses.replace(r.data, corpus=o.corpus, bpe_vocab=o.bpe_vocab, seq_len=o.seq_len,
                                eval_windows=o.eval_windows, **data_kw)
     return dataclasses.replace(r, model=model, train=train_cfg, data=data)

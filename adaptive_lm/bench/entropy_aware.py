@@ -1,8 +1,8 @@
 """`adaptive-lm bench entropy-aware`: entropy-aware training against plain cross-entropy in an
 overfitting regime (brief entropy.md, "Entropy-aware training").
 
-A small slice of the corpus' train split (``train_tokens``), its per-token entropy estimates from
-an EEM (single-model chain rule, entropy/estimate.py), and the same causal model trained from the
+A small slice of the corpus (``train_tokens`` from the ``split`` the EEM never saw — test by
+default; held-out CE on valid), its per-token entropy estimates from an EEM (single-model chain rule, entropy/estimate.py), and the same causal model trained from the
 same initialisation for the same (many) steps with each objective: plain CE, mean |CE − e|
 ("abs"), and the same without the tokens with e ≥ ``drop_above`` nats ("drop"). Reported: the CE
 on the training slice and on held-out windows (valid split), their gap, and the mean estimated
@@ -19,12 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checkpoint import from_pretrained, read_config
-from ..data import TokenStream, lm_batch, read_text
-from ..entropy import eem as _eem  # noqa: F401  (registers the EEM architecture)
+from ..data import TokenStream, lm_batch, pack, read_text
 from ..entropy.aware import MODES, entropy_aware_loss
 from ..entropy.estimate import token_entropies
-from ..entropy.runtime import Meter
+from ..entropy.runtime import Meter, load_estimator
 from ..errors import UsageError
 from ..lm import evaluate_lm, lm_objective
 from ..model import ModelConfig, TransformerLM
@@ -36,6 +34,7 @@ from . import register
 class EntropyAwareOptions:
     eem: str = "builtin:eem-pydocs"   # the EEM giving the estimates (its tokenizer is used throughout)
     corpus: str = "pydocs"            # corpus name or text file
+    split: str = "test"               # the training slice's split: text the EEM never saw (held-out CE: valid; a single-file corpus: use train)
     train_tokens: int = 20000         # size of the training slice (small: the overfitting regime)
     steps: int = 800                  # optimizer steps per model (many epochs of the slice)
     batch_size: int = 16              # windows per step
@@ -59,11 +58,8 @@ def bench_entropy_aware(seed: int, o: EntropyAwareOptions) -> dict:
     objectives = [s.strip() for s in o.objectives.split(",") if s.strip()]
     if not objectives or any(s != "ce" and s not in MODES for s in objectives):
         raise UsageError(f"objectives must be among ce, {', '.join(MODES)}")
-    eem, tok = from_pretrained(o.eem)
-    if type(eem).__name__ != "EEM":
-        raise UsageError(f"eem={o.eem} is not an EEM checkpoint")
-    window = read_config(o.eem).get("meta", {}).get("seq_len", 127) + 1
-    text = read_text(o.corpus, "train", data_dir_flag=o.data_dir or None)
+    eem, _, tok, window = load_estimator(o.eem)
+    text = read_text(o.corpus, o.split, data_dir_flag=o.data_dir or None)
     ids = tok.encode(text[: o.train_tokens * 8])[: o.train_tokens]
     if len(ids) < o.train_tokens:
         raise UsageError(f"the corpus has only {len(ids)} tokens; lower train_tokens")
@@ -72,7 +68,7 @@ def bench_entropy_aware(seed: int, o: EntropyAwareOptions) -> dict:
     known = [h for h in est if h is not None]
     side = torch.tensor([sum(known) / len(known) if h is None else h for h in est])
     stream = TokenStream(torch.tensor(ids), o.seq_len, side=side)
-    valid = TokenStream(torch.tensor(tok.encode(read_text(o.corpus, "valid", data_dir_flag=o.data_dir or None))), o.seq_len)
+    valid = TokenStream(pack(tok, read_text(o.corpus, "valid", data_dir_flag=o.data_dir or None)), o.seq_len)
     tx, ty = stream.eval_windows(o.eval_windows)
     vx, vy = valid.eval_windows(o.eval_windows)
     mean_e = side[1: tx.numel() + 1].mean().item()                     # the targets of the train windows

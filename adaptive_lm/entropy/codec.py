@@ -172,15 +172,17 @@ def read_header(blob: bytes) -> tuple[dict, int]:
     """Check a compressed file's frame (magic, version, CRC) -> (header, payload offset)."""
     if len(blob) < 13 or blob[:4] != MAGIC:
         raise CodecError("not an adaptive-lm compressed file (bad magic)")
-    if blob[4] != VERSION:
-        raise CodecError(f"format version {blob[4]} is not supported (this adaptive-lm reads version {VERSION})")
     if struct.unpack("<I", blob[-4:])[0] != zlib.crc32(blob[:-4]):
         raise CodecError("the file is truncated or corrupted (CRC-32 mismatch)")
+    if blob[4] != VERSION:
+        raise CodecError(f"format version {blob[4]} is not supported (this adaptive-lm reads version {VERSION})")
     (n,) = struct.unpack("<I", blob[5:9])
     try:
         header = json.loads(blob[9:9 + n])
-        keys = ("model", "fingerprint", "length", "sha256", "tokens", "chunk", "batch", "precision")
-        if not all(k in header for k in keys):
+        ints = ("length", "tokens", "chunk", "batch", "precision")
+        if not (isinstance(header, dict) and all(isinstance(header.get(k), str) for k in ("model", "fingerprint", "sha256"))
+                and all(isinstance(header.get(k), int) and header[k] >= 0 for k in ints)
+                and header["chunk"] >= 1 and header["batch"] >= 1 and 9 + n <= len(blob) - 4):
             raise ValueError
     except ValueError:
         raise CodecError("the file's header is unreadable") from None
@@ -196,6 +198,8 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
     if fingerprint(model, tok) != header["fingerprint"]:
         raise CodecError(f"this file was compressed with model {header['model']} (fingerprint "
                          f"{header['fingerprint']}); the model given differs — pass --model {header['model']}")
+    if header["chunk"] > model.config.max_seq_len:
+        raise CodecError(f"the file's chunk {header['chunk']} exceeds the model's max_seq_len")
     model.eval()
     family = cs.stream.model.Categorical(perfect=False)
     end, out, done = len(blob) - 4, [], 0

@@ -68,7 +68,8 @@ class EEMConfig:
 
     @property
     def max_seq_len(self) -> int:
-        return min(self.encoder.max_seq_len, self.decoder.max_seq_len - (self.injection == "prepend"))
+        """The longest window: the encoder reads N tokens, the decoder N-1 (+1 with prepend)."""
+        return min(self.encoder.max_seq_len, self.decoder.max_seq_len + 1 - (self.injection == "prepend"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,8 +89,10 @@ def quantize_embedding(e: torch.Tensor, fmt: str) -> torch.Tensor:
     if fmt == "int8":
         s = e.abs().amax(-1, keepdim=True).clamp(min=1e-12) / 127
         return (e / s).round().clamp(-127, 127) * s
-    if fmt in ("e4m3", "e5m2"):
-        return e.to(torch.float8_e4m3fn if fmt == "e4m3" else torch.float8_e5m2).float()
+    if fmt in ("e4m3", "e5m2"):                      # saturate: the casts overflow to NaN / inf
+        dt = torch.float8_e4m3fn if fmt == "e4m3" else torch.float8_e5m2
+        big = torch.finfo(dt).max
+        return e.clamp(-big, big).to(dt).float()
     raise ValueError(f"unknown embedding format {fmt!r}; known: {', '.join(FORMATS)}")
 
 

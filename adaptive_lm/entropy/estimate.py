@@ -69,6 +69,6 @@ def token_entropies(model, ids: list[int], *, window: int, short_model=None, pad
 def summarize(pieces: list[str], entropies: list[Optional[float]]) -> dict:
     """Totals of a per-token estimate: mean bits per token over the estimated tokens."""
     vals = [h for h in entropies if h is not None]
-    mean = sum(vals) / len(vals) / math.log(2) if vals else float("nan")
+    mean = sum(vals) / len(vals) / math.log(2) if vals else None
     return {"tokens": len(pieces), "estimated": len(vals), "mean_bits_per_token": mean,
             "total_bits": sum(vals) / math.log(2)}

@@ -21,7 +21,7 @@ def load_codec_model(spec: str):
     from ..checkpoint import read_config
     from ..hf_causal import is_hf_spec, load_causal_lm
     model, tok = load_causal_lm(spec)
-    if not getattr(model.config, "causal", True):
+    if not hasattr(model, "new_cache") or not getattr(model.config, "causal", True):
         raise CheckpointError(f"{spec} is not a causal LM (the compressor needs next-token probabilities)")
     seq_len = None if is_hf_spec(spec) else read_config(spec).get("meta", {}).get("seq_len")
     return model, tok, seq_len
@@ -74,6 +74,8 @@ def compress_file(src: str, out: str = "", *, model: str = "", cfg: CodecConfig 
     _check_output(dst, force, src)
     spec = model or DEFAULT_MODEL
     m, tok, seq_len = load_codec_model(spec)
+    if Path(spec).is_dir():                  # a folder: named absolutely, so decompression finds it from anywhere
+        spec = str(Path(spec).resolve())
     t0 = time.time()
     blob = compress(data, m, tok, model_id=spec, cfg=cfg, meta_seq_len=seq_len,
                     progress=Meter("compress", len(data), progress))
@@ -99,20 +101,45 @@ def decompress_file(src: str, out: str = "", *, model: str = "", force: bool = F
 
 
 
+def load_estimator(model: str, short_model: str = "", window: int = 0):
+    """(EEM, short EEM or None, tokenizer, window N) for per-token estimates, checked: EEMs with
+    attention stacks (the estimates left-pad short windows); for the single-model method one trained
+    with left padding; for the two-model method a short model of the same vocabulary and embedding
+    size that takes windows of N-1."""
+    from ..checkpoint import from_pretrained, read_config
+    from .eem import EEM
+
+    def load(spec):
+        m, tok = from_pretrained(spec)
+        if not isinstance(m, EEM):
+            raise UsageError(f"{spec} is not an EEM (entropy estimates need one: adaptive-lm train eem-pydocs)")
+        if m.config.encoder.mixer != "attention" or m.config.decoder.mixer != "attention":
+            raise UsageError(f"{spec} has masked-mixer stacks, which take no left padding: estimates need attention stacks")
+        return m, tok, read_config(spec).get("meta", {})
+
+    m, tok, meta = load(model)
+    n = window or meta.get("seq_len", 127) + 1
+    if not 2 <= n <= m.config.max_seq_len:
+        raise UsageError(f"window must be within 2..{m.config.max_seq_len}, not {n}")
+    short = None
+    if short_model:
+        short, _, _ = load(short_model)
+        if short.config.vocab_size != m.config.vocab_size or short.config.d_emb != m.config.d_emb:
+            raise UsageError(f"{short_model} does not match {model} (vocabulary and embedding size must agree)")
+        if n - 1 > short.config.max_seq_len:
+            raise UsageError(f"{short_model} takes windows of at most {short.config.max_seq_len}, not {n - 1}")
+    elif not meta.get("left_pad"):
+        raise UsageError(f"{model} was not trained with left padding (data.left_pad=true): the single-model "
+                         "estimate needs that, or pass --short-model for the two-model method")
+    return m, short, tok, n
+
+
 def estimate_file(src: str, *, model: str, short_model: str = "", window: int = 0, progress: bool = True) -> dict:
     """Per-token entropy estimates of a file (estimate.py) -> {"model", "window", "summary", "tokens":
     [{"id", "text", "bits"}]} (bits None for the first token)."""
-    from ..checkpoint import from_pretrained, read_config
-    from . import eem as _eem  # noqa: F401  (registers the EEM architecture)
     from .estimate import summarize, token_entropies
     data = _read_input(src)
-    m, tok = from_pretrained(model)
-    if type(m).__name__ != "EEM":
-        raise UsageError(f"{model} is not an EEM (entropy estimates need one: adaptive-lm train eem-pydocs)")
-    n = window or read_config(model).get("meta", {}).get("seq_len", 127) + 1
-    if not 2 <= n <= m.config.max_seq_len:
-        raise UsageError(f"window must be within 2..{m.config.max_seq_len}, not {n}")
-    short = from_pretrained(short_model)[0] if short_model else None
+    m, short, tok, n = load_estimator(model, short_model, window)
     ids = tok.encode_bytes(data)
     bar = Meter("entropy", len(data), progress)
     est = token_entropies(m, ids, window=n, short_model=short, pad_id=tok.pad_id or 0, progress=bar)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from ..entropy.eem import EEM, EEMConfig, eem_objective, evaluate_eem
+from ..entropy.eem import EEM, FORMATS, EEMConfig, eem_objective, evaluate_eem
 from ..errors import UsageError
 from ..model import ModelConfig
 from ..train import TrainConfig
@@ -32,10 +32,12 @@ def build_eem(recipe: Recipe, data_dir: Optional[str] = None, *, data: Optional[
     """An EEM: tokenizer and windows as for a causal LM (recipes/lm.py); each window (T+1 tokens) is
     read whole by the encoder and predicted by the decoder from its compressed embedding."""
     d = recipe.data
+    if d.eval_format not in FORMATS:
+        raise UsageError(f"data.eval_format must be one of {', '.join(FORMATS)}, not {d.eval_format!r}")
     if d.left_pad and recipe.model.mixer != "attention":
         raise UsageError("data.left_pad needs attention stacks (the masked mixer takes no padding)")
-    if d.seq_len + 1 > recipe.model.max_seq_len - (d.injection == "prepend"):
-        raise UsageError(f"data.seq_len={d.seq_len}: an EEM window needs seq_len + 1 (+1 with prepend) "
+    if d.seq_len + 1 > recipe.model.max_seq_len:
+        raise UsageError(f"data.seq_len={d.seq_len}: an EEM window needs seq_len + 1 "
                          f"<= model.max_seq_len={recipe.model.max_seq_len}")
     data = data or lm_data(d, data_dir)
     dec = dataclasses.replace(recipe.model, vocab_size=data.tokenizer.vocab_size, causal=True)
@@ -47,7 +49,7 @@ def build_eem(recipe: Recipe, data_dir: Optional[str] = None, *, data: Optional[
     torch.manual_seed(recipe.train.seed)
     model = EEM(cfg)
     eval_fn = functools.partial(_eval_eem, data=data, fmt=d.eval_format)
-    meta = {"recipe": recipe.name, "corpus": d.corpus, "seq_len": d.seq_len, "family": "eem"}
+    meta = {"recipe": recipe.name, "corpus": d.corpus, "seq_len": d.seq_len, "family": "eem", "left_pad": d.left_pad}
     objective = functools.partial(eem_objective, left_pad=d.left_pad)
     return Built(model, data.tokenizer, objective, lm_batches(data, recipe), eval_fn, meta)
 

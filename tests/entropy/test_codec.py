@@ -125,6 +125,35 @@ def test_truncated_altered_and_foreign_files_are_refused(codec_lm):
             decompress(b, model, tok)
 
 
+def test_a_consistent_but_wrong_payload_is_caught_by_the_checksum(codec_lm):
+    """An altered payload with a recomputed CRC (or trailing bytes) passes the frame check; the
+    SHA-256 of the decoded bytes / the payload length must still refuse it."""
+    import struct
+    import zlib
+    _, model, tok = codec_lm
+    blob, _ = _rt(SAMPLES["text"], codec_lm)
+    body = bytearray(blob[:-4])
+    body[-3] ^= 0x40                                       # inside the last payload word
+    forged = bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+    with pytest.raises(CodecError, match="did not reproduce"):
+        decompress(forged, model, tok)
+    longer = blob[:-4] + b"\0\0\0\0"
+    longer += struct.pack("<I", zlib.crc32(longer))
+    with pytest.raises(CodecError):
+        decompress(longer, model, tok)
+
+
+@pytest.mark.parametrize("kw", [dict(mixer="masked_conv"), dict(positions="learned")])
+def test_roundtrip_with_the_other_backbones(codec_lm, kw):
+    from adaptive_lm.model import TransformerLM
+    tok = codec_lm[2]
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, d_model=32, max_seq_len=40, **kw)).eval()
+    data = SAMPLES["text"] + SAMPLES["invalid utf-8"]
+    blob = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=40, batch=3))
+    assert decompress(blob, model, tok) == data
+
+
 def test_bad_chunk_is_a_clear_error(codec_lm):
     from adaptive_lm.errors import AdaptiveLMError
     _, model, tok = codec_lm

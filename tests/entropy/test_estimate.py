@@ -47,7 +47,7 @@ def test_single_and_two_model_estimates_are_the_chain_rule_differences():
     for k in (1, 3, 5, 12, 19):                       # short windows near the start, full ones later
         a = ids[max(0, k - N + 1):k + 1]
         s_long = window_nats(m, torch.tensor([a]), torch.ones(1, len(a), dtype=torch.long)).item()
-        s_m = window_nats(m, torch.tensor([a[:-1]]), torch.ones(1, len(a) - 1, dtype=torch.long)).item() if len(a) > 1 else 0
+        s_m = window_nats(m, torch.tensor([a[:-1]]), torch.ones(1, len(a) - 1, dtype=torch.long)).item()
         s_s = window_nats(short, torch.tensor([a[:-1]]), torch.ones(1, len(a) - 1, dtype=torch.long)).item()
         assert single[k] == pytest.approx(s_long - s_m, abs=1e-4)
         assert two[k] == pytest.approx(s_long - s_s, abs=1e-4)
@@ -59,8 +59,16 @@ def test_left_pad_training_masks_the_padding():
     assert (mask[:, 1:] >= mask[:, :-1]).all()                        # left padding only
     m = _eem().train()
     x = torch.randint(1, 30, (4, 10))
-    loss, _ = eem_objective(m, (x, torch.roll(x, -1, 1)), left_pad=True, generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(loss)
+    y = torch.roll(x, -1, 1)
+    loss, _ = eem_objective(m, (x, y), left_pad=True, generator=torch.Generator().manual_seed(0))
+    pads = (left_pad_mask(4, 11, generator=torch.Generator().manual_seed(0)) == 0).sum(1).tolist()
+    total, count = 0.0, 0                                  # the same loss, each row's window cut to its length
+    for r, p in enumerate(pads):
+        w = torch.cat([x[r, :1], y[r]])[p:][None]
+        logp = m(w).log_softmax(-1)[0]
+        total -= logp.gather(-1, w[0, 1:, None]).sum().item()
+        count += w.shape[1] - 1
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
 
 
 def test_entropy_cli(tmp_path, corpus, capsys):
@@ -83,6 +91,15 @@ def test_entropy_cli(tmp_path, corpus, capsys):
     assert "--force" in capsys.readouterr().err
     assert main(["entropy", str(src), "--model", "builtin:shakespeare-char", "--quiet", "--force"]) == 2
     assert "not an EEM" in capsys.readouterr().err
+    plain, mixer = tmp_path / "plain", tmp_path / "mixer"
+    assert main(["train", "tiny-eem-test", "--out", str(plain), "--quiet", "train.steps=1", f"data.corpus={corpus}"]) == 0
+    assert main(["train", "tiny-eem-test", "--out", str(mixer), "--quiet", "train.steps=1", f"data.corpus={corpus}",
+                 "model.mixer=masked_conv"]) == 0
+    for ck, msg in [(plain, "left padding"), (mixer, "masked-mixer")]:
+        assert main(["entropy", str(src), "--model", str(ck / "checkpoint"), "--quiet", "--force"]) == 2
+        assert msg in capsys.readouterr().err
+    assert main(["entropy", str(src), "--model", str(plain / "checkpoint"), "--short-model", str(mixer / "checkpoint"),
+                 "--quiet", "--force"]) == 2                                    # a mixer short model: refused too
 
 
 def test_bench_entropy_aware(tmp_path, corpus):
@@ -91,7 +108,8 @@ def test_bench_entropy_aware(tmp_path, corpus):
                  f"data.corpus={corpus}"]) == 0
     out = tmp_path / "ea.json"
     assert main(["bench", "entropy-aware", f"eem={run / 'checkpoint'}", f"corpus={corpus}", "train_tokens=400",
-                 "steps=3", "seq_len=16", "batch_size=4", "d_model=32", "eval_windows=4", "drop_above=1.0", "--json", str(out)]) == 0
+                 "steps=3", "seq_len=16", "batch_size=4", "d_model=32", "eval_windows=4", "drop_above=1.0", "split=train",
+                 "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert [r["objective"] for r in res["rows"]] == ["ce", "abs", "drop"]
     for r in res["rows"]:

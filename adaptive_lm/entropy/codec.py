@@ -153,16 +153,17 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
             rows[r, :n] = ids_np[first + r * chunk: first + r * chunk + n]
 
         def code(t, freqs):
+            nonlocal done
             sym = np.ascontiguousarray(rows[:freqs.shape[0], t])
             enc.encode(sym, family, freqs)
+            done += len(sym)
+            if progress:
+                progress(done, len(ids))
             return sym
 
         code_batch(model, lengths, bos_id=_bos(tok), code=code)
         words = enc.get_compressed()
         payload.append(struct.pack("<I", len(words)) + words.astype("<u4").tobytes())
-        done += sum(lengths)
-        if progress:
-            progress(done, len(ids))
     head = json.dumps(header, sort_keys=True).encode()
     body = MAGIC + bytes([VERSION]) + struct.pack("<I", len(head)) + head + b"".join(payload)
     return body + struct.pack("<I", zlib.crc32(body))
@@ -214,15 +215,16 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
         rows = np.zeros((len(lengths), lengths[0]), dtype=np.int64)
 
         def code(t, freqs):
+            nonlocal done
             sym = dec.decode(family, freqs)
             rows[:len(sym), t] = sym
+            done += len(sym)
+            if progress:
+                progress(done, header["tokens"])
             return sym
 
         code_batch(model, lengths, bos_id=_bos(tok), code=code)
         out.extend(int(x) for r, ln in enumerate(lengths) for x in rows[r, :ln])
-        done += sum(lengths)
-        if progress:
-            progress(done, header["tokens"])
     data = tok.decode_bytes(out) if out else b""
     if pos != end or len(data) != header["length"] or hashlib.sha256(data).hexdigest() != header["sha256"]:
         raise CodecError("decoding did not reproduce the original (checksum mismatch): the file or the model differs")

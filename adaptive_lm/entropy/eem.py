@@ -111,6 +111,13 @@ class EEM(nn.Module):
         d_dec = cfg.decoder.d_model
         self.d_in = d_dec // 4 if cfg.injection == "concat" else d_dec        # channels the embedding fills
         self.up = nn.Linear(cfg.d_emb, self.d_in)
+        # The backbone's init scale for the bottleneck, and a zero `up`: the EEM starts as the plain
+        # causal decoder (the embedding injects nothing) and learns to use it. (PyTorch's default
+        # init made up(e) ~17x the token embeddings, drowning the tokens in add/concat mode.)
+        nn.init.normal_(self.down.weight, std=0.02)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

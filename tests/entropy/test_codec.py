@@ -66,6 +66,23 @@ def test_decoding_is_independent_of_thread_count(codec_lm):
         torch.set_num_threads(before)
 
 
+def test_decoding_is_independent_of_thread_count_at_a_realistic_width(codec_lm):
+    """d=128, 4 layers, 16 rows per batch: the shapes of the shipped model, 1 thread vs 4."""
+    from adaptive_lm.model import TransformerLM
+    tok = codec_lm[2]
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=4, n_head=4, d_model=128, max_seq_len=64)).eval()
+    data = bytes(np.random.default_rng(1).integers(0, 256, 1500, dtype=np.uint8)) + SAMPLES["text"] * 4
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        blob = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=64, batch=16))
+        torch.set_num_threads(4)
+        assert decompress(blob, model, tok) == data
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_quantize_rows_are_exact_integer_frequencies():
     logits = torch.randn(5, 300) * 8
     logits[0, 3] = 80.0                                         # one token takes nearly all the mass

@@ -64,7 +64,7 @@ def bench_entropy_aware(seed: int, o: EntropyAwareOptions) -> dict:
     if len(ids) < o.train_tokens:
         raise UsageError(f"the corpus has only {len(ids)} tokens; lower train_tokens")
     est = token_entropies(eem, ids, window=window, pad_id=tok.pad_id or 0, batch_size=128,
-                          progress=Meter("estimates", len(ids), True))
+                          progress=Meter("estimates", len(tok.decode_bytes(ids)), True))
     known = [h for h in est if h is not None]
     side = torch.tensor([sum(known) / len(known) if h is None else h for h in est])
     stream = TokenStream(torch.tensor(ids), o.seq_len, side=side)

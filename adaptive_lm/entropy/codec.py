@@ -216,7 +216,10 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
 
         def code(t, freqs):
             nonlocal done
-            sym = dec.decode(family, freqs)
+            try:
+                sym = dec.decode(family, freqs)
+            except Exception as e:                         # the range decoder ran off a damaged payload
+                raise CodecError(f"the payload is corrupted ({type(e).__name__})") from None
             rows[:len(sym), t] = sym
             done += len(sym)
             if progress:

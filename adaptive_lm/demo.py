@@ -81,8 +81,7 @@ CODEC_TEXT = ("\n.. function:: sorted(iterable, /, *, key=None, reverse=False)\n
 
 def compress_section(seed: int) -> dict:
     """The LM compressor round-tripping a text, its bits per byte beside gzip and xz."""
-    import gzip
-    import lzma
+    from .bench.compress import standard_codecs
     from .entropy.codec import compress, decompress, read_header
     from .entropy.runtime import load_codec_model
     model, tok, seq_len = load_codec_model(DEFAULT_CODEC)
@@ -91,8 +90,8 @@ def compress_section(seed: int) -> dict:
     blob = compress(data, model, tok, model_id=DEFAULT_CODEC, meta_seq_len=seq_len)
     back = decompress(blob, model, tok)
     secs = time.perf_counter() - t0
-    bpb = {"lm": 8 * len(blob) / len(data), "gzip -9": 8 * len(gzip.compress(data, 9)) / len(data),
-           "xz -9e": 8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / len(data)}
+    codecs = standard_codecs()
+    bpb = {"lm": 8 * len(blob) / len(data), **{k: 8 * len(codecs[k][0](data)) / len(data) for k in ("gzip -9", "xz -9e")}}
     head = read_header(blob)[1] + 4                                         # header + frame bytes
     print(f"--- {len(data)} bytes -> {len(blob)} bytes ({head} of them header and frame: "
           f"{8 * (len(blob) - head) / len(data):.3f} bits/byte without); round trip exact: {back == data} "

@@ -85,7 +85,7 @@ def bench_eem(seed: int, o: EEMBenchOptions) -> dict:
     rows = []
     m = _train(base, data, "causal baseline")
     r = evaluate_lm(m, data.vx, data.vy, n_bytes=data.n_bytes)
-    rows.append({"model": f"causal-{o.baseline_layers}L", "format": "-", "params": _params(m), "ce": r["loss"],
+    rows.append({"model": f"causal-{o.baseline_layers}L", "format": "-", "params": m.num_params(), "ce": r["loss"],
                  "ce_charged": r["loss"], "bpb": r["bits_per_byte"], "bpb_charged": r["bits_per_byte"]})
     models = {}
     for inj in injections:
@@ -106,9 +106,6 @@ def bench_eem(seed: int, o: EEMBenchOptions) -> dict:
 
 def _eem_row(name: str, model, data, fmt: str) -> dict:
     r = evaluate_eem(model, data.vx, data.vy, n_bytes=data.n_bytes, fmt=fmt)
-    return {"model": name, "format": fmt, "params": _params(model),
+    return {"model": name, "format": fmt, "params": model.num_params(),
             "ce": r["ce"], "ce_charged": r["ce_charged"], "bpb": r["bpb"], "bpb_charged": r["bpb_charged"]}
 
-
-def _params(model) -> int:
-    return sum(p.numel() for p in model.parameters())

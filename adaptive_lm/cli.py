@@ -21,6 +21,7 @@ from .errors import AdaptiveLMError, UsageError
 
 COMMANDS: dict[str, typing.Callable] = {}
 SHORT = {"output": "-o"}            # short spellings of some flags
+OPTIONAL_POSITIONALS = {"puzzle"}   # optional words after the leading positional(s)
 
 
 def command(fn):
@@ -445,6 +446,66 @@ def entropy(file: str, model: str = "builtin:eem-pydocs", short_model: str = "",
 
 
 @command
+def sudoku(action: str, puzzle: str = "", model: str = "builtin:vmd-sudoku", nfe: int = 0, policy: str = "margin",
+           tries: int = 4, seed: int = 0, n: int = 100, generator: str = "A", output: str = "", force: bool = False,
+           json_: bool = False) -> int:
+    """Solve a Sudoku with a masked diffusion model, or write generated puzzles: `sudoku solve PUZZLE`, `sudoku generate -o FILE.csv`.
+
+    Args:
+        action: solve | generate
+        puzzle: solve: 81 characters, row by row, 1-9 for givens and . or 0 for blanks
+        model: solve: a VMD / MDM Sudoku checkpoint (builtin:NAME or folder)
+        nfe: solve: unmasking steps (0 = one cell per step)
+        policy: solve: mask predictor score: top_prob | margin | random
+        tries: solve: attempts (each a fresh latent draw) until a grid passes the validator
+        seed: random seed
+        n: generate: number of puzzles
+        generator: generate: A (the training generator, its test split) | B (the independent one)
+        output: generate: the CSV file (columns puzzle,solution)
+        force: generate: overwrite an existing output
+        json_: solve: print the result as JSON
+    """
+    import torch
+    from .tasks import sudoku as S
+    if action == "generate":
+        from .io import atomic_write_text
+        if not output:
+            raise UsageError("sudoku generate needs -o FILE.csv")
+        if Path(output).exists() and not force:
+            raise UsageError(f"{output} exists: pass --force to overwrite it")
+        if generator not in ("A", "B") or n < 1:
+            raise UsageError("generate needs --generator A or B and --n >= 1")
+        pairs = S.puzzles(n, split="test", seed=seed, generator=generator)
+        atomic_write_text(Path(output), "puzzle,solution\n" + "".join(f"{p},{q}\n" for p, q in pairs))
+        print(f"{n} generator-{generator} puzzles -> {output}")
+        return 0
+    if action != "solve":
+        raise UsageError(f"unknown action {action!r}: use solve or generate")
+    from .checkpoint import from_pretrained
+    from .vmd import model as _vmd_model  # noqa: F401  (registers the VMD architecture)
+    from .vmd.sudoku import solve as solve_grid
+    grid = S.parse(puzzle)
+    exact = S.solve(grid, limit=2)
+    if not exact.solutions:
+        raise UsageError("this puzzle has no solution (its givens admit no valid completion)")
+    net, tok = from_pretrained(model)
+    if getattr(net.config, "features", "") != "sudoku":
+        raise UsageError(f"{model} is not a Sudoku model (expected a VMD / MDM trained by vmd-sudoku or mdm-sudoku)")
+    res = solve_grid(net, tok, grid, nfe=nfe, policy=policy, tries=tries, generator=torch.Generator().manual_seed(seed))
+    if json_:
+        print(json.dumps({"puzzle": grid, "valid": res.valid, "grid": res.grid if res.valid else None,
+                          "tries": res.tries, "nfe": res.nfe, "unique": len(exact.solutions) == 1}))
+    elif res.valid:
+        print(S.pretty(res.grid))
+        print(f"valid solution ({res.tries} attempt(s), {res.nfe} forward passes)"
+              + ("" if len(exact.solutions) == 1 else "; note: this puzzle has more than one solution"))
+    else:
+        print(f"no valid solution in {res.tries} attempt(s): the best grid breaks "
+              f"{S.violations(res.grid, grid)} rule(s); try --tries or --nfe 0", file=sys.stderr)
+    return 0 if res.valid else 1
+
+
+@command
 def recipes(name: str = "") -> int:
     """List the training recipes, or every key of one recipe.
 
@@ -510,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                     sp.add_argument(flag, dest=pname, nargs="*", default=list(par.default), help=h)
             elif par.default is inspect.Parameter.empty:
                 sp.add_argument(pname, type=typ, help=h)
-            elif pos == 0 and typ is str:   # an optional leading positional: `generate [MODEL]`
+            elif (pos == 0 or pname in OPTIONAL_POSITIONALS) and typ is str:   # `generate [MODEL]`, `sudoku solve [PUZZLE]`
                 sp.add_argument(pname, nargs="?", default=par.default, help=h)
             elif typ is bool:
                 sp.add_argument(flag, dest=pname, action="store_true", help=h)

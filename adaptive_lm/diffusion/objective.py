@@ -85,13 +85,21 @@ def mdm_loss(model, batch: dict, *, mask_id: int) -> tuple[torch.Tensor, dict]:
         maskable = maskable & ~batch["prompt_mask"].bool()
     xt, masked = apply_mask(x0, maskable, t, u, mask_id)
     logits = model(xt, attention_mask=attn).logits                      # (B, L, V)
+    weighted, mets = masked_ce(logits, x0, masked, t)
+    loss = (weighted / maskable.sum(1).clamp(min=1)).mean()
+    return loss, {"loss": loss.detach(), **mets}
+
+
+def masked_ce(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: torch.Tensor):
+    """The ELBO's data term per sequence: sum over masked positions of -log p(x0^i | x_t) / t
+    (LLaDA eq. 3 before the 1/L). logits (B, L, V), x0 (B, L), masked (B, L) bool, t (B,).
+    Returns (B,) and the monitoring metrics masked_acc, masked_ce (unweighted, per masked token)."""
     ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten(), reduction="none").view_as(x0)
-    per_seq = (ce * masked / t[:, None]).sum(1) / maskable.sum(1).clamp(min=1)   # (B,)
-    loss = per_seq.mean()
+    weighted = (ce * masked / t[:, None]).sum(1)                          # (B,)
     with torch.no_grad():
         n = masked.sum().clamp(min=1)
         acc = ((logits.argmax(-1) == x0) & masked).sum() / n
-    return loss, {"loss": loss.detach(), "masked_acc": acc, "masked_ce": (ce * masked).sum().detach() / n}
+    return weighted, {"masked_acc": acc, "masked_ce": (ce * masked).sum().detach() / n}
 
 
 @torch.no_grad()

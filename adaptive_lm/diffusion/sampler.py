@@ -62,6 +62,8 @@ class Row:
     hit_max: bool = False
     trace: Optional[list] = None          # per step: canvas, committed, inserted (on request)
     generator: Optional[torch.Generator] = None   # this sequence's own randomness
+    latent: Optional[torch.Tensor] = None # the conditioner's current vector for this row (VMD's z)
+    latent_key: int = -1                  # what the latent was drawn for (the conditioner's bookkeeping)
 
 
 @dataclass
@@ -187,9 +189,11 @@ class DiffusionOutput:
 
 
 def model_logits_fn(model) -> Callable:
-    """Our TransformerLM (or any model returning an object with .logits) as a logits_fn."""
-    def fn(input_ids, attention_mask):
-        out = model(input_ids, attention_mask=attention_mask)
+    """Our TransformerLM, a VMD (or any model returning logits or an object with .logits) as a
+    logits_fn; ``cond`` (B, C) is passed on only when a conditioner supplies one."""
+    def fn(input_ids, attention_mask, cond=None):
+        kw = {} if cond is None else {"cond": cond}
+        out = model(input_ids, attention_mask=attention_mask, **kw)
         return out.logits if hasattr(out, "logits") else out
     return fn
 
@@ -207,32 +211,44 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: Optional[
 def denoise(logits_fn: Callable, prompts: list[list[int]], *, policy: Policy, ids: SpecialIds,
             temperature: float = 0.0, remasking: str = "low_confidence", cfg_scale: float = 0.0,
             generator: Optional[torch.Generator] = None, trace: bool = False, max_steps: int = 100_000,
-            max_seq_len: Optional[int] = None, device=None) -> DiffusionOutput:
+            max_seq_len: Optional[int] = None, device=None, canvases: Optional[list] = None,
+            conditioner: Optional[Callable] = None) -> DiffusionOutput:
     """Run the policy to completion on every prompt (see the module docstring).
 
-    Randomness (temperature > 0, random remasking) comes from one generator per sequence, seeded
-    from ``generator``, so a sequence's result does not depend on its batch-mates.
+    Randomness (temperature > 0, random remasking, the conditioner's draws) comes from one generator
+    per sequence, seeded from ``generator``, so a sequence's result does not depend on its batch-mates.
     ``max_seq_len``: the model's context; prompt + the largest canvas must fit (checked up front).
+    ``remasking`` — the mask predictor's score of a masked position: ``low_confidence`` (top prob:
+    the prediction's probability), ``margin`` (top-1 minus top-2 probability) or ``random``.
+    ``canvases``: a starting canvas per prompt ((L,) ids, ``ids.mask`` where undecided; L must be the
+    policy's initial length) — e.g. a Sudoku's givens; prompts may then be empty.
+    ``conditioner(row) -> (C,)``: a conditioning vector per row and step, handed to
+    ``logits_fn(x, attention_mask, cond (B, C))`` — VMD's latent z (vmd/sample.py).
     """
     ids.check()
-    if remasking not in ("low_confidence", "random"):
-        raise UsageError(f"remasking must be low_confidence or random, not {remasking!r}")
+    if remasking not in REMASKING:
+        raise UsageError(f"remasking must be one of {', '.join(REMASKING)}, not {remasking!r}")
     if remasking == "random" and policy.thresholded:
         raise UsageError(f"{type(policy).__name__} decides from confidence thresholds; use remasking=low_confidence")
-    if not prompts or any(len(p) == 0 for p in prompts):
+    if not prompts or (canvases is None and any(len(p) == 0 for p in prompts)):
         raise UsageError("every prompt needs at least one token")
     L0 = policy.initial_length()
+    if canvases is not None and (len(canvases) != len(prompts) or any(len(c) != L0 for c in canvases)):
+        raise UsageError(f"give one starting canvas of {L0} positions per prompt")
     if policy.max_length is not None and L0 > policy.max_length:
         raise UsageError(f"initial length {L0} exceeds the maximum length {policy.max_length}")
     longest = max(len(p) for p in prompts) + max(L0, policy.max_length or 0)
     if max_seq_len is not None and longest > max_seq_len:
         raise UsageError(f"prompt + canvas ({longest} tokens) exceeds the model's {max_seq_len}-token context")
     seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator).tolist()
-    rows = [Row(list(p), torch.full((L0,), ids.mask, dtype=torch.long), trace=[] if trace else None,
-                generator=torch.Generator().manual_seed(sd)) for p, sd in zip(prompts, seeds)]
+    start = canvases or [torch.full((L0,), ids.mask, dtype=torch.long)] * len(prompts)
+    rows = [Row(list(p), torch.as_tensor(c, dtype=torch.long).clone(), trace=[] if trace else None,
+                generator=torch.Generator().manual_seed(sd)) for p, c, sd in zip(prompts, start, seeds)]
+    for r in rows:
+        advance(r, ids, policy.block_length)          # a given canvas may have whole blocks decided
 
     def predict(batch_rows: list[Row]) -> list[Prediction]:
-        return _predict(logits_fn, batch_rows, ids, temperature, remasking, cfg_scale, device)
+        return _predict(logits_fn, batch_rows, ids, temperature, remasking, cfg_scale, device, conditioner)
 
     policy.prepare(rows, predict, ids)
     for _ in range(max_steps):
@@ -246,12 +262,15 @@ def denoise(logits_fn: Callable, prompts: list[list[int]], *, policy: Policy, id
     return _finish(rows, ids)
 
 
-def _logits(logits_fn, x, am, device) -> torch.Tensor:
-    out = logits_fn(x.to(device), am.to(device))
+REMASKING = ("low_confidence", "margin", "random")
+
+
+def _logits(logits_fn, x, am, device, cond=None) -> torch.Tensor:
+    out = logits_fn(x.to(device), am.to(device)) if cond is None else logits_fn(x.to(device), am.to(device), cond.to(device))
     return getattr(out, "logits", out)                  # Hugging Face outputs carry .logits
 
 
-def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, device) -> list[Prediction]:
+def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, device, conditioner=None) -> list[Prediction]:
     """One batched forward pass over the rows' canvases (left padded) -> a Prediction per row.
     Softmax, argmax and confidences are computed where the logits are; only (B, T) tensors move."""
     seqs = [r.prompt + r.canvas.tolist() for r in rows]
@@ -265,16 +284,22 @@ def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, device) ->
         xu = x.clone()
         for i, r in enumerate(rows):
             xu[i, T - len(seqs[i]):T - len(seqs[i]) + len(r.prompt)] = ids.mask
-        cond, unc = _logits(logits_fn, torch.cat([x, xu]), torch.cat([am, am]), device).float().chunk(2)
+        c = None if conditioner is None else torch.stack([conditioner(r) for r in rows])
+        cond, unc = _logits(logits_fn, torch.cat([x, xu]), torch.cat([am, am]), device,
+                            None if c is None else torch.cat([c, c])).float().chunk(2)
         logits = unc + (cfg_scale + 1) * (cond - unc)
     else:
-        logits = _logits(logits_fn, x, am, device).float()                      # (B, T, V)
+        c = None if conditioner is None else torch.stack([conditioner(r) for r in rows])   # (B, C)
+        logits = _logits(logits_fn, x, am, device, c).float()                   # (B, T, V)
     V = logits.shape[-1]
     if max(ids.mask, ids.eos, ids.pad) >= V:
         raise UsageError(f"special ids (mask {ids.mask}, eos {ids.eos}, pad {ids.pad}) outside the model's vocabulary of {V}")
     logits[..., ids.mask] = -float("inf")        # [MASK] is never a prediction (MDLM's zero-masking)
     probs = logits.softmax(-1)
     p_arg, arg = (t.cpu() for t in probs.max(-1))                              # (B, T)
+    if remasking == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        gap = (top2[..., 0] - top2[..., 1]).cpu()                            # (B, T) top-prob margin
     p_eos = probs[..., ids.eos].cpu()
     out = []
     for i, r in enumerate(rows):
@@ -288,6 +313,8 @@ def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, device) ->
         x0 = torch.where(masked, x0, r.canvas)
         if remasking == "random":
             conf = torch.rand(L, generator=r.generator, dtype=torch.float64)
+        elif remasking == "margin":
+            conf = gap[i, T - L:].double()
         elif temperature > 0:
             conf = probs[i, T - L:].gather(-1, x0.to(probs.device)[:, None]).squeeze(1).double().cpu()
         else:

@@ -132,4 +132,4 @@ def describe(r: Recipe) -> str:
     return "\n".join(lines)
 
 
-from . import eem as _eem, lm as _lm, mdlm as _mdlm  # noqa: E402,F401  (each module registers its recipes)
+from . import eem as _eem, lm as _lm, mdlm as _mdlm, vmd as _vmd  # noqa: E402,F401  (each module registers its recipes)

@@ -14,6 +14,7 @@ and raises CheckpointError with one clear sentence for a missing or corrupt fold
 """
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Callable, Optional
@@ -32,8 +33,11 @@ WEIGHTS = "model.safetensors"
 BUILTIN_DIR = Path(__file__).parent / "checkpoints"
 BUILTIN_PREFIX = "builtin:"
 
-# architecture name -> (config class, model class); later issues register theirs (e.g. the EEM).
+# architecture name -> (config class, model class); method modules register theirs on import.
 ARCHITECTURES: dict[str, tuple[type, type]] = {"TransformerLM": (ModelConfig, TransformerLM)}
+# where a method's architecture registers itself: imported on first use, so a checkpoint loads
+# without the caller importing the method first (names only: core imports nothing above it)
+REGISTERED_BY = {"EEM": "adaptive_lm.entropy.eem", "VMD": "adaptive_lm.vmd.model"}
 
 
 def builtin_names() -> list[str]:
@@ -139,6 +143,8 @@ def from_pretrained(path_or_name, *, device="cpu", with_tokenizer: bool = True):
     folder = resolve(path_or_name)
     cfg = read_config(folder)
     arch = cfg.get("architecture", "TransformerLM")
+    if arch not in ARCHITECTURES and arch in REGISTERED_BY:
+        importlib.import_module(REGISTERED_BY[arch])
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{folder}: unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
     config_cls, model_cls = ARCHITECTURES[arch]

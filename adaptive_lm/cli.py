@@ -447,8 +447,8 @@ def entropy(file: str, model: str = "builtin:eem-pydocs", short_model: str = "",
 
 @command
 def sudoku(action: str, puzzle: str = "", model: str = "builtin:vmd-sudoku", nfe: int = 0, policy: str = "margin",
-           tries: int = 4, seed: int = 0, n: int = 100, generator: str = "A", output: str = "", force: bool = False,
-           json_: bool = False) -> int:
+           tries: int = 4, seed: int = 0, n: int = 100, generator: str = "A", level: str = "easy", blanks: int = 54,
+           output: str = "", force: bool = False, json_: bool = False) -> int:
     """Solve a Sudoku with a masked diffusion model, or write generated puzzles: `sudoku solve PUZZLE`, `sudoku generate -o FILE.csv`.
 
     Args:
@@ -461,6 +461,8 @@ def sudoku(action: str, puzzle: str = "", model: str = "builtin:vmd-sudoku", nfe
         seed: random seed
         n: generate: number of puzzles
         generator: generate: A (the training generator, its test split) | B (the independent one)
+        level: generate: easy (naked + hidden singles solve it) | hard (unique, may need search)
+        blanks: generate: blanks to aim for (fewer when the class cannot keep more)
         output: generate: the CSV file (columns puzzle,solution)
         force: generate: overwrite an existing output
         json_: solve: print the result as JSON
@@ -473,16 +475,19 @@ def sudoku(action: str, puzzle: str = "", model: str = "builtin:vmd-sudoku", nfe
             raise UsageError("sudoku generate needs -o FILE.csv")
         if Path(output).exists() and not force:
             raise UsageError(f"{output} exists: pass --force to overwrite it")
-        if generator not in ("A", "B") or n < 1:
-            raise UsageError("generate needs --generator A or B and --n >= 1")
-        pairs = S.puzzles(n, split="test", seed=seed, generator=generator)
-        atomic_write_text(Path(output), "puzzle,solution\n" + "".join(f"{p},{q}\n" for p, q in pairs))
-        print(f"{n} generator-{generator} puzzles -> {output}")
+        if n < 1 or not 17 <= blanks <= 64:
+            raise UsageError("generate needs --n >= 1 and 17 <= --blanks <= 64")
+        pairs = S.puzzles(n, split="test", seed=seed, generator=generator, level=level, blanks=blanks)
+        lines = ["puzzle,solution,blanks,singles,guesses"]
+        for p, q in pairs:
+            d = S.difficulty(p)
+            lines.append(f"{p},{q},{d['blanks']},{int(d['singles'])},{d['guesses']}")
+        atomic_write_text(Path(output), "\n".join(lines) + "\n")
+        print(f"{n} generator-{generator} {level} puzzles -> {output}")
         return 0
     if action != "solve":
         raise UsageError(f"unknown action {action!r}: use solve or generate")
     from .checkpoint import from_pretrained
-    from .vmd import model as _vmd_model  # noqa: F401  (registers the VMD architecture)
     from .vmd.sudoku import solve as solve_grid
     grid = S.parse(puzzle)
     exact = S.solve(grid, limit=2)

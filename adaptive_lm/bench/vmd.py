@@ -91,6 +91,7 @@ class VMDSudokuOptions:
     generator: str = "A"                       # A (the training generator, test split) | B (independent)
     n: int = 500                               # generated puzzles
     blanks: int = 54                           # blanks of generated puzzles
+    level: str = "easy"                        # generated puzzles: easy (singles solve them, the training class) | hard
     policies: str = "top_prob,margin"          # mask predictor scores
     nfes: str = "5,10,20"                      # unmasking steps
     redraw: bool = False                       # VMD: a fresh z before every step
@@ -102,11 +103,9 @@ def bench_vmd_sudoku(seed: int, o: VMDSudokuOptions) -> dict:
     if o.puzzles:
         pairs, source = S.read_csv(o.puzzles), o.puzzles
     else:
-        if o.generator not in ("A", "B"):
-            raise UsageError(f"generator must be A or B, not {o.generator!r}")
         print(f"[bench] generating {o.n} generator-{o.generator} puzzles", file=sys.stderr)
-        pairs = S.puzzles(o.n, split="test", seed=10_000 + seed, blanks=o.blanks, generator=o.generator)
-        source = f"generator {o.generator}" + (" (test split)" if o.generator == "A" else "")
+        pairs = S.puzzles(o.n, split="test", seed=10_000 + seed, blanks=o.blanks, generator=o.generator, level=o.level)
+        source = f"generator {o.generator}, {o.level}" + (" (test split)" if o.generator == "A" else "")
     policies = [p.strip() for p in o.policies.split(",") if p.strip()]
     nfes = [int(n) for n in o.nfes.split(",") if n.strip()]
     rows = []

@@ -10,13 +10,17 @@ recipes, ``bench vmd-sudoku`` and ``adaptive-lm sudoku solve`` build on it (brie
   calls an easy puzzle); a puzzle it completes has a unique solution.
 - ``generate(seed)`` — generator A: a random full grid (randomised DFS), then cells removed in a
   random order as long as singles still solve the puzzle, down to ``blanks`` blanks (or as far as
-  it goes). Deterministic from the seed.
+  it goes). Deterministic from the seed. ``level="hard"`` keeps only uniqueness instead, so the
+  puzzles may need search (``difficulty`` says how much).
 - ``generate_symmetric(seed)`` — generator B, independent of A in every step: a full grid made
   by shuffling a canonical pattern and then mixing it with random row-swaps of digit pairs
   ("digit swap chains"), blanks removed in 180°-rotation-symmetric pairs, DFS-checked uniqueness.
   Used for the "independent generator of the same class" rows of ``bench vmd-sudoku``.
-- Splits are disjoint by construction: a puzzle's split is decided by a hash of its solution's
-  canonical form, so augmented copies of one solution never cross splits.
+- Splits of generator A are disjoint by construction: a puzzle's split is decided by a hash of its
+  solution (up to digit relabelling). Training rows are augmented copies of train-split puzzles;
+  such a copy could equal a test puzzle only by an astronomically unlikely coincidence (the
+  augmentation group is ~1.2e12 maps, there are ~5.5e9 essentially different grids). Generator B
+  has no splits: it never feeds training, only evaluation.
 """
 from __future__ import annotations
 
@@ -202,9 +206,22 @@ def random_full_grid(rng: random.Random) -> str:
     return solve("." * 81, limit=1, rng=rng).solutions[0]
 
 
-def generate(seed: int, blanks: int = 54) -> tuple[str, str]:
-    """Generator A: (puzzle, solution); removal in random order while singles still solve it."""
-    rng = random.Random(f"A{seed}")
+LEVELS = ("easy", "hard")
+
+
+def keeps_class(grid: str, level: str) -> bool:
+    """easy: naked + hidden singles solve it (so the solution is unique); hard: the solution is
+    unique, whatever technique it takes."""
+    if level == "easy":
+        return singles_solve(grid) is not None
+    if level == "hard":
+        return len(solve(grid, limit=2).solutions) == 1
+    raise SudokuError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+
+
+def generate(seed: int, blanks: int = 54, level: str = "easy") -> tuple[str, str]:
+    """Generator A: (puzzle, solution); removal in random order while the puzzle keeps its class."""
+    rng = random.Random(f"A{seed}" if level == "easy" else f"A{level}{seed}")
     sol = random_full_grid(rng)
     cells = list(sol)
     for i in rng.sample(range(81), 81):
@@ -212,7 +229,7 @@ def generate(seed: int, blanks: int = 54) -> tuple[str, str]:
             break
         keep = cells[i]
         cells[i] = "."
-        if singles_solve("".join(cells)) is None:
+        if not keeps_class("".join(cells), level):
             cells[i] = keep
     return "".join(cells), sol
 
@@ -243,21 +260,23 @@ def _pattern_grid(rng: random.Random) -> list[int]:
     return g
 
 
-def generate_symmetric(seed: int, blanks: int = 54) -> tuple[str, str]:
+def generate_symmetric(seed: int, blanks: int = 54, level: str = "easy") -> tuple[str, str]:
     """Generator B: (puzzle, solution); 180°-symmetric removal with a DFS uniqueness check, kept
-    only while singles solve the puzzle (the same difficulty class as generator A)."""
-    rng = random.Random(f"B{seed}")
+    only while the puzzle keeps its class (easy: singles solve it — generator A's class)."""
+    rng = random.Random(f"B{seed}" if level == "easy" else f"B{level}{seed}")
     sol = _grid(_pattern_grid(rng))
     cells = list(sol)
     for i in rng.sample(range(41), 41):
         if cells.count(".") >= blanks:
             break
         pair = {i, 80 - i}
+        if cells.count(".") + len(pair) > blanks:
+            continue
         keep = {j: cells[j] for j in pair}
         for j in pair:
             cells[j] = "."
         trial = "".join(cells)
-        if len(solve(trial, limit=2).solutions) != 1 or singles_solve(trial) is None:
+        if len(solve(trial, limit=2).solutions) != 1 or not keeps_class(trial, level):
             for j, v in keep.items():
                 cells[j] = v
     return "".join(cells), sol
@@ -282,12 +301,15 @@ def split_of(solution: str, test_share: float = 0.5) -> str:
 
 
 def puzzles(n: int, *, split: str, seed: int = 0, blanks: int = 54, generator: str = "A",
-            test_share: float = 0.5) -> list[tuple[str, str]]:
-    """n (puzzle, solution) pairs of a split from generator A or B, deterministic from the seed."""
+            test_share: float = 0.5, level: str = "easy") -> list[tuple[str, str]]:
+    """n (puzzle, solution) pairs from generator A (of the given split) or B (no splits: ``split``
+    is ignored), deterministic from the seed."""
+    if generator not in ("A", "B"):
+        raise SudokuError(f"generator must be A or B, not {generator!r}")
     gen = {"A": generate, "B": generate_symmetric}[generator]
     out, k = [], 0
     while len(out) < n:
-        p, s = gen(seed * 1_000_003 + k, blanks)
+        p, s = gen(seed * 1_000_003 + k, blanks, level)
         k += 1
         if generator == "B" or split_of(s, test_share) == split:
             out.append((p, s))
@@ -319,7 +341,8 @@ def read_csv(path) -> list[tuple[str, str]]:
         if not reader.fieldnames or not {"puzzle", "solution"} <= set(reader.fieldnames):
             raise SudokuError(f"{path}: expected a header with columns puzzle,solution")
         rows = []
-        for n, r in enumerate(reader, start=2):
+        for r in reader:
+            n = reader.line_num
             try:
                 puz, sol = parse(r["puzzle"] or ""), parse(r["solution"] or "")
             except SudokuError as e:

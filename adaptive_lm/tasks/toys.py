@@ -6,7 +6,7 @@ Sequences of digits 0..9 (token strings "0".."9"):
 - ``D1``          four tokens (k, k+1, k+2, k+3) mod 10, uniform over the 10;
 - ``D2``          four tokens (k, k+1, l, l+1) mod 10, uniform over the 100.
 An MDM that commits every token in one step samples the product of the marginals (uniform
-digits), so it lands in the support with probability 10 / 10^L; a model of the joint always does.
+digits), so it lands in the support with probability |support| / 10^L; a model of the joint always does.
 
 Metrics from samples: accuracy (share inside the support) and KL(data || model), the model's joint
 estimated from the N samples with ONE pseudo-sample spread evenly over all K = 10^L sequences (so a

@@ -178,13 +178,15 @@ def bench_vmd_text(seed: int, o: VMDTextOptions) -> dict:
     from ..data import read_text
     train_text, test_text = read_text(o.corpus, "train", data_dir_flag=dd), read_text(o.corpus, "test", data_dir_flag=dd)
     test = text_windows(tok, test_text, o.seq_len, o.test_windows)
+    sizes = [int(b) for b in o.blocks.split(",") if b.strip()]
+    bad = [b for b in sizes if b < 0 or (b and o.seq_len % b)]
+    if bad:
+        raise UsageError(f"block sizes {bad} must divide seq_len {o.seq_len} (0 = no blocks)")
     rows = []
     ar = _ar_text(tok, TokenStream(torch.tensor(tok.encode(train_text)), o.seq_len - 1), o, seed, test)
     rows.append({"model": "AR", "blocks": "-", "bpc": ar / math.log(2), "bound": "exact"})
     print(f"[bench] {rows[-1]}", file=sys.stderr)
-    for bs in [int(b) for b in o.blocks.split(",") if b.strip()]:
-        if bs and o.seq_len % bs:
-            raise UsageError(f"block size {bs} must divide seq_len {o.seq_len}")
+    for bs in sizes:
         for name, lat in (("mdm", 0), ("vmd", o.latent_dim)):
             over = [f"data.block_size={bs}", f"data.latent_dim={lat}", f"data.seq_len={o.seq_len}",
                     f"data.corpus={o.corpus}", f"train.steps={o.steps}", f"train.batch_size={o.batch_size}",

@@ -1,0 +1,117 @@
+"""`adaptive-lm sudoku`, `train vmd-*` and the three VMD benches on tiny settings: exit codes, one-line
+errors, no grid presented unless valid, every bench row present and the JSON written."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from adaptive_lm.checkpoint import save_pretrained
+from adaptive_lm.cli import main
+from adaptive_lm.model import ModelConfig
+from adaptive_lm.tasks import sudoku as S
+from adaptive_lm.tokenizer import CharTokenizer
+from adaptive_lm.vmd.model import VMD, VMDConfig
+
+from ..conftest import TEXT
+
+
+@pytest.fixture(scope="module")
+def sudoku_ckpts(tmp_path_factory):
+    """An untrained VMD and MDM with the Sudoku features, saved as checkpoints."""
+    root = tmp_path_factory.mktemp("sudoku")
+    base = ModelConfig(vocab_size=13, n_layer=1, n_head=2, d_model=32, max_seq_len=81, causal=False, positions="learned")
+    out = {}
+    for name, lat in (("mdm", 0), ("vmd", 4)):
+        torch.manual_seed(0)
+        m = VMD(VMDConfig(denoiser=dataclasses.replace(base), latent_dim=lat, enc_layers=1, features="sudoku"))
+        save_pretrained(root / name, m, CharTokenizer(S.DIGITS), meta={"family": "vmd"})
+        out[name] = str(root / name)
+    return out
+
+
+@pytest.mark.parametrize("puzzle,fragment", [
+    ("123", "81 cells"),
+    ("x" + "." * 80, "illegal character"),
+    ("11" + "." * 79, "contradictory givens"),
+    ("12345678." + "." * 8 + "9" + "." * 63, "no solution"),
+])
+def test_sudoku_solve_bad_puzzles(puzzle, fragment, sudoku_ckpts, capsys):
+    assert main(["sudoku", "solve", puzzle, "--model", sudoku_ckpts["vmd"]]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_sudoku_solve_never_presents_an_invalid_grid(sudoku_ckpts, capsys):
+    puzzle, _ = S.generate(7)
+    rc = main(["sudoku", "solve", puzzle, "--model", sudoku_ckpts["vmd"], "--tries", "2", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == (0 if res["valid"] else 1)
+    if res["valid"]:
+        assert S.is_solution(res["grid"], puzzle)
+    else:
+        assert res["grid"] is None
+
+
+def test_sudoku_solve_complete_grid_and_wrong_model(sudoku_ckpts, capsys):
+    _, sol = S.generate(7)
+    assert main(["sudoku", "solve", sol, "--model", sudoku_ckpts["mdm"]]) == 0
+    assert "valid solution" in capsys.readouterr().out
+    assert main(["sudoku", "solve", sol, "--model", "builtin:shakespeare-char"]) == 2
+    assert "not a Sudoku model" in capsys.readouterr().err
+
+
+def test_sudoku_generate_csv(tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    assert main(["sudoku", "generate", "--n", "2", "--generator", "B", "-o", str(out)]) == 0
+    pairs = S.read_csv(out)
+    assert len(pairs) == 2 and all(S.is_solution(s, p) for p, s in pairs)
+    assert out.read_text().splitlines()[0] == "puzzle,solution,blanks,singles,guesses"
+    before = out.read_text()
+    assert main(["sudoku", "generate", "--n", "1", "-o", str(out)]) == 2     # no overwrite without --force
+    assert out.read_text() == before and "exists" in capsys.readouterr().err
+    assert main(["sudoku", "frobnicate"]) == 2
+
+
+def test_bench_vmd_sudoku_rows(sudoku_ckpts, tmp_path, capsys):
+    csv = tmp_path / "p.csv"
+    assert main(["sudoku", "generate", "--n", "3", "-o", str(csv)]) == 0
+    out = tmp_path / "s.json"
+    argv = ["bench", "vmd-sudoku", f"mdm={sudoku_ckpts['mdm']}", f"vmd={sudoku_ckpts['vmd']}", f"puzzles={csv}",
+            "nfes=5,10", "policies=top_prob,margin", "--json", str(out)]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert [(r["model"], r["policy"], r["nfe"]) for r in res["rows"]] == [
+        (m, p, n) for m in ("MDM", "VMD") for p in ("top_prob", "margin") for n in (5, 10)]
+    assert all(0 <= r["acc"] <= 1 and 0 <= r["violations"] <= 1 and r["acc"] + r["violations"] <= 1 for r in res["rows"])
+    assert res["puzzles"] == 3
+
+
+def test_bench_vmd_toy_rows(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main(["bench", "vmd-toy", "datasets=pair,D1", "blocks=2", "steps=2", "samples=50", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    # the 2-token set has no B = 2 setting; D1 at B = 2 runs NFE 4 and 2 for both models
+    assert [(r["model"], r["dataset"], r["blocks"], r["nfe"]) for r in rows] == [
+        ("MDM", "D1", 2, 4), ("MDM", "D1", 2, 2), ("VMD", "D1", 2, 4), ("VMD", "D1", 2, 2)]
+    assert all(0 <= r["acc"] <= 1 and r["kl"] >= 0 for r in rows)
+    assert main(["bench", "vmd-toy", "datasets=D7"]) == 2
+
+
+def test_bench_vmd_text_rows(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT * 3)
+    out = tmp_path / "x.json"
+    argv = ["bench", "vmd-text", f"corpus={corpus}", "seq_len=16", "blocks=0,4", "steps=2", "batch_size=4",
+            "test_windows=4", "mc_samples=1", "--json", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["AR", "MDM", "VMD", "block MDM", "block VMD"]
+    assert all(r["bpc"] > 0 for r in rows)
+    assert main(argv[:-2] + ["blocks=5"]) == 2                       # 5 does not divide 16
+
+
+def test_train_tiny_vmd_recipe(tmp_path, capsys):
+    assert main(["train", "tiny-vmd-test", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_acc" in r for r in lines) and any("kl" in r for r in lines)

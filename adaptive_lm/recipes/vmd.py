@@ -49,6 +49,7 @@ class VMDSpec:
     block_size: int = 0           # tokens per block; 0 = one block
     free_bits: float = 0.0        # KL free bits per latent dimension (nats)
     beta_warmup: int = 1000       # steps over which beta rises linearly 0 -> 1
+    weighting: str = "elbo"       # data term per masked token: elbo (1/t, MDLM) | step (1: the per-step bound, vmd/objective.py)
     stratified: bool = True       # low-discrepancy noise levels across the batch
     pool: int = 600               # sudoku: distinct training puzzles (each augmented on the fly)
     blanks: int = 54              # sudoku: blanks per generated puzzle
@@ -79,6 +80,10 @@ def noised_batch(x0: torch.Tensor, *, cfg: VMDConfig, spec: VMDSpec, step: int, 
     block = torch.randint(0, cfg.n_blocks(L), (B,), generator=generator)
     beta = min(1.0, step / spec.beta_warmup) if spec.beta_warmup else 1.0
     out = {"input_ids": x0, "t": t, "u": u, "block": block, "beta": torch.full((B,), beta)}
+    if spec.weighting == "step":
+        out["weight_t"] = torch.ones(B)
+    elif spec.weighting != "elbo":
+        raise UsageError(f"data.weighting must be elbo or step, not {spec.weighting!r}")
     if cfg.latent_dim:
         out["eps"] = torch.randn(B, cfg.latent_dim, generator=generator)
     return out
@@ -228,7 +233,7 @@ for _name, _lat in (("vmd", 8), ("mdm", 0)):
         build=build_vmd, name=f"{_name}-sudoku",
         description=f"{_name.upper()} Sudoku solver (5 layers, d=128, row/column/box features), generator-A puzzles",
         model=_SUDOKU_MODEL, train=_SUDOKU_TRAIN,
-        data=VMDSpec(task="sudoku", latent_dim=2 * _lat, beta_warmup=1000),
+        data=VMDSpec(task="sudoku", latent_dim=2 * _lat, beta_warmup=1000, weighting="step"),
         budget="<= 60 minutes on 2 CPU cores"))
     register(Recipe(
         build=build_vmd, name=f"{_name}-text",

@@ -111,6 +111,8 @@ class VMD(nn.Module):
         self.denoiser = TransformerLM(cfg.denoiser)
         tab = feature_table(cfg.features)
         self.register_buffer("features", tab if tab is not None else torch.zeros(0, 0), persistent=False)
+        if cfg.n_features:      # the feature columns start as embedding tables (std 0.02), not as zeros
+            nn.init.normal_(self.denoiser.cond_proj.weight[:, :cfg.n_features], std=0.02)
         self.encoder = self.posterior = None
         if cfg.latent_dim:
             enc = ModelConfig.from_dict({**cfg.denoiser.to_dict(), "n_layer": cfg.enc_layers,

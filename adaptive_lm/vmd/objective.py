@@ -10,6 +10,13 @@ optional free bits (each latent dimension's KL counted as at least ``free_bits``
 term is the masked-diffusion ELBO term of diffusion/objective.py (``masked_ce``), so with
 ``latent_dim = 0`` this is exactly the MDM (block-MDM) loss.
 
+Weighting (the batch's ``weight_t``, (B,)): ``t`` gives the 1/t weights above (MDLM / LLaDA: with
+beta = 1, the continuous-time ELBO's integrand); ones give the per-step bound
+    -log p(x0^masked | x_t) <= E_q[ sum_{i masked} -log p(x0^i | x_t, z) ] + KL(q(z | x0, x_t) || p(z)),
+which holds for every x_t with q seeing x_t — the bound of one parallel decoding step from x_t,
+the VMD situation exactly — and whose gradients are not dominated by the few cells of low-t rows
+(the Sudoku recipes use it; see docs/benchmarks.md).
+
 Evaluation (``elbo``) reports an upper bound on -log p(x0) that holds for the model the sampler
 runs — z drawn ONCE per block from the prior: -log p(x_b | x_<b) <= E_r[ MDM bound(x_b | z) ] +
 KL(r || p) for any r that depends on x0 alone. We take r = q(z | x0, block b fully masked). (The
@@ -49,8 +56,9 @@ def block_span(model: VMD, L: int, b: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def vmd_loss(model: VMD, batch: dict, *, mask_id: int) -> tuple[torch.Tensor, dict]:
-    """batch: input_ids (B, L); t (B,); u (B, L) (masked where u < t); block (B,) long; beta ();
-    eps (B, D) standard normal draws for z (absent when latent_dim = 0). Module docstring."""
+    """batch: input_ids (B, L); t (B,); u (B, L) (masked where u < t); block (B,) long; beta (B,);
+    eps (B, D) standard normal draws for z (absent when latent_dim = 0); optional weight_t (B,),
+    the divisor of each row's data term (default t). Module docstring."""
     x0, t, u = batch["input_ids"], batch["t"], batch["u"]
     B, L = x0.shape
     cfg = model.config
@@ -65,7 +73,7 @@ def vmd_loss(model: VMD, batch: dict, *, mask_id: int) -> tuple[torch.Tensor, di
         kl = kl_d.sum(-1)
         kl_train = kl_d.clamp(min=cfg.free_bits).sum(-1) if cfg.free_bits else kl
     logits = model.denoise(xt, z)                                             # (B, L, V)
-    weighted, mets = masked_ce(logits, x0, masked, t)
+    weighted, mets = masked_ce(logits, x0, masked, batch.get("weight_t", t))
     scale = cfg.n_blocks(L) / L
     loss = (scale * (weighted + batch["beta"] * kl_train)).mean()
     bound = (scale * (weighted + kl)).mean()

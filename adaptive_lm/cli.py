@@ -446,7 +446,7 @@ def entropy(file: str, model: str = "builtin:eem-pydocs", short_model: str = "",
 
 
 @command
-def sudoku(action: str, puzzle: str = "", model: str = "builtin:vmd-sudoku", nfe: int = 0, policy: str = "margin",
+def sudoku(action: str, puzzle: str = "", model: str = "builtin:mdm-sudoku", nfe: int = 0, policy: str = "margin",
            tries: int = 4, seed: int = 0, n: int = 100, generator: str = "A", level: str = "easy", blanks: int = 54,
            output: str = "", force: bool = False, json_: bool = False) -> int:
     """Solve a Sudoku with a masked diffusion model, or write generated puzzles: `sudoku solve PUZZLE`, `sudoku generate -o FILE.csv`.
@@ -454,7 +454,7 @@ def sudoku(action: str, puzzle: str = "", model: str = "builtin:vmd-sudoku", nfe
     Args:
         action: solve | generate
         puzzle: solve: 81 characters, row by row, 1-9 for givens and . or 0 for blanks
-        model: solve: a VMD / MDM Sudoku checkpoint (builtin:NAME or folder)
+        model: solve: a VMD / MDM Sudoku checkpoint (builtin:NAME or folder); the MDM is the default while the shipped VMD's latent is collapsed (docs/benchmarks.md)
         nfe: solve: unmasking steps (0 = one cell per step)
         policy: solve: mask predictor score: top_prob | margin | random
         tries: solve: attempts (each a fresh latent draw) until a grid passes the validator

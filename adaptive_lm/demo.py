@@ -3,7 +3,8 @@
 Today it samples from the shipped causal LM, runs DAEDAL beside the fixed-length baseline on a
 fresh arithmetic problem (when builtin:mdlm-arith is shipped) and CALM with each token's exit layer
 beside full depth, the LM compressor's round trip beside gzip and xz, and per-token entropy by the
-EEM (each section when its checkpoint is shipped); VMD adds its section and issue 7 the HTML report.
+EEM, and a Sudoku solved in 5 parallel steps by VMD and its MDM baseline (each section when its
+checkpoint is shipped); issue 7 adds the HTML report.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ DEFAULT_MDM = "builtin:mdlm-arith"
 DEFAULT_CALM = "builtin:calm-pydocs"
 DEFAULT_CODEC = "builtin:compress-pydocs"
 DEFAULT_EEM = "builtin:eem-pydocs"
+DEFAULT_VMD = "builtin:vmd-sudoku"
+DEFAULT_VMD_BASE = "builtin:mdm-sudoku"
 SAMPLE_TEXT = ("The :func:`open` function returns a :term:`file object`, and is most commonly used with two\n"
                "positional arguments and one keyword argument: ``open(filename, mode, encoding=None)``.\n")
 
@@ -117,7 +120,26 @@ def entropy_section(seed: int) -> dict:
     return {"text": SAMPLE_TEXT, "tokens": pieces, "bits": bits}
 
 
+def vmd_section(seed: int) -> dict:
+    """A fresh Sudoku (independent generator B) solved by VMD and by the same-budget MDM in 5 steps."""
+    from .tasks import sudoku as S
+    from .vmd.sudoku import solve
+    puzzle, solution = S.generate_symmetric(seed)
+    print(f"--- puzzle ({puzzle.count('.')} blanks, generator B, seed {seed})\n{S.pretty(puzzle)}")
+    res = {"puzzle": puzzle}
+    for label, name in (("VMD", DEFAULT_VMD), ("MDM", DEFAULT_VMD_BASE)):
+        if name.split(":")[1] not in builtin_names():
+            continue
+        model, tok = from_pretrained(name)
+        a = solve(model, tok, puzzle, nfe=5, policy="top_prob", tries=1, generator=torch.Generator().manual_seed(seed))
+        verdict = "valid solution" if a.valid else f"NOT a solution ({S.violations(a.grid, puzzle)} rule breaks)"
+        print(f"--- {label}, 5 steps (top prob, one draw): {verdict}")
+        res[label] = {"valid": a.valid, "correct": a.grid == solution, "violations": S.violations(a.grid, puzzle)}
+    return res
+
+
 SECTIONS = {"daedal": (DEFAULT_MDM, "DAEDAL vs fixed length on a fresh arithmetic problem", daedal_section),
+            "vmd": (DEFAULT_VMD, "VMD vs MDM: a Sudoku in 5 parallel steps", vmd_section),
             "calm": (DEFAULT_CALM, "CALM: early exit per token with the certified threshold", calm_section),
             "compress": (DEFAULT_CODEC, "LM compression: a round trip, beside gzip and xz", compress_section),
             "entropy": (DEFAULT_EEM, "per-token entropy of a text by the EEM", entropy_section)}

@@ -478,11 +478,7 @@ def sudoku(action: str, puzzle: str = "", model: str = "builtin:mdm-sudoku", nfe
         if n < 1 or not 17 <= blanks <= 64:
             raise UsageError("generate needs --n >= 1 and 17 <= --blanks <= 64")
         pairs = S.puzzles(n, split="test", seed=seed, generator=generator, level=level, blanks=blanks)
-        lines = ["puzzle,solution,blanks,singles,guesses"]
-        for p, q in pairs:
-            d = S.difficulty(p)
-            lines.append(f"{p},{q},{d['blanks']},{int(d['singles'])},{d['guesses']}")
-        atomic_write_text(Path(output), "\n".join(lines) + "\n")
+        atomic_write_text(Path(output), S.to_csv(pairs))
         print(f"{n} generator-{generator} {level} puzzles -> {output}")
         return 0
     if action != "solve":

@@ -280,16 +280,15 @@ def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, device, co
     for i, s in enumerate(seqs):
         x[i, T - len(s):] = torch.tensor(s)
         am[i, T - len(s):] = 1
+    c = None if conditioner is None else torch.stack([conditioner(r) for r in rows])   # (B, C)
     if cfg_scale > 0:                                    # unconditional pass: prompt masked
         xu = x.clone()
         for i, r in enumerate(rows):
             xu[i, T - len(seqs[i]):T - len(seqs[i]) + len(r.prompt)] = ids.mask
-        c = None if conditioner is None else torch.stack([conditioner(r) for r in rows])
         cond, unc = _logits(logits_fn, torch.cat([x, xu]), torch.cat([am, am]), device,
                             None if c is None else torch.cat([c, c])).float().chunk(2)
         logits = unc + (cfg_scale + 1) * (cond - unc)
     else:
-        c = None if conditioner is None else torch.stack([conditioner(r) for r in rows])   # (B, C)
         logits = _logits(logits_fn, x, am, device, c).float()                   # (B, T, V)
     V = logits.shape[-1]
     if max(ids.mask, ids.eos, ids.pad) >= V:

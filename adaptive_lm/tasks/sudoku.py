@@ -355,6 +355,15 @@ def read_csv(path) -> list[tuple[str, str]]:
     return rows
 
 
+def to_csv(pairs: list[tuple[str, str]]) -> str:
+    """(puzzle, solution) pairs as CSV text with difficulty columns (``read_csv`` reads it back)."""
+    lines = ["puzzle,solution,blanks,singles,guesses"]
+    for p, q in pairs:
+        d = difficulty(p)
+        lines.append(f"{p},{q},{d['blanks']},{int(d['singles'])},{d['guesses']}")
+    return "\n".join(lines) + "\n"
+
+
 def pretty(grid: str) -> str:
     """The grid as 9 lines with box separators."""
     lines = []

@@ -1,10 +1,12 @@
 """`adaptive-lm demo` (`make demo`): the main job on the shipped checkpoints, on a CPU.
 
-Today it samples from the shipped causal LM, runs DAEDAL beside the fixed-length baseline on a
-fresh arithmetic problem (when builtin:mdlm-arith is shipped) and CALM with each token's exit layer
-beside full depth, the LM compressor's round trip beside gzip and xz, and per-token entropy by the
-EEM, and a Sudoku solved in 5 parallel steps by VMD and its MDM baseline (each section when its
-checkpoint is shipped); issue 7 adds the HTML report.
+It samples from the shipped causal LM, runs DAEDAL beside the fixed-length baseline on a fresh
+arithmetic problem, a fresh Sudoku solved in 5 parallel steps by VMD and its MDM baseline, CALM
+with each token's exit layer beside full depth, the LM compressor's round trip beside gzip and xz,
+and per-token entropy by the EEM (each section when its checkpoint is shipped). It prints a short
+summary per section and writes ``OUT/summary.json`` (everything, the step-by-step traces included)
+and ``OUT/report.html`` (report/: timelines, colours, heatmap, and the plots of any bench JSON
+found in ``runs/`` or ``docs/bench/``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 from .checkpoint import builtin_names, from_pretrained
 from .io import atomic_write_text
 from .lm import generate
+from .report import demo_report, find_benches
 
 DEFAULT_LM = "builtin:shakespeare-char"
 DEFAULT_MDM = "builtin:mdlm-arith"
@@ -41,37 +44,58 @@ def daedal_section(seed: int) -> dict:
     res = {"prompt": prob.prompt, "answer": prob.answer}
     for name, policy in (("daedal", Daedal(init_length=32, max_length=512)), ("fixed-256", FixedLength(length=256))):
         t0 = time.perf_counter()
-        out = denoise(model_logits_fn(model), [tok.encode(prob.prompt)], policy=policy, ids=ids)
+        out = denoise(model_logits_fn(model), [tok.encode(prob.prompt)], policy=policy, ids=ids, trace=True)
         text = tok.decode(out.tokens[0])
-        res[name] = {"output": text, "correct": score(text, prob), "seconds": time.perf_counter() - t0, **out.stats[0]}
+        res[name] = {"output": text, "correct": score(text, prob), "seconds": time.perf_counter() - t0, **out.stats[0],
+                     "timeline": canvas_timeline(tok, prob.prompt, out.traces[0], ids)}
         print(f"--- {name}: correct={res[name]['correct']} NFE={out.stats[0]['nfe']} canvas={out.stats[0]['n_token']} "
               f"({res[name]['seconds']:.1f}s)\n{text}")
     return res
 
 
+def canvas_timeline(tok, prompt: str, trace: list[dict], ids) -> dict:
+    """The sampler's trace as report frames (report/views.py): canvas ids, the positions committed
+    at the step (moved past masks DAEDAL inserted in the same step), the inserted ones, the stage."""
+    frames, used = [], set(tok.encode(prompt))
+    for st in trace:
+        ins = st["inserted"]
+        shift = len(ins) - 1 if ins and st.get("stage") != 1 else 0
+        new = [p + shift if shift and p > ins[0] else p for p in st["committed"]]
+        frames.append({"c": st["canvas"], "new": new, "ins": ins, "stage": st.get("stage", 2)})
+        used.update(st["canvas"])
+    vocab = {i: tok.decode([i]) for i in sorted(used) if i not in (ids.mask, ids.eos, ids.pad)}
+    return {"prompt": prompt, "vocab": vocab, "mask": ids.mask, "eos": ids.eos, "frames": frames}
+
+
+LOOSE_LAMBDA = 0.5      # the demo's contrast threshold: more exits, no guarantee
+
+
 def calm_section(seed: int) -> dict:
     """CALM generating Python-docs text with its certified threshold (calm.json), each token's exit
-    layer shown, beside the same model at full depth."""
+    layer shown, then with a looser, uncertified threshold for contrast, beside full depth."""
     from .calm.decode import CalmStep
     from .calm.runtime import config_from_calm, load_calm
     from .checkpoint import resolve
     model, tok = from_pretrained(DEFAULT_CALM)
     stored = load_calm(resolve(DEFAULT_CALM))
-    cfg = config_from_calm(stored)
     prompt, n = "The ``open()`` function returns", 32
     ids = [tok.encode(prompt)]
     full = generate(model, ids, max_new_tokens=n, pad_id=tok.pad_id, temperature=0)[0]
-    step = CalmStep(cfg, n)
-    out = generate(model, ids, max_new_tokens=n, pad_id=tok.pad_id, temperature=0, step=step)[0]
-    layers = step.record.layers[0][:len(out)]
-    shown = "".join(f"{tok.decode([t])}[{d}]" for t, d in zip(out, layers))
-    print(f"--- CALM ({cfg.measure} ≥ λ={cfg.threshold}, certified: {bool(stored)}), token[exit layer]:\n{prompt}{shown}")
+    runs = []
+    for cfg, certified in ((config_from_calm(stored), bool(stored)), (config_from_calm(stored, threshold=LOOSE_LAMBDA), False)):
+        step = CalmStep(cfg, n)
+        out = generate(model, ids, max_new_tokens=n, pad_id=tok.pad_id, temperature=0, step=step)[0]
+        layers = step.record.layers[0][:len(out)]
+        avg = sum(layers) / max(len(layers), 1)
+        shown = "".join(f"{tok.decode([t])}[{d}]" for t, d in zip(out, layers))
+        print(f"--- CALM ({cfg.measure} ≥ λ={cfg.threshold}, certified: {certified}), token[exit layer]:\n{prompt}{shown}")
+        print(f"average layers per token {avg:.2f} of {model.config.n_layer}; tokens equal to full depth: "
+              f"{sum(a == b for a, b in zip(out, full))}/{len(full)}")
+        runs.append({"threshold": cfg.threshold, "certified": certified, "tokens": out, "exit_layers": layers,
+                     "avg_layers": avg, "pieces": [tok.decode([t]) for t in out], "text": tok.decode(out)})
     print(f"--- full depth ({model.config.n_layer} layers):\n{prompt}{tok.decode(full)}")
-    avg = sum(layers) / max(len(layers), 1)
-    print(f"average layers per token {avg:.2f} of {model.config.n_layer}; tokens equal to full depth: "
-          f"{sum(a == b for a, b in zip(out, full))}/{len(full)}")
-    return {"prompt": prompt, "calm": tok.decode(out), "full": tok.decode(full), "exit_layers": layers,
-            "threshold": cfg.threshold, "measure": cfg.measure, "avg_layers": avg}
+    return {"prompt": prompt, "measure": cfg.measure, "full": tok.decode(full), "full_tokens": full,
+            "n_layer": model.config.n_layer, "runs": runs}
 
 
 CODEC_TEXT = ("\n.. function:: sorted(iterable, /, *, key=None, reverse=False)\n\n"
@@ -126,16 +150,32 @@ def vmd_section(seed: int) -> dict:
     from .vmd.sudoku import solve
     puzzle, solution = S.generate_symmetric(seed)
     print(f"--- puzzle ({puzzle.count('.')} blanks, generator B, seed {seed})\n{S.pretty(puzzle)}")
-    res = {"puzzle": puzzle}
+    res = {"puzzle": puzzle, "nfe": 5}
     for label, name in (("VMD", DEFAULT_VMD), ("MDM", DEFAULT_VMD_BASE)):
         if name.split(":")[1] not in builtin_names():
             continue
         model, tok = from_pretrained(name)
-        a = solve(model, tok, puzzle, nfe=5, policy="top_prob", tries=1, generator=torch.Generator().manual_seed(seed))
+        trace: list = []
+        a = solve(model, tok, puzzle, nfe=5, policy="top_prob", tries=1, generator=torch.Generator().manual_seed(seed),
+                  trace=trace)
         verdict = "valid solution" if a.valid else f"NOT a solution ({S.violations(a.grid, puzzle)} rule breaks)"
         print(f"--- {label}, 5 steps (top prob, one draw): {verdict}")
-        res[label] = {"valid": a.valid, "correct": a.grid == solution, "violations": S.violations(a.grid, puzzle)}
+        res[label] = {"valid": a.valid, "correct": a.grid == solution, "violations": S.violations(a.grid, puzzle),
+                      "grid": a.grid, "timeline": board_timeline(tok, puzzle, trace[0])}
     return res
+
+
+def board_timeline(tok, puzzle: str, trace: list[dict]) -> dict:
+    """A Sudoku sampler trace as report frames: the grid after each step (the puzzle first), the
+    cells filled at each step, and the cells of the final grid that break a rule or a given."""
+    from .tasks import sudoku as S
+    from .vmd.sudoku import decode_grids
+    grids = [puzzle] + decode_grids(tok, torch.tensor([st["canvas"] for st in trace]))
+    new = [[]] + [[i for i in range(81) if a[i] == "." and b[i] != "."] for a, b in zip(grids, grids[1:])]
+    final = grids[-1]
+    bad = sorted({i for pair in S.conflicts(final) for i in pair}
+                 | {i for i in range(81) if puzzle[i] != "." and final[i] != puzzle[i]})
+    return {"givens": puzzle, "frames": grids, "new": new, "bad": bad}
 
 
 SECTIONS = {"daedal": (DEFAULT_MDM, "DAEDAL vs fixed length on a fresh arithmetic problem", daedal_section),
@@ -145,11 +185,14 @@ SECTIONS = {"daedal": (DEFAULT_MDM, "DAEDAL vs fixed length on a fresh arithmeti
             "entropy": (DEFAULT_EEM, "per-token entropy of a text by the EEM", entropy_section)}
 
 
+BENCH_FOLDERS = ("runs", "docs/bench")      # where the report looks for bench JSONs (relative to the working folder)
+
+
 def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
     names = builtin_names()
     print(f"adaptive-lm demo — shipped checkpoints: {', '.join(names) or 'none'}", file=sys.stderr)
     extra = [sec for sec, (name, _, _) in SECTIONS.items() if name.split(":")[1] in names]
-    sections = 1 + len(extra)
+    sections = 2 + len(extra)
     print(f"[1/{sections}] causal LM: sampling 4 continuations of 'ROMEO:' as one batch ...", file=sys.stderr)
     model, tok = from_pretrained(DEFAULT_LM)
     prompt = "ROMEO:"
@@ -168,8 +211,12 @@ def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
         _, what, fn = SECTIONS[sec]
         print(f"\n[{k}/{sections}] {what} ...", file=sys.stderr)
         summary[sec] = fn(seed)
+    print(f"\n[{sections}/{sections}] writing the report (bench plots from {', '.join(BENCH_FOLDERS)}) ...", file=sys.stderr)
+    benches = find_benches(list(BENCH_FOLDERS))
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
-    print(f"wrote {folder / 'summary.json'}", file=sys.stderr)
+    atomic_write_text(folder / "summary.json", json.dumps(summary))
+    atomic_write_text(folder / "report.html", demo_report(summary, benches))
+    print(f"wrote {folder / 'summary.json'} ({len(benches)} bench result(s) plotted)", file=sys.stderr)
+    print(f"report: {folder / 'report.html'}")
     return 0

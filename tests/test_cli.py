@@ -109,18 +109,3 @@ def test_recipes_lists_and_describes(capsys):
     assert "char-shakespeare" in capsys.readouterr().out
     assert main(["recipes", "tiny-test"]) == 0
     assert "train.steps = 20" in capsys.readouterr().out
-
-
-def test_demo_runs_on_the_shipped_checkpoints(tmp_path):
-    rc, so, se = run("demo", "--out", str(tmp_path / "demo"))
-    assert rc == 0, se
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert len(summary["samples"]) == 4 and all(s for s in summary["samples"])
-    calm = summary["calm"]                                           # builtin:calm-pydocs is shipped
-    assert calm["full"] and calm["calm"] and 1 <= calm["avg_layers"] <= 8
-    assert all(1 <= d <= 8 for d in calm["exit_layers"]) and calm["exit_layers"][0] == 8   # 1st token: prompt pass
-    comp = summary["compress"]                                       # builtin:compress-pydocs is shipped
-    assert comp["roundtrip"] is True and comp["compressed"] < comp["bytes"]
-    ent = summary["entropy"]                                         # builtin:eem-pydocs is shipped
-    assert ent["bits"][0] is None and len(ent["bits"]) == len(ent["tokens"]) > 10
-    assert all(isinstance(b, float) for b in ent["bits"][1:])

@@ -42,10 +42,11 @@ class LatentConditioner:
 @torch.no_grad()
 def sample(model: VMD, canvases: torch.Tensor, *, nfe: int, policy: str = "top_prob", mask_id: int,
            redraw: bool = False, generator: Optional[torch.Generator] = None, batch_size: int = 1024,
-           temperature: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+           temperature: float = 0.0, trace: Optional[list] = None) -> tuple[torch.Tensor, list[int]]:
     """Fill the masks of canvases (N, L) (``mask_id`` where undecided, e.g. all masks, or a Sudoku's
     blanks) in ``nfe`` steps per sequence (divided evenly among the blocks). Returns the filled
-    canvases (N, L) and the forward passes each sequence took."""
+    canvases (N, L) and the forward passes each sequence took. ``trace``: a list that receives each
+    sequence's step-by-step trace (the sampler's: canvas and committed positions per step)."""
     if policy not in POLICIES:
         raise UsageError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     N, L = canvases.shape
@@ -63,7 +64,9 @@ def sample(model: VMD, canvases: torch.Tensor, *, nfe: int, policy: str = "top_p
         chunk = canvases[a:a + batch_size]
         res = denoise(model_logits_fn(model), [[] for _ in range(len(chunk))], policy=pol, ids=ids,
                       remasking=POLICIES[policy], temperature=temperature, generator=g,
-                      canvases=list(chunk), conditioner=cond, max_seq_len=cfg.max_seq_len)
+                      canvases=list(chunk), conditioner=cond, max_seq_len=cfg.max_seq_len, trace=trace is not None)
         outs.append(torch.tensor(res.canvases))
         nfes += [s["nfe"] for s in res.stats]
+        if trace is not None:
+            trace.extend(res.traces)
     return torch.cat(outs), nfes

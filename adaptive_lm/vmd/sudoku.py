@@ -53,10 +53,11 @@ class Attempt:
 
 
 def solve(model, tok, puzzle: str, *, nfe: int = 0, policy: str = "margin", tries: int = 4,
-          generator: Optional[torch.Generator] = None) -> Attempt:
+          generator: Optional[torch.Generator] = None, trace: Optional[list] = None) -> Attempt:
     """Solve one puzzle (already checked by ``tasks.sudoku.parse``). ``nfe`` = 0: one cell per step.
     Up to ``tries`` attempts (each a fresh draw), all in one batch; the first valid grid wins, else
-    the attempt with the fewest rule breaks is returned with valid=False."""
+    the attempt with the fewest rule breaks is returned with valid=False. ``trace``: a list that
+    receives each attempt's step-by-step trace (vmd.sample)."""
     if tries < 1:
         raise UsageError(f"tries must be >= 1, got {tries}")
     blanks = puzzle.count(".")
@@ -64,7 +65,7 @@ def solve(model, tok, puzzle: str, *, nfe: int = 0, policy: str = "margin", trie
         return Attempt(puzzle, S.is_solution(puzzle), 0, 0)
     steps = min(nfe or blanks, blanks)
     out, nfes = sample(model, encode_grids(tok, [puzzle] * tries), nfe=steps, policy=policy,
-                       mask_id=tok.mask_id, generator=generator)
+                       mask_id=tok.mask_id, generator=generator, trace=trace)
     grids = decode_grids(tok, out)
     for k, g in enumerate(grids):
         if S.is_solution(g, puzzle):

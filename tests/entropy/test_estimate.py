@@ -84,7 +84,7 @@ def test_entropy_cli(tmp_path, corpus, capsys):
     assert len(toks) == len(src.read_text()) and toks[0]["bits"] is None
     assert all(isinstance(t["bits"], float) for t in toks[1:]) and res["window"] == 33
     page = (tmp_path / "t.txt.entropy.html").read_text()
-    spans = re.findall(r'<span class="t" style="[^"]*" title="([^"]*)">(.*?)</span>', page, re.S)
+    spans = re.findall(r'<span class="tok" style="[^"]*" title="([^"]*)">(.*?)</span>', page, re.S)
     assert "".join(html.unescape(t) for _, t in spans) == src.read_text()        # every token, in order
     assert spans[0][0] == "no estimate" and spans[1][0].endswith(" bits")
     assert main(["entropy", str(src), "--model", ck, "--quiet"]) == 2                  # outputs exist

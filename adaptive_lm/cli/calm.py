@@ -1,0 +1,192 @@
+"""`adaptive-lm` CALM commands (calibrate, calm-classifier) and the CALM options of `generate`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import AdaptiveLMError, UsageError
+from .parser import command
+
+
+def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str = ""):
+    """(CalmConfig, exit classifier or None) from the flags, falling back on the calm.json given or
+    in the model folder, then on the defaults."""
+    from ..calm.decode import MEASURES
+    from ..calm.runtime import config_from_calm, load_calm, load_classifier
+    from ..checkpoint import read_config, resolve
+    from ..hf_causal import is_hf_spec
+    folder = None if is_hf_spec(model) else resolve(model)
+    if calm_file:
+        try:
+            stored = json.loads(Path(calm_file).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--calm {calm_file}: cannot read it ({e.__class__.__name__})") from None
+    else:
+        stored = load_calm(folder) if folder else {}
+    trained_every = read_config(folder).get("meta", {}).get("calm", {}).get("exit_every", 1) if folder else 1
+    measure = measure or stored.get("measure") or "margin"
+    if measure not in MEASURES or measure == "oracle":
+        raise UsageError(f"--measure must be one of margin, top1, state, classifier, not {measure!r}")
+    if threshold < 0:
+        threshold = stored["threshold"] if stored.get("threshold") is not None and stored.get("measure") == measure else 0.9
+    if not 0 <= threshold <= 1:
+        raise UsageError(f"--threshold must be in [0, 1], not {threshold}")
+    clf = load_classifier(folder, m) if measure == "classifier" and folder else None
+    if measure == "classifier" and clf is None:
+        raise UsageError(f"--measure classifier needs an exit classifier next to one of our checkpoints "
+                         f"(`adaptive-lm calm-classifier CHECKPOINT`); {model} has none")
+    return config_from_calm({"every": trained_every, **stored}, measure=measure, threshold=threshold), clf
+
+
+def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples, g, calm=None, show_exits=False) -> int:
+    from ..lm import full_depth_step, generate as ar_generate
+    ids = tok.encode(prompt) if prompt else [tok.encode("\n")[0]]
+    if len(ids) + max_new_tokens > m.config.max_seq_len:
+        raise UsageError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"{m.config.max_seq_len}-token context")
+    step = full_depth_step
+    if calm is not None:
+        from ..calm.decode import CalmStep
+        calm, clf = calm
+        step = CalmStep(calm, max_new_tokens, clf)
+    from ..hf_causal import pad_id_of
+    outs = ar_generate(m, [ids] * num_samples, max_new_tokens=max_new_tokens, pad_id=pad_id_of(tok), eos_id=tok.eos_id,
+                       temperature=temperature, top_k=top_k, generator=g, step=step)
+    for i, o in enumerate(outs):
+        if num_samples > 1:
+            print(f"--- sample {i + 1}")
+        if calm is not None and show_exits:
+            print(prompt + "".join(f"{tok.decode([t])}[{d}]" for t, d in zip(o, step.record.layers[i])))
+        else:
+            print(prompt + tok.decode(o))
+        if calm is not None:
+            lay = step.record.layers[i]
+            print(json.dumps({"avg_layers": sum(lay) / max(len(lay), 1), "n_layer": m.config.n_layer,
+                              "threshold": calm.threshold, "measure": calm.measure}), file=sys.stderr)
+    return 0
+
+
+@command
+def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: str = "margin",
+              distance: str = "mismatch", n: int = 64, prompt_len: int = 32, max_new_tokens: int = 32,
+              corpus: str = "", split: str = "valid", tau: float = 4.0, seed: int = 0, batch_size: int = 8,
+              data_dir: str = "", out: str = "") -> int:
+    """Certify a CALM exit threshold by Learn-then-Test and write it next to the model (calm.json).
+
+    Args:
+        model: causal LM checkpoint folder, or hf:FOLDER, gguf:FILE, smollm2 (these and builtin:NAME need --out)
+        delta: tolerated mean dissimilarity between early-exit and full-model outputs
+        epsilon: allowed probability that the guarantee fails
+        measure: confidence measure: margin, top1, state
+        distance: dissimilarity: mismatch (token mismatch rate) or rouge (1 - ROUGE-L)
+        n: calibration prompts
+        prompt_len: tokens per calibration prompt
+        max_new_tokens: tokens generated per prompt
+        corpus: text the prompts are cut from (default: the model's training corpus)
+        split: split of the corpus
+        tau: decaying-threshold temperature
+        seed: which prompts
+        batch_size: sequences decoded together
+        data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
+        out: where to write calm.json (default: inside the model folder)
+    """
+    from ..calm.calibrate import DISTANCES
+    from ..calm.decode import CalmConfig
+    from ..calm.runtime import CALM_FILE, calibrate_threshold, calibration_prompts, save_calm
+    from ..checkpoint import read_config, resolve
+    from ..data import read_text
+    if not 0 < delta < 1 or not 0 < epsilon < 1:
+        raise UsageError("--delta and --epsilon must be in (0, 1)")
+    if measure not in ("margin", "top1", "state"):
+        raise UsageError(f"--measure must be margin, top1 or state, not {measure!r}")
+    if distance not in DISTANCES:
+        raise UsageError(f"--distance must be one of {', '.join(sorted(DISTANCES))}, not {distance!r}")
+    if n < 1 or prompt_len < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise UsageError("--n, --prompt-len, --max-new-tokens and --batch-size must be >= 1")
+    if tau < 0:
+        raise UsageError("--tau must be >= 0")
+    if out and not Path(out).parent.is_dir():
+        raise UsageError(f"--out {out}: folder {Path(out).parent} does not exist")
+    from ..hf_causal import is_hf_spec, load_causal_lm, pad_id_of
+    hf = is_hf_spec(model)
+    if (hf or model.startswith("builtin:")) and not out:
+        raise UsageError(f"{model} is read-only here: pass --out FILE for calm.json")
+    folder = None if hf else resolve(model)
+    target = Path(out) if out else folder
+    m, tok = load_causal_lm(model)
+    if not m.config.causal:
+        raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
+    meta = read_config(folder).get("meta", {}) if folder else {}
+    corpus = corpus or meta.get("corpus", "")
+    every = meta.get("calm", {}).get("exit_every", 1)         # exits where the model was trained to exit
+    if not corpus:
+        raise UsageError("--corpus is needed: the checkpoint does not say what it was trained on")
+    text = read_text(corpus, split, data_dir_flag=data_dir or None)
+    try:
+        prompts = calibration_prompts(tok, text, n=n, prompt_len=prompt_len, seed=seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if prompt_len + max_new_tokens > m.config.max_seq_len:
+        raise UsageError(f"--prompt-len + --max-new-tokens exceeds the model's {m.config.max_seq_len}-token context")
+
+    def show(t):
+        print(f"  λ={t['threshold']:.4g}  risk={t['risk']:.4f}  p={t['p_value']:.3g}  layers/token={t['avg_layers']:.2f}",
+              file=sys.stderr, flush=True)
+    print(f"calibrating {model}: {n} prompts, δ={delta}, ε={epsilon}, measure={measure}, distance={distance}", file=sys.stderr)
+    res = calibrate_threshold(m, prompts, delta=delta, epsilon=epsilon, pad_id=pad_id_of(tok), eos_id=tok.eos_id,
+                              base=CalmConfig(measure=measure, tau=tau, every=every), distance=distance,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, on_test=show)
+    if res["threshold"] is None or res["threshold"] >= 1.0:
+        raise AdaptiveLMError(f"no threshold below 1.0 can be certified at delta={delta}, epsilon={epsilon} "
+                              f"with {n} prompts (try a larger --delta or --n); nothing written")
+    path = save_calm(target / CALM_FILE if target.is_dir() else target, res)
+    print(json.dumps({"threshold": res["threshold"], "measure": measure, "delta": delta, "epsilon": epsilon,
+                      "written": str(path)}))
+    return 0
+
+
+@command
+def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: int = 16, seq_len: int = 128,
+                    seed: int = 0, data_dir: str = "", out: str = "") -> int:
+    """Train CALM's early-exit classifier with the backbone frozen (CALM's second training step) and
+    write exit_classifier.safetensors next to the model.
+
+    Args:
+        model: causal LM checkpoint folder (a builtin:NAME needs --out)
+        steps: optimisation steps
+        lr: learning rate
+        batch_size: windows per step
+        seq_len: tokens per window
+        seed: data order
+        data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
+        out: folder to write exit_classifier.safetensors into (default: the model folder)
+    """
+    from ..calm.runtime import save_classifier, train_classifier
+    from ..checkpoint import from_pretrained, read_config, resolve
+    from ..data import TokenStream, pack, read_text, step_generator
+    if steps < 1 or batch_size < 1 or seq_len < 2:
+        raise UsageError("--steps and --batch-size must be >= 1, --seq-len >= 2")
+    folder = resolve(model)
+    if model.startswith("builtin:") and not out:
+        raise UsageError("a builtin checkpoint is read-only: pass --out FOLDER")
+    m, tok = from_pretrained(model)
+    if not m.config.causal:
+        raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
+    if m.config.n_layer < 2:
+        raise UsageError("an exit classifier needs a model of at least 2 layers")
+    corpus = read_config(folder).get("meta", {}).get("corpus")
+    if not corpus:
+        raise UsageError("the checkpoint does not say what corpus it was trained on")
+    stream = TokenStream(pack(tok, read_text(corpus, "train", data_dir_flag=data_dir or None)), min(seq_len, m.config.max_seq_len))
+
+    def show(step, mets):
+        if step % 50 == 0 or step == steps:
+            agree = " ".join(f"{k[6:]}:{v:.2f}" for k, v in mets.items() if k.startswith("agree_"))
+            print(f"step {step}/{steps} loss {mets['loss']:.4f} agreement by layer {agree}", file=sys.stderr, flush=True)
+    clf = train_classifier(m, lambda step: stream.batch(batch_size, step_generator(seed, step)),
+                           steps=steps, lr=lr, progress=show)
+    target = Path(out) if out else folder
+    target.mkdir(parents=True, exist_ok=True)
+    print(json.dumps({"written": str(save_classifier(target, clf)), "layers": clf.layers}))
+    return 0

@@ -1,0 +1,96 @@
+"""The parser of `adaptive-lm`, built from the command functions' signatures (see the package docstring)."""
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import typing
+from typing import Optional
+
+from ..errors import AdaptiveLMError
+
+COMMANDS: dict[str, typing.Callable] = {}
+SHORT = {"output": "-o"}            # short spellings of some flags
+OPTIONAL_POSITIONALS = {"puzzle"}   # optional words after the leading positional(s)
+
+
+def command(fn):
+    COMMANDS[fn.__name__.rstrip("_").replace("_", "-")] = fn
+    return fn
+
+
+# ------------------------------------------------------------------ parser from signatures
+def _doc_args(fn) -> tuple[str, dict]:
+    doc = inspect.getdoc(fn) or ""
+    head, _, rest = doc.partition("Args:")
+    helps = {}
+    for line in rest.splitlines():
+        if ":" in line:
+            k, v = line.strip().split(":", 1)
+            helps[k.strip()] = v.strip()
+    return head.strip(), helps
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (and exit 2), not usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="adaptive-lm", description="Language models that spend compute and bits only where needed.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, fn in COMMANDS.items():
+        desc, helps = _doc_args(fn)
+        sp = sub.add_parser(name, help=desc.splitlines()[0], description=desc,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        hints = typing.get_type_hints(fn)
+        for pos, (pname, par) in enumerate(inspect.signature(fn).parameters.items()):
+            typ, h = hints.get(pname, str), helps.get(pname.rstrip("_"), "")
+            flag = "--" + pname.rstrip("_").replace("_", "-")
+            short = [SHORT[pname]] if pname in SHORT else []
+            if typing.get_origin(typ) is list:
+                if par.default is inspect.Parameter.empty:                       # `report FILE [FILE ...]`
+                    sp.add_argument(pname, nargs="+", help=h)
+                elif pname == "overrides" or pname == "options":
+                    sp.add_argument(pname, nargs="*", default=list(par.default), help=h, metavar="KEY=VALUE")
+                else:
+                    sp.add_argument(flag, dest=pname, nargs="*", default=list(par.default), help=h)
+            elif par.default is inspect.Parameter.empty:
+                sp.add_argument(pname, type=typ, help=h)
+            elif (pos == 0 or pname in OPTIONAL_POSITIONALS) and typ is str:   # `generate [MODEL]`, `sudoku solve [PUZZLE]`
+                sp.add_argument(pname, nargs="?", default=par.default, help=h)
+            elif typ is bool:
+                sp.add_argument(flag, dest=pname, action="store_true", help=h)
+            else:
+                sp.add_argument(flag, *short, dest=pname, type=typ, default=par.default, help=h)
+        sp.set_defaults(_fn=fn)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not getattr(args, "_fn", None):
+        parser.print_help()
+        return 2
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("command", "_fn")}
+    # key=value words after --flags land in `extra`; they belong to the command's KEY=VALUE list
+    rest = [k for k in ("overrides", "options") if k in kwargs]
+    if extra and (not rest or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        kwargs[rest[0]] = list(kwargs[rest[0]]) + extra
+    try:
+        return int(args._fn(**kwargs) or 0)
+    except AdaptiveLMError as e:
+        print(f"adaptive-lm: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("adaptive-lm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Self-contained HTML reports (a face of the library, like the CLI): the demo's report, the view
+of any bench JSON (`adaptive-lm report BENCH.json ... -o OUT.html`) and the per-token entropy
+heatmap of `adaptive-lm entropy`. One page style (page.py), one view per result (views.py,
+plots.py); no network is needed to view a report.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UsageError
+from . import views
+from .page import esc, page
+from .plots import bench_view
+
+# demo summary key -> (section id, heading, view)
+DEMO_SECTIONS = {
+    "daedal": ("daedal", "DAEDAL: variable-length denoising vs a fixed canvas", views.daedal_view),
+    "vmd": ("vmd", "VMD vs MDM: a Sudoku filled step by step", views.sudoku_view),
+    "calm": ("calm", "CALM: each token's exit layer", views.calm_view),
+    "compress": ("compress", "LM compression: bits per byte beside gzip and xz", views.compress_view),
+    "entropy": ("entropy", "Per-token entropy", views.entropy_view),
+}
+
+
+def entropy_heatmap(pieces: list[str], bits: list[Optional[float]], *, title: str, summary: dict) -> str:
+    """The page of `adaptive-lm entropy`: the heatmap of one text and its summary figures."""
+    facts = ", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items())
+    return page(title, [("entropy", "Per-token entropy", f"<p>{esc(facts)}</p>" + views.token_heatmap(pieces, bits))])
+
+
+def load_bench(path) -> dict:
+    """A bench JSON written by `adaptive-lm bench NAME --json OUT`; a clear error for anything else."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: no such file")
+    try:
+        result = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{p} is not JSON ({e})") from None
+    if not isinstance(result, dict) or "bench" not in result or not isinstance(result.get("rows"), list):
+        raise UsageError(f"{p} is not a bench result (expected the JSON of `adaptive-lm bench NAME --json OUT`)")
+    return result
+
+
+def find_benches(folders: list) -> list[tuple[str, dict]]:
+    """Bench JSONs in the folders, the newest per bench name (files that are not bench results are
+    skipped), in a fixed order of bench names."""
+    best: dict[str, tuple[float, str, dict]] = {}
+    for folder in folders:
+        for p in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+            try:
+                r = load_bench(p)
+            except UsageError:
+                continue
+            key = (str(r.get("environment", {}).get("date", "")), p.stat().st_mtime)
+            if r["bench"] not in best or key > best[r["bench"]][0]:
+                best[r["bench"]] = (key, str(p), r)
+    return [(src, r) for _, (_, src, r) in sorted(best.items())]
+
+
+def bench_report(benches: list[tuple[str, dict]], *, title: str = "adaptive_lm benchmarks") -> str:
+    """One section per bench result: (source path, result)."""
+    sections = [(f"bench-{i}", f"bench {r['bench']}", bench_view(r, source=src)) for i, (src, r) in enumerate(benches)]
+    return page(title, sections, subtitle=f"{len(benches)} bench result(s)")
+
+
+def demo_report(summary: dict, benches: list[tuple[str, dict]]) -> str:
+    """The demo's page: a section per method the demo ran, then the bench plots found."""
+    sections = [("lm", "A causal LM sampling with the KV cache", views.samples_view(summary))]
+    for key, (sid, head, view) in DEMO_SECTIONS.items():
+        if key in summary:
+            sections.append((sid, head, view(summary[key])))
+    if benches:
+        inner = "".join(f"<h3>bench {esc(r['bench'])}</h3>" + bench_view(r, source=src) for src, r in benches)
+    else:
+        inner = ("<p class='muted'>No bench JSON found. Run e.g. <span class='mono'>adaptive-lm bench daedal "
+                 "--json runs/bench_daedal.json</span> and the demo draws its plots here.</p>")
+    sections.append(("benches", "Benchmarks (measured, with the command and machine)", inner))
+    return page("adaptive_lm demo", sections,
+                subtitle=f"seed {summary.get('seed', 0)} · shipped checkpoints, CPU · no network needed to view")

@@ -124,8 +124,9 @@ def compress_section(seed: int) -> dict:
           f"{8 * (len(blob) - head) / len(data):.3f} bits/byte without); round trip exact: {back == data} "
           f"({secs:.1f}s both ways)")
     print("bits per byte: " + ", ".join(f"{k} {v:.3f}" for k, v in bpb.items()) +
-          " (small inputs favour no codec; see docs/benchmarks.md for whole files)")
-    return {"bytes": len(data), "compressed": len(blob), "roundtrip": back == data, "bits_per_byte": bpb}
+          " (every size includes its format's header; whole files: docs/benchmarks.md)")
+    return {"bytes": len(data), "compressed": len(blob), "roundtrip": back == data, "bits_per_byte": bpb,
+            "header_bytes": head}
 
 
 def entropy_section(seed: int) -> dict:

@@ -11,12 +11,16 @@ cache's ``exact`` attention, whose result does not depend on the thread count) a
 bit-identical frequencies: the range decoder then returns exactly the encoded ids. Rows whose
 chunk has ended keep their last input; they are computed and ignored on both sides alike.
 
-File layout (integers little-endian):
-    b"ALMZ" | version u8 | header length u32 | header (JSON) | payload | CRC-32 u32 of all before
-    payload: per batch, a word count u32 then that many u32 words of the range coder
-Header: model spec and fingerprint, original length and SHA-256, token count, chunk, batch,
-precision. A wrong model, a truncated or altered file is refused (``CodecError``) before any
-output is produced; the decoded bytes are checked against the SHA-256 before they are returned.
+File layout, version 2 (integers little-endian; varint = unsigned LEB128):
+    b"ALMZ" | version u8 | header | payload | CRC-32 u32 of all before
+    header: model spec (varint length + UTF-8) | fingerprint (8 bytes) | original length, token
+            count, chunk, batch (4 varints) | precision u8 | CRC-32 u32 of the original bytes
+    payload: per batch, a word count (varint) then that many u32 words of the range coder
+The header costs ~45 bytes for a builtin model (version 1's JSON header and SHA-256 cost ~235, which
+outweighed the payload of a short text). Version 1 files (header length u32 + JSON header with a
+SHA-256, u32 word counts) are still read. A wrong model, a truncated or altered file is refused
+(``CodecError``) before any output is produced; the decoded bytes are checked against the stored
+checksum before they are returned.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import torch
 
 from ..errors import AdaptiveLMError
 
-MAGIC, VERSION = b"ALMZ", 1
+MAGIC, VERSION = b"ALMZ", 2         # version 1 (JSON header) is still read
 PRECISION = 24                      # range coder precision (bits): frequencies sum to 2^24 - V
 MAX_CACHE_BYTES = 1 << 30           # default batch: the largest whose KV cache fits in this
 
@@ -141,8 +145,7 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
     chunk, batch = resolve_config(model, meta_seq_len, cfg)
     model.eval()
     header = {"model": model_id, "fingerprint": fingerprint(model, tok), "length": len(data),
-              "sha256": hashlib.sha256(data).hexdigest(), "tokens": len(ids), "chunk": chunk,
-              "batch": batch, "precision": PRECISION}
+              "crc32": zlib.crc32(data), "tokens": len(ids), "chunk": chunk, "batch": batch, "precision": PRECISION}
     family = cs.stream.model.Categorical(perfect=False)
     ids_np = np.asarray(ids, dtype=np.int32)
     payload, done = [], 0
@@ -163,10 +166,51 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
 
         code_batch(model, lengths, bos_id=_bos(tok), code=code)
         words = enc.get_compressed()
-        payload.append(struct.pack("<I", len(words)) + words.astype("<u4").tobytes())
-    head = json.dumps(header, sort_keys=True).encode()
-    body = MAGIC + bytes([VERSION]) + struct.pack("<I", len(head)) + head + b"".join(payload)
+        payload.append(_varint(len(words)) + words.astype("<u4").tobytes())
+    body = MAGIC + bytes([VERSION]) + _pack_header(header) + b"".join(payload)
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(blob: bytes, pos: int, end: int) -> tuple[int, int]:
+    """(value, next position); CodecError past ``end`` or beyond 10 bytes."""
+    n = shift = 0
+    for i in range(pos, min(end, pos + 10)):
+        n |= (blob[i] & 0x7F) << shift
+        shift += 7
+        if not blob[i] & 0x80:
+            return n, i + 1
+    raise CodecError("the file is truncated or corrupted (bad varint)")
+
+
+def _pack_header(h: dict) -> bytes:
+    """Version 2's binary header (module docstring)."""
+    spec = h["model"].encode()
+    return (_varint(len(spec)) + spec + bytes.fromhex(h["fingerprint"])
+            + b"".join(_varint(h[k]) for k in ("length", "tokens", "chunk", "batch"))
+            + bytes([h["precision"]]) + struct.pack("<I", h["crc32"]))
+
+
+def _unpack_header(blob: bytes, pos: int, end: int) -> tuple[dict, int]:
+    n, pos = _read_varint(blob, pos, end)
+    if pos + n + 8 > end:
+        raise ValueError
+    h = {"model": blob[pos:pos + n].decode(), "fingerprint": blob[pos + n:pos + n + 8].hex()}
+    pos += n + 8
+    for k in ("length", "tokens", "chunk", "batch"):
+        h[k], pos = _read_varint(blob, pos, end)
+    if pos + 5 > end:
+        raise ValueError
+    h["precision"], (h["crc32"],) = blob[pos], struct.unpack("<I", blob[pos + 1:pos + 5])
+    return h, pos + 5
 
 
 def read_header(blob: bytes) -> tuple[dict, int]:
@@ -175,21 +219,27 @@ def read_header(blob: bytes) -> tuple[dict, int]:
         raise CodecError("not an adaptive-lm compressed file (bad magic)")
     if struct.unpack("<I", blob[-4:])[0] != zlib.crc32(blob[:-4]):
         raise CodecError("the file is truncated or corrupted (CRC-32 mismatch)")
-    if blob[4] != VERSION:
-        raise CodecError(f"format version {blob[4]} is not supported (this adaptive-lm reads version {VERSION})")
-    (n,) = struct.unpack("<I", blob[5:9])
+    if blob[4] not in (1, 2):
+        raise CodecError(f"format version {blob[4]} is not supported (this adaptive-lm reads versions 1 and {VERSION})")
     try:
-        header = json.loads(blob[9:9 + n])
+        if blob[4] == 1:                                   # JSON header with a SHA-256
+            (n,) = struct.unpack("<I", blob[5:9])
+            header, pos = json.loads(blob[9:9 + n]), 9 + n
+            checksum = isinstance(header, dict) and isinstance(header.get("sha256"), str)
+        else:
+            header, pos = _unpack_header(blob, 5, len(blob) - 4)
+            checksum = True
         ints = ("length", "tokens", "chunk", "batch", "precision")
-        if not (isinstance(header, dict) and all(isinstance(header.get(k), str) for k in ("model", "fingerprint", "sha256"))
+        if not (checksum and all(isinstance(header.get(k), str) for k in ("model", "fingerprint"))
                 and all(isinstance(header.get(k), int) and header[k] >= 0 for k in ints)
-                and header["chunk"] >= 1 and header["batch"] >= 1 and 9 + n <= len(blob) - 4):
+                and header["chunk"] >= 1 and header["batch"] >= 1 and pos <= len(blob) - 4):
             raise ValueError
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise CodecError("the file's header is unreadable") from None
     if header["precision"] != PRECISION:
         raise CodecError(f"precision {header['precision']} is not supported")
-    return header, 9 + n
+    header["version"] = blob[4]
+    return header, pos
 
 
 def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int], None]] = None) -> bytes:
@@ -205,13 +255,16 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
     family = cs.stream.model.Categorical(perfect=False)
     end, out, done = len(blob) - 4, [], 0
     for _, lengths in _batches(header["tokens"], header["chunk"], header["batch"]):
-        if pos + 4 > end:
+        if header["version"] == 1:
+            if pos + 4 > end:
+                raise CodecError("the file is truncated (payload ends early)")
+            (n,), pos = struct.unpack("<I", blob[pos:pos + 4]), pos + 4
+        else:
+            n, pos = _read_varint(blob, pos, end)
+        if pos + 4 * n > end:
             raise CodecError("the file is truncated (payload ends early)")
-        (n,) = struct.unpack("<I", blob[pos:pos + 4])
-        if pos + 4 + 4 * n > end:
-            raise CodecError("the file is truncated (payload ends early)")
-        dec = cs.stream.queue.RangeDecoder(np.frombuffer(blob, "<u4", n, pos + 4).astype(np.uint32))
-        pos += 4 + 4 * n
+        dec = cs.stream.queue.RangeDecoder(np.frombuffer(blob, "<u4", n, pos).astype(np.uint32))
+        pos += 4 * n
         rows = np.zeros((len(lengths), lengths[0]), dtype=np.int64)
 
         def code(t, freqs):
@@ -229,6 +282,8 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
         code_batch(model, lengths, bos_id=_bos(tok), code=code)
         out.extend(int(x) for r, ln in enumerate(lengths) for x in rows[r, :ln])
     data = tok.decode_bytes(out) if out else b""
-    if pos != end or len(data) != header["length"] or hashlib.sha256(data).hexdigest() != header["sha256"]:
+    same = (hashlib.sha256(data).hexdigest() == header["sha256"] if header["version"] == 1
+            else zlib.crc32(data) == header["crc32"])
+    if pos != end or len(data) != header["length"] or not same:
         raise CodecError("decoding did not reproduce the original (checksum mismatch): the file or the model differs")
     return data

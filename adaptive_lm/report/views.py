@@ -110,8 +110,9 @@ def compress_view(res: dict) -> str:
     """Round trip and bits per byte beside the standard codecs."""
     return (f"<p>{res['bytes']} bytes → {res['compressed']} bytes; round trip exact: "
             f"{verdict(res['roundtrip'], 'yes', 'NO')}.</p>" + bars(res["bits_per_byte"], "bits/byte")
-            + "<p class='muted'>A text this short favours no codec (the LM's header and frame are a fixed cost); "
-              "whole-file figures are in the bench plot below when a bench compress JSON exists.</p>")
+            + f"<p class='muted'>Every size includes its format's header and frame ({res.get('header_bytes', '?')} bytes "
+              "of the LM's file: model name, fingerprint, lengths, checksums). Whole-file figures are in the bench "
+              "plot below when a bench compress JSON exists.</p>")
 
 
 def entropy_view(res: dict) -> str:

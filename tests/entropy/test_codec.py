@@ -178,3 +178,50 @@ def test_bad_chunk_is_a_clear_error(codec_lm):
     _, model, tok = codec_lm
     with pytest.raises(AdaptiveLMError, match="chunk must be within"):
         compress(b"abc", model, tok, model_id="t", cfg=CodecConfig(chunk=65))
+
+
+def test_header_is_compact_and_varints_round_trip():
+    from adaptive_lm.entropy.codec import _read_varint, _varint
+    for n in (0, 1, 127, 128, 300, 2**32, 2**63 - 1):
+        b = _varint(n)
+        assert _read_varint(b + b"\xff", 0, len(b))[0] == n and len(b) == max(1, -(-n.bit_length() // 7))
+    with pytest.raises(CodecError, match="varint"):
+        _read_varint(b"\x80\x80", 0, 2)                         # continuation bit with nothing after it
+
+
+def test_short_text_costs_little_more_than_its_payload(codec_lm):
+    from adaptive_lm.entropy.codec import _varint, read_header
+    blob, back = _rt(SAMPLES["one byte"], codec_lm)
+    header, pos = read_header(blob)
+    assert back == b"a" and header["version"] == 2
+    ints = sum(len(_varint(header[k])) for k in ("length", "tokens", "chunk", "batch"))
+    assert pos == 5 + 1 + len("test") + 8 + ints + 1 + 4 <= 32   # magic, version; spec; fingerprint; 4 varints; precision; CRC
+    assert len(blob) - pos - 4 <= 1 + 4 * 2                    # one batch: a count and a word or two
+
+
+def test_version_1_files_are_still_read(codec_lm):
+    """A file in the old layout (JSON header with a SHA-256, u32 word counts), built from a new one."""
+    import hashlib
+    import json
+    import struct
+    import zlib
+    from adaptive_lm.entropy.codec import _read_varint, read_header
+    _, model, tok = codec_lm
+    data = SAMPLES["text"] * 3
+    blob, _ = _rt(data, codec_lm, chunk=16, batch=2)
+    h, pos = read_header(blob)
+    head = {"model": h["model"], "fingerprint": h["fingerprint"], "length": h["length"], "tokens": h["tokens"],
+            "chunk": h["chunk"], "batch": h["batch"], "precision": h["precision"],
+            "sha256": hashlib.sha256(data).hexdigest()}
+    payload, end = b"", len(blob) - 4
+    while pos < end:
+        n, pos = _read_varint(blob, pos, end)
+        payload += struct.pack("<I", n) + blob[pos:pos + 4 * n]
+        pos += 4 * n
+    js = json.dumps(head).encode()
+    body = b"ALMZ" + bytes([1]) + struct.pack("<I", len(js)) + js + payload
+    old = body + struct.pack("<I", zlib.crc32(body))
+    assert len(old) > len(blob) + 150 and decompress(old, model, tok) == data
+    sha = body.replace(head["sha256"].encode(), b"0" * 64)          # the old checksum is still checked
+    with pytest.raises(CodecError, match="did not reproduce"):
+        decompress(sha + struct.pack("<I", zlib.crc32(sha)), model, tok)

@@ -73,6 +73,14 @@ def test_calm_classifier_then_generate_with_it(calm_ckpt, tmp_path):
     assert rc == 0, se
     assert (tmp_path / "exit_classifier.safetensors").exists()
     assert json.loads(so)["layers"] == [1, 2, 3]
+    rc, so, se = run("calm-classifier", str(calm_ckpt), "--steps", "2", "--seq-len", "16", "--batch-size", "4",
+                     "--every", "2", "--out", str(tmp_path / "every2"))
+    assert rc == 0, se
+    assert json.loads(so)["layers"] == [2]                             # exits every 2nd layer, below the top (4)
+    rc, so, se = run("calm-classifier", "smollm2", "--steps", "1")      # a Hugging Face model: nowhere to write
+    assert_one_line_error(rc, se, 2, "--out")
+    rc, so, se = run("calm-classifier", str(calm_ckpt), "--every", "4", "--out", str(tmp_path / "x"))
+    assert_one_line_error(rc, se, 2, "exit below the top")
 
 
 def test_bench_calm_rows(calm_ckpt, tmp_path):

@@ -43,6 +43,7 @@ class CalmBenchOptions:
     tau: float = 4.0                     # decaying-threshold temperature
     timing_prompts: int = 16             # test prompts decoded for the tokens/s figures
     corpus: str = ""                     # default: the corpus the checkpoint was trained on (pydocs for HF models)
+    hf_classifier: str = ""              # a folder with the exit classifier of the Hugging Face model(s) (`calm-classifier smollm2 --out DIR`)
     data_dir: str = ""                   # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
 
 
@@ -108,13 +109,14 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     if not model.config.causal:
         raise UsageError(f"{name} is a masked diffusion LM; CALM needs a causal LM")
     folder = None if is_hf_spec(name) else resolve(name)
-    clf = load_classifier(folder, model) if folder else None
+    clf_folder = folder or o.hf_classifier or None
+    clf = load_classifier(clf_folder, model) if clf_folder else None
     if "classifier" in measures and clf is None:
         print(f"{name}: no exit classifier next to the checkpoint: skipping measure=classifier", file=sys.stderr)
         measures.remove("classifier")
     meta = read_config(folder).get("meta", {}) if folder else {}
     corpus = o.corpus or meta.get("corpus", "pydocs")
-    every = meta.get("calm", {}).get("exit_every", 1)
+    every = meta.get("calm", {}).get("exit_every", clf.layers[0] if clf is not None and folder is None else 1)
     if not corpus:
         raise UsageError("corpus= is needed: the checkpoint does not say what it was trained on")
     if o.prompt_len + o.max_new_tokens > model.config.max_seq_len:

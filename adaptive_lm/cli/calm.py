@@ -148,34 +148,39 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
 
 @command
 def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: int = 16, seq_len: int = 128,
-                    seed: int = 0, data_dir: str = "", out: str = "") -> int:
+                    seed: int = 0, every: int = 1, corpus: str = "", data_dir: str = "", out: str = "") -> int:
     """Train CALM's early-exit classifier with the backbone frozen (CALM's second training step) and
     write exit_classifier.safetensors next to the model.
 
     Args:
-        model: causal LM checkpoint folder (a builtin:NAME needs --out)
+        model: causal LM checkpoint folder, or a Hugging Face spec (smollm2, hf:DIR, gguf:FILE); builtin:NAME and HF specs need --out
         steps: optimisation steps
         lr: learning rate
         batch_size: windows per step
         seq_len: tokens per window
         seed: data order
+        every: exit layers every k-th layer (k = 1: all but the top one)
+        corpus: training text (default: the checkpoint's corpus; pydocs for a Hugging Face model)
         data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
         out: folder to write exit_classifier.safetensors into (default: the model folder)
     """
+    from ..calm.exits import exit_layers
     from ..calm.runtime import save_classifier, train_classifier
-    from ..checkpoint import from_pretrained, read_config, resolve
+    from ..checkpoint import read_config, resolve
     from ..data import TokenStream, pack, read_text, step_generator
-    if steps < 1 or batch_size < 1 or seq_len < 2:
-        raise UsageError("--steps and --batch-size must be >= 1, --seq-len >= 2")
-    folder = resolve(model)
-    if model.startswith("builtin:") and not out:
-        raise UsageError("a builtin checkpoint is read-only: pass --out FOLDER")
-    m, tok = from_pretrained(model)
+    from ..hf_causal import is_hf_spec, load_causal_lm
+    if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1:
+        raise UsageError("--steps, --batch-size and --every must be >= 1, --seq-len >= 2")
+    hf = is_hf_spec(model)
+    if (hf or model.startswith("builtin:")) and not out:
+        raise UsageError(f"{model} has no folder of ours to write into: pass --out FOLDER")
+    folder = None if hf else resolve(model)
+    m, tok = load_causal_lm(model)
     if not m.config.causal:
         raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
-    if m.config.n_layer < 2:
-        raise UsageError("an exit classifier needs a model of at least 2 layers")
-    corpus = read_config(folder).get("meta", {}).get("corpus")
+    if m.config.n_layer < 2 or every >= m.config.n_layer:
+        raise UsageError(f"an exit classifier needs an exit below the top layer ({m.config.n_layer} layers, --every {every})")
+    corpus = corpus or ("pydocs" if hf else read_config(folder).get("meta", {}).get("corpus"))
     if not corpus:
         raise UsageError("the checkpoint does not say what corpus it was trained on")
     stream = TokenStream(pack(tok, read_text(corpus, "train", data_dir_flag=data_dir or None)), min(seq_len, m.config.max_seq_len))
@@ -185,7 +190,7 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
             agree = " ".join(f"{k[6:]}:{v:.2f}" for k, v in mets.items() if k.startswith("agree_"))
             print(f"step {step}/{steps} loss {mets['loss']:.4f} agreement by layer {agree}", file=sys.stderr, flush=True)
     clf = train_classifier(m, lambda step: stream.batch(batch_size, step_generator(seed, step)),
-                           steps=steps, lr=lr, progress=show)
+                           steps=steps, lr=lr, layers=exit_layers(m.config.n_layer, every)[:-1], progress=show)
     target = Path(out) if out else folder
     target.mkdir(parents=True, exist_ok=True)
     print(json.dumps({"written": str(save_classifier(target, clf)), "layers": clf.layers}))

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from .errors import CheckpointError
 from .model import ModelConfig, TransformerLM
 from .tokenizer import TokenizerError, load_tokenizer
-from .io import atomic_folder, recover_folder
+from .io import atomic_folder, read_json, recover_folder
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -104,10 +104,7 @@ def read_config(folder) -> dict:
     p = folder / CONFIG
     if not p.exists():
         raise CheckpointError(f"{folder}: missing {CONFIG}")
-    try:
-        cfg = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{p}: corrupt ({e})") from None
+    cfg = read_json(p, CheckpointError, bad="is corrupt")
     if not isinstance(cfg, dict) or "model" not in cfg:
         raise CheckpointError(f"{p}: not an adaptive_lm config (no 'model' section)")
     return cfg

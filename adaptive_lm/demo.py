@@ -40,6 +40,7 @@ def daedal_section(seed: int) -> dict:
     from .tasks.arith import make_split, score
     model, tok = from_pretrained(DEFAULT_MDM)
     prob = make_split("test", 1, seed=10_000 + seed)[0]
+    print(f"--- problem: {prob.prompt.strip()} (expected {prob.answer})")
     ids = SpecialIds(tok.mask_id, tok.eos_id, tok.pad_id, tok.vocab_size)
     res = {"prompt": prob.prompt, "answer": prob.answer}
     for name, policy in (("daedal", Daedal(init_length=32, max_length=512)), ("fixed-256", FixedLength(length=256))):
@@ -48,8 +49,10 @@ def daedal_section(seed: int) -> dict:
         text = tok.decode(out.tokens[0])
         res[name] = {"output": text, "correct": score(text, prob), "seconds": time.perf_counter() - t0, **out.stats[0],
                      "timeline": canvas_timeline(tok, prob.prompt, out.traces[0], ids)}
+        lines = text.splitlines()
+        tail = "\n".join(lines[-2:])
         print(f"--- {name}: correct={res[name]['correct']} NFE={out.stats[0]['nfe']} canvas={out.stats[0]['n_token']} "
-              f"({res[name]['seconds']:.1f}s)\n{text}")
+              f"({res[name]['seconds']:.1f}s), {len(lines)} lines ending:\n{tail}")
     return res
 
 
@@ -203,8 +206,8 @@ def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
                     temperature=0.8, top_k=0, generator=g)
     dt = time.perf_counter() - t0
     n = sum(len(o) for o in outs)
-    for i, o in enumerate(outs):
-        print(f"--- sample {i + 1}\n{prompt}{tok.decode(o)}")
+    for i, o in enumerate(outs):                    # the first lines here; whole samples in the report
+        print(f"--- sample {i + 1}\n" + "\n".join((prompt + tok.decode(o)).splitlines()[:3]))
     print(f"\n{n} tokens in {dt:.2f}s ({n / dt:,.0f} tokens/s, batch 4, KV cache, {torch.get_num_threads()} threads)")
     summary = {"model": DEFAULT_LM, "seed": seed, "prompt": prompt, "samples": [tok.decode(o) for o in outs],
                "tokens_per_s": n / dt}

@@ -7,6 +7,7 @@ back if a kill struck between the two renames, and readers call it first).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -73,3 +74,15 @@ def recover_folder(path) -> bool:
         return False
     os.replace(olds[-1], path)
     return True
+
+
+def read_json(path, error: type, *, missing: str = "no such file", bad: str = "is not JSON"):
+    """The JSON in a file, or ``error`` (an exception class) with one clear line: missing file, or
+    not JSON (the parser's reason appended)."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{p}: {missing}")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{p} {bad} ({e})") from None

@@ -5,11 +5,11 @@ plots.py); no network is needed to view a report.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 from ..errors import UsageError
+from ..io import read_json
 from . import views
 from .page import esc, page
 from .plots import bench_view
@@ -33,12 +33,7 @@ def entropy_heatmap(pieces: list[str], bits: list[Optional[float]], *, title: st
 def load_bench(path) -> dict:
     """A bench JSON written by `adaptive-lm bench NAME --json OUT`; a clear error for anything else."""
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: no such file")
-    try:
-        result = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{p} is not JSON ({e})") from None
+    result = read_json(p, UsageError)
     if not isinstance(result, dict) or "bench" not in result or not isinstance(result.get("rows"), list):
         raise UsageError(f"{p} is not a bench result (expected the JSON of `adaptive-lm bench NAME --json OUT`)")
     return result

@@ -40,9 +40,9 @@ def load_bench(path) -> dict:
 
 
 def find_benches(folders: list) -> list[tuple[str, dict]]:
-    """Bench JSONs in the folders, the newest per bench name (files that are not bench results are
-    skipped), in a fixed order of bench names."""
-    best: dict[str, tuple[float, str, dict]] = {}
+    """Bench JSONs in the folders (files that are not bench results are skipped); of files with the
+    same name in several folders, the newest run. Ordered by bench name, then file name."""
+    best: dict[str, tuple] = {}
     for folder in folders:
         for p in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
             try:
@@ -50,9 +50,10 @@ def find_benches(folders: list) -> list[tuple[str, dict]]:
             except UsageError:
                 continue
             key = (str(r.get("environment", {}).get("date", "")), p.stat().st_mtime)
-            if r["bench"] not in best or key > best[r["bench"]][0]:
-                best[r["bench"]] = (key, str(p), r)
-    return [(src, r) for _, (_, src, r) in sorted(best.items())]
+            if p.name not in best or key > best[p.name][0]:
+                best[p.name] = (key, str(p), r)
+    found = sorted(best.items(), key=lambda kv: (kv[1][2]["bench"], kv[0]))
+    return [(src, r) for _, (_, src, r) in found]
 
 
 def bench_report(benches: list[tuple[str, dict]], *, title: str = "adaptive_lm benchmarks") -> str:

@@ -45,16 +45,17 @@ def test_load_bench_rejects_what_is_not_a_bench_result(tmp_path):
     assert load_bench(write(tmp_path / "ok.json", bench("daedal", DAEDAL_ROWS)))["bench"] == "daedal"
 
 
-def test_find_benches_keeps_the_newest_per_bench(tmp_path):
+def test_find_benches_keeps_the_newest_of_a_file_name(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    write(a / "old.json", bench("daedal", DAEDAL_ROWS[:1], date="2026-11-20T00:00:00"))
-    write(b / "new.json", bench("daedal", DAEDAL_ROWS, date="2026-11-22T00:00:00"))
+    write(a / "bench_daedal.json", bench("daedal", DAEDAL_ROWS[:1], date="2026-11-20T00:00:00"))
+    write(b / "bench_daedal.json", bench("daedal", DAEDAL_ROWS, date="2026-11-22T00:00:00"))
+    write(a / "bench_daedal_v2.json", bench("daedal", DAEDAL_ROWS[:2]))
     write(a / "calm.json", bench("calm", []))
     write(a / "summary.json", {"samples": []})                      # not a bench: skipped
     found = find_benches([a, b, tmp_path / "absent"])
-    assert [r["bench"] for _, r in found] == ["calm", "daedal"]
-    assert found[1][0].endswith("new.json") and len(found[1][1]["rows"]) == 3
+    assert [(r["bench"], len(r["rows"])) for _, r in found] == [("calm", 0), ("daedal", 3), ("daedal", 2)]
+    assert found[1][0] == str(b / "bench_daedal.json")
 
 
 def test_bench_report_shows_command_machine_plots_and_every_row(tmp_path):

@@ -40,8 +40,8 @@ class VMDToyOptions:
     datasets: str = "pair,pair-skewed,D1,D2"   # toy datasets (tasks/toys.py)
     blocks: str = "1,2"                        # block counts B (the 2-token sets use B = 1 only)
     samples: int = 10000                       # samples per (model, setting)
-    steps: int = 3000                          # training steps per model (recipes mdm-toy / vmd-toy)
-    latent_dim: int = 8                        # VMD's z width
+    steps: int = 6000                          # training steps per model (recipes mdm-toy / vmd-toy)
+    latent_dim: int = 16                       # VMD's z width
     redraw: bool = False                       # VMD: a fresh z before every step (default: once per block)
     temperature: float = 1.0                   # sampling temperature (1: draws from the model's conditionals)
 

@@ -214,7 +214,7 @@ def build_vmd(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
 
 
 _TOY_MODEL = ModelConfig(n_layer=2, n_head=4, d_model=64, max_seq_len=8, positions="learned")
-_TOY_TRAIN = TrainConfig(steps=3000, batch_size=128, lr=2e-3, warmup_steps=100, eval_every=1000, save_every=1000,
+_TOY_TRAIN = TrainConfig(steps=6000, batch_size=128, lr=2e-3, warmup_steps=100, eval_every=1000, save_every=1000,
                          log_every=50, weight_decay=0.0, min_lr_ratio=0.1)
 _SUDOKU_MODEL = ModelConfig(n_layer=5, n_head=4, d_model=128, max_seq_len=81, positions="learned")
 _SUDOKU_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=200, eval_every=500, save_every=250,
@@ -227,8 +227,8 @@ for _name, _lat in (("vmd", 8), ("mdm", 0)):
     register(Recipe(
         build=build_vmd, name=f"{_name}-toy",
         description=f"{_name.upper()} on a synthetic joint (data.dataset=pair|pair-skewed|D1|D2, data.block_size=0|2)",
-        model=_TOY_MODEL, train=_TOY_TRAIN, data=VMDSpec(task="toy", dataset="D1", latent_dim=_lat),
-        budget="<= 5 minutes on 2 CPU cores"))
+        model=_TOY_MODEL, train=_TOY_TRAIN, data=VMDSpec(task="toy", dataset="D1", latent_dim=2 * _lat),
+        budget="~4 minutes on 2 CPU cores"))
     register(Recipe(
         build=build_vmd, name=f"{_name}-sudoku",
         description=f"{_name.upper()} Sudoku solver (5 layers, d=128, row/column/box features), generator-A puzzles",

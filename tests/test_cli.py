@@ -109,3 +109,12 @@ def test_recipes_lists_and_describes(capsys):
     assert "char-shakespeare" in capsys.readouterr().out
     assert main(["recipes", "tiny-test"]) == 0
     assert "train.steps = 20" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """`adaptive-lm ... | head`: the reader is gone before the command has written its ~12 KB."""
+    p = subprocess.Popen([sys.executable, "-m", "adaptive_lm", "generate", "builtin:shakespeare-char", "--prompt", "A",
+                          "--num-samples", "48", "--max-new-tokens", "250"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err, err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 import typing
 from typing import Optional
@@ -90,6 +91,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("adaptive-lm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:                     # `adaptive-lm ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

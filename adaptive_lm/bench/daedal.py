@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checkpoint import from_pretrained
+from ..checkpoint import from_pretrained, read_config, resolve
 from ..diffusion.daedal import Daedal
 from ..diffusion.sampler import FixedLength, SpecialIds, Threshold, denoise, model_logits_fn
 from ..errors import UsageError
@@ -84,6 +84,13 @@ def ar_row(spec: str, problems, batch_size: int, device: str) -> dict:
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def task_options(spec: str) -> dict:
+    """The arithmetic generator's options the checkpoint was trained with (its meta.task_options;
+    none for checkpoints older than that option: the defaults)."""
+    opts = read_config(resolve(spec)).get("meta", {}).get("task_options", {})
+    return {k: opts[k] for k in ("max_steps", "style", "max_delta") if k in opts}
+
+
 def _ints(name: str, s: str) -> list[int]:
     try:
         vals = [int(x) for x in s.split(",") if x.strip()]
@@ -107,7 +114,7 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     model.to(device)
     if model.config.causal:
         raise UsageError(f"{o.model} is a causal LM; DAEDAL needs a masked diffusion model")
-    problems = make_split("test", o.n, seed=o.data_seed + seed)
+    problems = make_split("test", o.n, seed=o.data_seed + seed, **task_options(o.model))
     longest = max(len(tok.encode(p.prompt)) for p in problems) + max(lengths + [o.max_length, o.threshold_length])
     if longest > model.config.max_seq_len:
         raise UsageError(f"prompt + canvas ({longest} tokens) exceeds the model's {model.config.max_seq_len}-token context")

@@ -41,7 +41,8 @@ def draw_noise(batch_size: int, length: int, generator: torch.Generator, eps: fl
 
 
 def semi_ar_noise(t: torch.Tensor, u: torch.Tensor, starts: list[int], ends: list[int], *, share: float,
-                  block: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  block: int, generator: torch.Generator, future_weight: float = 1.0, block_weight: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Turn a share of the rows into the view the semi-autoregressive sampler has (LLaDA's blocks):
     row i's response spans [starts[i], ends[i]); a cut k is drawn in it; positions before k are
     visible (decoded blocks), the block [k, k+block) is masked at the row's level t, and everything
@@ -49,9 +50,16 @@ def semi_ar_noise(t: torch.Tensor, u: torch.Tensor, starts: list[int], ends: lis
     block's draws rescaled), so the always-masked future does not blow up the loss; this is a
     training heuristic beside the ELBO rows, not part of the bound. Without it the model learns to
     read a line's fate off the visible future, which the sampler never shows it.
-    Returns new (t (B,), u (B, L)); the caller's tensors are not modified.
+    future_weight scales the loss of the always-masked future of those rows (its far digits are
+    barely predictable and outnumber the block's tokens; the sampler only ever commits inside the
+    block); block_weight scales the block's (a row's loss is divided by its whole canvas length, so
+    at weight 1 a converted row counts ~L/block times less than an ELBO row — and its block is the
+    only place where the model must compute a token from the past alone, without copying it from
+    the visible future). Returns new (t (B,), u (B, L)) and loss weights w (B, L) (1 except that future); the
+    caller's tensors are not modified.
     """
     t, u = t.clone(), u.clone()
+    w = torch.ones_like(u)
     L = u.shape[1]
     pos = torch.arange(L)
     for i, (a, b) in enumerate(zip(starts, ends)):
@@ -62,7 +70,9 @@ def semi_ar_noise(t: torch.Tensor, u: torch.Tensor, starts: list[int], ends: lis
         u[i] = torch.where(pos < k, torch.full_like(u[i], 2.0),
                            torch.where(blk, u[i] / t[i], torch.full_like(u[i], -1.0)))
         t[i] = 1.0
-    return t, u
+        w[i, blk] = block_weight
+        w[i, pos >= k + block] = future_weight
+    return t, u, w
 
 
 def apply_mask(x0: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor, u: torch.Tensor, mask_id: int):
@@ -75,7 +85,8 @@ def mdm_loss(model, batch: dict, *, mask_id: int) -> tuple[torch.Tensor, dict]:
     """SFT / pre-training loss of a masked diffusion LM.
 
     batch: input_ids (B, L) clean tokens; t (B,); u (B, L); optional prompt_mask (B, L) bool —
-    True on prompt positions, which are never masked (SFT); optional attention_mask (B, L).
+    True on prompt positions, which are never masked (SFT); optional attention_mask (B, L);
+    optional loss_weight (B, L) scaling each position's term (semi_ar_noise's future weight).
     Without prompt_mask this is the pre-training loss over all (attended) positions.
     """
     x0, t, u = batch["input_ids"], batch["t"], batch["u"]
@@ -85,17 +96,20 @@ def mdm_loss(model, batch: dict, *, mask_id: int) -> tuple[torch.Tensor, dict]:
         maskable = maskable & ~batch["prompt_mask"].bool()
     xt, masked = apply_mask(x0, maskable, t, u, mask_id)
     logits = model(xt, attention_mask=attn).logits                      # (B, L, V)
-    weighted, mets = masked_ce(logits, x0, masked, t)
+    weighted, mets = masked_ce(logits, x0, masked, t, batch.get("loss_weight"))
     loss = (weighted / maskable.sum(1).clamp(min=1)).mean()
     return loss, {"loss": loss.detach(), **mets}
 
 
-def masked_ce(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: torch.Tensor):
+def masked_ce(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
+              weight: Optional[torch.Tensor] = None):
     """The ELBO's data term per sequence: sum over masked positions of -log p(x0^i | x_t) / t
-    (LLaDA eq. 3 before the 1/L). logits (B, L, V), x0 (B, L), masked (B, L) bool, t (B,).
+    (LLaDA eq. 3 before the 1/L). logits (B, L, V), x0 (B, L), masked (B, L) bool, t (B,);
+    optional weight (B, L) scales each position's term (1 everywhere = the ELBO).
     Returns (B,) and the monitoring metrics masked_acc, masked_ce (unweighted, per masked token)."""
     ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten(), reduction="none").view_as(x0)
-    weighted = (ce * masked / t[:, None]).sum(1)                          # (B,)
+    term = ce * masked if weight is None else ce * masked * weight
+    weighted = (term / t[:, None]).sum(1)                                 # (B,)
     with torch.no_grad():
         n = masked.sum().clamp(min=1)
         acc = ((logits.argmax(-1) == x0) & masked).sum() / n

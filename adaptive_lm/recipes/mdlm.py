@@ -38,6 +38,15 @@ class ArithSpec:
     stratified: bool = True       # low-discrepancy noise levels across the batch (less loss variance)
     semi_ar_share: float = 0.5    # share of rows seen as the block sampler sees them (objective.semi_ar_noise)
     semi_ar_block: int = 32       # the block length of those rows (the samplers' default)
+    future_weight: float = 1.0    # loss weight of those rows' always-masked future (objective.semi_ar_noise)
+    block_weight: float = 1.0     # loss weight of those rows' block (objective.semi_ar_noise)
+    line_style: str = "delta"     # worked lines: "delta" ("Day 02: -2=31") or "full" ("Day 02: 33-2=31")
+    max_delta: int = 9            # largest daily change (tasks.arith.sample_problem)
+
+    def task(self) -> dict:
+        """The problem generator's options; stored in the checkpoint's meta so that benches pose
+        the problems the model was trained on."""
+        return {"max_steps": self.max_steps, "style": self.line_style, "max_delta": self.max_delta}
 
 
 def arith_tokenizer() -> CharTokenizer:
@@ -48,7 +57,7 @@ def arith_global_batch(tok, spec: ArithSpec, batch_size: int, generator: torch.G
     """One global SFT batch of arithmetic problems with its diffusion noise; canvases independent
     of the answers (module docstring)."""
     g = generator
-    probs = [sample_problem(g, split, max_steps=spec.max_steps) for _ in range(batch_size)]
+    probs = [sample_problem(g, split, **spec.task()) for _ in range(batch_size)]
     top = int(torch.randint(1, spec.max_canvas + 1, (1,), generator=g))
     canvas = [max(1, top - int(torch.randint(0, spec.canvas_spread + 1, (1,), generator=g))) for _ in probs]
     prompts, responses = [tok.encode(p.prompt) for p in probs], [tok.encode(p.solution) for p in probs]
@@ -56,8 +65,12 @@ def arith_global_batch(tok, spec: ArithSpec, batch_size: int, generator: torch.G
                       canvas_lens=canvas)
     if spec.semi_ar_share > 0:
         starts = [len(p) for p in prompts]
-        batch["t"], batch["u"] = semi_ar_noise(batch["t"], batch["u"], starts, [a + c for a, c in zip(starts, canvas)],
-                                               share=spec.semi_ar_share, block=spec.semi_ar_block, generator=g)
+        ends = [a + c for a, c in zip(starts, canvas)]
+        batch["t"], batch["u"], w = semi_ar_noise(batch["t"], batch["u"], starts, ends, share=spec.semi_ar_share,
+                                                  block=spec.semi_ar_block, generator=g,
+                                                  future_weight=spec.future_weight, block_weight=spec.block_weight)
+        if (spec.future_weight, spec.block_weight) != (1.0, 1.0):
+            batch["loss_weight"] = w
     return batch
 
 
@@ -75,7 +88,7 @@ def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
         return shard(b, tc.batch_size, micro=micro, n_micro=tc.grad_accum, rank=rank, world=world)
 
     g = torch.Generator().manual_seed(12345)
-    held = make_split("test", spec.eval_problems, seed=777, max_steps=spec.max_steps)
+    held = make_split("test", spec.eval_problems, seed=777, **spec.task())
     val = sft_batch([tok.encode(p.prompt) for p in held], [tok.encode(p.solution) for p in held],
                     eos_id=tok.eos_id, generator=g, extra=16)
 
@@ -86,7 +99,7 @@ def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
         loss, mets = mdm_loss(m, {k: v.to(dev) for k, v in val.items()}, mask_id=tok.mask_id)
         return {"loss": float(loss), "masked_acc": float(mets["masked_acc"])}
 
-    meta = {"recipe": recipe.name, "family": "masked-diffusion", "task": "arith"}
+    meta = {"recipe": recipe.name, "family": "masked-diffusion", "task": "arith", "task_options": spec.task()}
     return Built(model, tok, objective, batches, eval_fn, meta)
 
 
@@ -133,10 +146,10 @@ def build_ar_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
 
     def batches(step, micro, rank, world):
         g = step_generator(tc.seed, step)
-        b = ar_arith_batch(tok, [sample_problem(g, "train", max_steps=spec.max_steps) for _ in range(tc.batch_size)])
+        b = ar_arith_batch(tok, [sample_problem(g, "train", **spec.task()) for _ in range(tc.batch_size)])
         return shard(b, tc.batch_size, micro=micro, n_micro=tc.grad_accum, rank=rank, world=world)
 
-    held = make_split("test", spec.eval_problems, seed=777, max_steps=spec.max_steps)
+    held = make_split("test", spec.eval_problems, seed=777, **spec.task())
     vx, vy = ar_arith_batch(tok, held)
 
     @torch.no_grad()
@@ -146,7 +159,7 @@ def build_ar_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
         loss, _ = lm_objective(m, (vx.to(dev), vy.to(dev)))
         return {"loss": float(loss), "acc": arith_generation_acc(m, tok, held)}
 
-    meta = {"recipe": recipe.name, "family": "causal-lm", "task": "arith"}
+    meta = {"recipe": recipe.name, "family": "causal-lm", "task": "arith", "task_options": spec.task()}
     return Built(model, tok, lm_objective, batches, eval_fn, meta)
 
 

@@ -6,7 +6,8 @@ characters), and the number of lines is known only after dividing the values —
 prompt's shape. Each step is local (a 1- or 2-digit number plus or minus one digit), which a
 small model masters on a CPU; a line shows the change and the new value (not the old one: a
 diffusion model decoding in parallel would copy the old value instead of computing the new), the
-values written with two digits so that the line above is a fixed-offset lookup. The answer ends
+values written with two digits so that the line above is a fixed-offset lookup (style "full"
+writes the old value too, "Day 02: 33-2=31", as earlier versions did). The answer ends
 in ``\\boxed{days}`` and is scored with the same last-``\\boxed{}`` extractor as GSM8K / MATH.
 
     Mia has 47 coins and spends 6 each day until fewer than 6 are left. How many days?
@@ -32,10 +33,12 @@ from .answers import is_equiv, last_boxed
 
 MAX_STEPS = 16
 MAX_VALUE = 99
+MAX_DELTA = 9                                 # the largest daily change (a single digit)
 ALPHABET = string.printable[:95] + "\n"      # printable ASCII + newline: the char tokenizer's alphabet
 NAMES = ("Mia", "Leo", "Ana", "Sam", "Kai", "Zoe", "Ben", "Ivy", "Tom", "Eva")
 ITEMS = ("coins", "apples", "stamps", "cards", "shells", "beads")
 TEST_FRACTION = 10                            # 1 in 10 number-tuples is held out for test
+STYLES = ("delta", "full")                    # a worked line shows the change and the new value, or also the old
 
 
 @dataclass(frozen=True)
@@ -56,48 +59,60 @@ def _split_of(key: tuple) -> str:
     return "test" if h % TEST_FRACTION == 0 else "train"
 
 
-def spend_problem(name: str, item: str, start: int, d: int) -> Problem:
+def _line(k: int, old: int, op: str, new: int, style: str) -> str:
+    """One worked line: "Day 02: -2=31" (delta) or "Day 02: 33-2=31" (full)."""
+    if style not in STYLES:
+        raise ValueError(f"line style must be one of {', '.join(STYLES)}, not {style!r}")
+    return f"Day {k:02d}: {old:02d}{op}={new:02d}" if style == "full" else f"Day {k:02d}: {op}={new:02d}"
+
+
+def spend_problem(name: str, item: str, start: int, d: int, style: str = "delta") -> Problem:
     """Subtract d per day while at least d are left."""
     lines, x, k = [], start, 0
     while x >= d:
         k += 1
-        lines.append(f"Day {k:02d}: -{d}={x - d:02d}")
+        lines.append(_line(k, x, f"-{d}", x - d, style))
         x -= d
     lines.append(f"{x:02d}<{d}, so {k} days.")
     prompt = f"{name} has {start} {item} and spends {d} each day until fewer than {d} are left. How many days?\n"
     return Problem(prompt, "\n".join(lines) + f"\n\\boxed{{{k}}}", str(k), k)
 
 
-def save_problem(name: str, item: str, start: int, d: int, target: int) -> Problem:
+def save_problem(name: str, item: str, start: int, d: int, target: int, style: str = "delta") -> Problem:
     """Add d per day until the total reaches the target."""
     lines, x, k = [], start, 0
     while x < target:
         k += 1
-        lines.append(f"Day {k:02d}: +{d}={x + d:02d}")
+        lines.append(_line(k, x, f"+{d}", x + d, style))
         x += d
     lines.append(f"{x:02d}>={target}, so {k} days.")
     prompt = f"{name} has {start} {item} and gets {d} more each day until at least {target}. How many days?\n"
     return Problem(prompt, "\n".join(lines) + f"\n\\boxed{{{k}}}", str(k), k)
 
 
-def sample_problem(g: torch.Generator, split: str = "train", max_steps: int = MAX_STEPS, min_steps: int = 1) -> Problem:
-    """One problem of the split, with the number of steps uniform in min_steps..max_steps."""
+def sample_problem(g: torch.Generator, split: str = "train", max_steps: int = MAX_STEPS, min_steps: int = 1,
+                   style: str = "delta", max_delta: int = MAX_DELTA) -> Problem:
+    """One problem of the split, with the number of steps uniform in min_steps..max_steps; style is
+    the worked lines' (STYLES; the prompt and the answer do not depend on it); the daily change is
+    at most max_delta (2..9: a smaller one makes each line's arithmetic a smaller table)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, not {split!r}")
+    if not 2 <= max_delta <= MAX_DELTA:
+        raise ValueError(f"max_delta must be in 2..{MAX_DELTA}, not {max_delta}")
     while True:
         n = _randint(g, min_steps, max_steps)
         name, item = NAMES[_randint(g, 0, len(NAMES) - 1)], ITEMS[_randint(g, 0, len(ITEMS) - 1)]
         if _randint(g, 0, 1) == 0:                                  # spend: start = n*d + r, r < d
-            d_max = min(9, MAX_VALUE // n)
+            d_max = min(max_delta, MAX_VALUE // n)
             if d_max < 2:
                 continue
             d = _randint(g, 2, d_max)
             start = n * d + _randint(g, 0, min(d - 1, MAX_VALUE - n * d))
             key = ("spend", start, d)
             if _split_of(key) == split:
-                return spend_problem(name, item, start, d)
+                return spend_problem(name, item, start, d, style)
         else:                                                       # save: n = ceil((target-start)/d)
-            d_max = min(9, (MAX_VALUE - 1) // n)
+            d_max = min(max_delta, (MAX_VALUE - 1) // n)
             if d_max < 1:
                 continue
             d = _randint(g, 1, d_max)
@@ -105,13 +120,14 @@ def sample_problem(g: torch.Generator, split: str = "train", max_steps: int = MA
             target = start + (n - 1) * d + _randint(g, 1, d)
             key = ("save", start, d, target)
             if _split_of(key) == split:
-                return save_problem(name, item, start, d, target)
+                return save_problem(name, item, start, d, target, style)
 
 
-def make_split(split: str, n: int, seed: int = 0, max_steps: int = MAX_STEPS) -> list[Problem]:
+def make_split(split: str, n: int, seed: int = 0, max_steps: int = MAX_STEPS, style: str = "delta",
+               max_delta: int = MAX_DELTA) -> list[Problem]:
     """n problems of a split, deterministic from the seed (duplicates are possible in train)."""
     g = torch.Generator().manual_seed(seed)
-    return [sample_problem(g, split, max_steps) for _ in range(n)]
+    return [sample_problem(g, split, max_steps, style=style, max_delta=max_delta) for _ in range(n)]
 
 
 def score(output: str, problem: Problem) -> bool:

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adaptive_lm.diffusion.objective import apply_mask, draw_noise, mc_nll, mdm_loss, semi_ar_noise, sft_batch
+from adaptive_lm.diffusion.objective import (apply_mask, draw_noise, masked_ce, mc_nll, mdm_loss, semi_ar_noise,
+                                             sft_batch)
 from adaptive_lm.model import ModelConfig, TransformerLM
 
 V, EOS, MASK = 20, 1, 19
@@ -251,13 +252,15 @@ def test_sft_batch_with_canvas_lengths_cuts_pads_and_masks_attention():
 
 def test_semi_ar_noise_gives_the_block_samplers_view():
     """A converted row: clean before its cut k, masked at level t inside [k, k+block), masked after;
-    weight 1 (t := 1). Unconverted rows and the caller's tensors are untouched."""
+    weight 1 (t := 1), its future's loss weight future_weight. Unconverted rows and the caller's
+    tensors are untouched."""
     g = torch.Generator().manual_seed(0)
     B, L, block = 6, 40, 8
     t, u = draw_noise(B, L, g)
     t0, u0 = t.clone(), u.clone()
     starts, ends = [5] * B, [35] * B
-    nt, nu = semi_ar_noise(t, u, starts, ends, share=0.5, block=block, generator=torch.Generator().manual_seed(1))
+    nt, nu, w = semi_ar_noise(t, u, starts, ends, share=0.5, block=block, generator=torch.Generator().manual_seed(1),
+                              future_weight=0.25)
     assert torch.equal(t, t0) and torch.equal(u, u0)
     converted = (nt == 1.0).nonzero().flatten().tolist()
     assert 0 < len(converted) < B
@@ -266,9 +269,32 @@ def test_semi_ar_noise_gives_the_block_samplers_view():
     for i in range(B):
         masked = maskable[i] & (nu[i] < nt[i])
         if i not in converted:
-            assert torch.equal(nu[i], u0[i]) and nt[i] == t0[i]
+            assert torch.equal(nu[i], u0[i]) and nt[i] == t0[i] and bool((w[i] == 1).all())
             continue
         k = int((nu[i] != 2.0).nonzero()[0])                       # first position not kept clean
         assert 5 <= k < 35 and not masked[:k].any()
         assert torch.equal(masked[k:k + block], u0[i, k:k + block] < t0[i])
         assert masked[k + block:].all()
+        assert bool((w[i, :k + block] == 1).all()) and bool((w[i, k + block:] == 0.25).all())
+
+
+def test_loss_weight_scales_each_positions_term():
+    """mdm_loss with a loss_weight of 1 everywhere is the plain loss; halving every weight halves it;
+    masked_ce with weights equals the per-position sum of w * CE / t computed one term at a time."""
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(vocab_size=12, n_layer=1, n_head=2, d_model=16, max_seq_len=32, causal=False))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 10, (3, 12), generator=g)
+    t, u = draw_noise(3, 12, g)
+    batch = {"input_ids": x, "t": t, "u": u}
+    plain, _ = mdm_loss(model, batch, mask_id=11)
+    ones, _ = mdm_loss(model, {**batch, "loss_weight": torch.ones(3, 12)}, mask_id=11)
+    half, _ = mdm_loss(model, {**batch, "loss_weight": torch.full((3, 12), 0.5)}, mask_id=11)
+    assert torch.allclose(plain, ones) and torch.allclose(half, plain / 2)
+    logits = torch.randn(3, 12, 12, generator=g)
+    masked = u < t[:, None]
+    w = torch.rand(3, 12, generator=g)
+    got, _ = masked_ce(logits, x, masked, t, w)
+    ce = -torch.log_softmax(logits, -1).gather(-1, x[..., None])[..., 0]       # (3, 12), the slow way
+    want = torch.tensor([sum(float(ce[b, i] * w[b, i] / t[b]) for i in range(12) if masked[b, i]) for b in range(3)])
+    assert torch.allclose(got, want.float(), atol=1e-5)

@@ -57,3 +57,17 @@ def test_score_reads_the_last_box():
     assert not arith.score("no box", p)
     with pytest.raises(ValueError):
         arith.sample_problem(torch.Generator(), split="valid")
+
+
+def test_full_style_writes_the_old_value_and_changes_nothing_else():
+    d = arith.spend_problem("Mia", "coins", 47, 6)
+    f = arith.spend_problem("Mia", "coins", 47, 6, style="full")
+    assert f.solution.splitlines()[:2] == ["Day 01: 47-6=41", "Day 02: 41-6=35"]
+    assert d.solution.splitlines()[:2] == ["Day 01: -6=41", "Day 02: -6=35"]
+    assert (f.prompt, f.answer, f.steps) == (d.prompt, d.answer, d.steps)
+    assert arith.save_problem("Leo", "cards", 12, 7, 80, style="full").solution.startswith("Day 01: 12+7=19\n")
+    a = arith.make_split("test", 30, seed=5)
+    b = arith.make_split("test", 30, seed=5, style="full")
+    assert [p.prompt for p in a] == [p.prompt for p in b] and [p.answer for p in a] == [p.answer for p in b]
+    with pytest.raises(ValueError, match="line style"):
+        arith.spend_problem("Mia", "coins", 47, 6, style="long")

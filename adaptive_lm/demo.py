@@ -58,13 +58,10 @@ def daedal_section(seed: int) -> dict:
 
 def canvas_timeline(tok, prompt: str, trace: list[dict], ids) -> dict:
     """The sampler's trace as report frames (report/views.py): canvas ids, the positions committed
-    at the step (moved past masks DAEDAL inserted in the same step), the inserted ones, the stage."""
+    at the step and the inserted ones (both in that step's canvas), the stage."""
     frames, used = [], set(tok.encode(prompt))
     for st in trace:
-        ins = st["inserted"]
-        shift = len(ins) - 1 if ins and st.get("stage") != 1 else 0
-        new = [p + shift if shift and p > ins[0] else p for p in st["committed"]]
-        frames.append({"c": st["canvas"], "new": new, "ins": ins, "stage": st.get("stage", 2)})
+        frames.append({"c": st["canvas"], "new": st["committed"], "ins": st["inserted"], "stage": st.get("stage", 2)})
         used.update(st["canvas"])
     vocab = {i: tok.decode([i]) for i in sorted(used) if i not in (ids.mask, ids.eos, ids.pad)}
     return {"prompt": prompt, "vocab": vocab, "mask": ids.mask, "eos": ids.eos, "frames": frames}

@@ -86,6 +86,8 @@ class Daedal(Policy):
                 r.canvas = torch.cat([r.canvas, torch.full((tail,), ids.eos, dtype=torch.long)])
 
     def step(self, row: Row, pred: Prediction, ids: SpecialIds):
+        """One stage-2 step; returns (committed, inserted) positions, both in the canvas as it is
+        after the step (a commit past an insertion is moved by the E_factor - 1 new masks)."""
         masks = block_masks(row, ids, self.block_length)
         fill = fill_above(pred, masks, self.tau_high)
         done = commit(row, pred, fill)
@@ -99,6 +101,7 @@ class Daedal(Policy):
             if k > 1:
                 row.canvas = torch.cat([row.canvas[:pos], torch.full((k,), ids.mask, dtype=torch.long), row.canvas[pos + 1:]])
                 inserted = list(range(pos, pos + k))
+                done = [p + k - 1 if p > pos else p for p in done]     # in the grown canvas's positions
             if k < self.e_factor:                                   # the cap cut an expansion short
                 row.hit_max = True
         advance(row, ids, self.block_length)

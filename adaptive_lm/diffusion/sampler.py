@@ -78,7 +78,8 @@ class Prediction:
 
 class Policy:
     """What varies between samplers. ``step`` edits the row in place and returns
-    (committed positions, inserted positions) for the trace."""
+    (committed positions, inserted positions) for the trace, both indexing the canvas as it is
+    after the step."""
     block_length: int = 32
     max_length: Optional[int] = None      # longest response canvas (None: no growth)
     thresholded: bool = False             # decides from confidence thresholds (needs real confidences)

@@ -181,7 +181,7 @@ def test_stage2_inserts_e_factor_masks_at_the_low_confidence_mask():
     out = denoise(Oracle(expansion_rule({3: 0.5})), [[3]], policy=stage2_daedal(), ids=IDS, trace=True)
     tr = out.traces[0]
     assert all("stage" not in e for e in tr)                           # tau_eos = 0: stage 1 never grows
-    assert [e["committed"] for e in tr] == [[0, 1, 2, 4, 5, 6, 7], [3, 4, 5, 6]]
+    assert [e["committed"] for e in tr] == [[0, 1, 2, 7, 8, 9, 10], [3, 4, 5, 6]]   # positions after the insertion
     assert [e["inserted"] for e in tr] == [[3, 4, 5, 6], []]
     assert tr[0]["canvas"] == [ANS] * 3 + [MASK] * 4 + [ANS] + [EOS] * 3
     assert out.canvases[0] == [ANS] * 8 + [EOS] * 3
@@ -223,7 +223,7 @@ def test_only_the_least_confident_candidate_expands():
     assert conf_of(0.2) < conf_of(0.5) < 0.1
     out = denoise(Oracle(expansion_rule({3: 0.5, 5: 0.2})), [[3]], policy=stage2_daedal(), ids=IDS, trace=True)
     tr = out.traces[0]
-    assert tr[0]["committed"] == [0, 1, 2, 4, 6, 7]
+    assert tr[0]["committed"] == [0, 1, 2, 4, 9, 10]
     assert tr[0]["inserted"] == [5, 6, 7, 8]
     assert tr[0]["canvas"] == [ANS, ANS, ANS, MASK, ANS, MASK, MASK, MASK, MASK, EOS, EOS]
     assert out.canvases[0] == [ANS] * 8 + [EOS] * 3
@@ -266,3 +266,15 @@ def test_daedal_defaults_match_the_paper():
     d = Daedal()
     assert (d.init_length, d.max_length, d.block_length, d.tau_high, d.tau_low, d.tau_eos, d.tau_expand, d.e_factor,
             d.w_eos, d.eos_tail) == (64, 2048, 32, 0.9, 0.1, 0.5, 0.9, 8, 32, 16)
+
+
+@pytest.mark.parametrize("rule", [{3: 0.5}, {3: 0.5, 5: 0.2}, {1: 0.5, 6: 0.2}])
+def test_trace_positions_index_the_traced_canvas(rule):
+    """Every traced step: committed positions hold tokens in that step's canvas (never a mask), and
+    inserted positions hold masks — also when a commit lies past a same-step insertion."""
+    out = denoise(Oracle(expansion_rule(rule)), [[3]], policy=stage2_daedal(), ids=IDS, trace=True)
+    tr = out.traces[0]
+    assert any(e["inserted"] for e in tr)
+    for e in tr:
+        assert all(e["canvas"][p] != MASK for p in e["committed"])
+        assert all(e["canvas"][p] == MASK for p in e["inserted"])

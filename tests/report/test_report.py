@@ -85,13 +85,15 @@ def test_page_pieces_escape_their_input():
     assert "0.1235" in t and "–" in t and "yes" in t and "&lt;x&gt;" in t
 
 
-def test_canvas_timeline_moves_commits_past_inserted_masks():
+def test_canvas_timeline_keeps_the_traces_positions():
+    """The sampler's trace indexes each step's own canvas (Daedal.step moves a commit past a
+    same-step insertion), so the frames carry its positions unchanged."""
     tok = CharTokenizer.from_text("abc")
     ids = SpecialIds(tok.mask_id, tok.eos_id, tok.pad_id, tok.vocab_size)
     m, a = ids.mask, tok.encode("a")[0]
     trace = [{"canvas": [m] * 4, "committed": [], "inserted": [2, 3], "ptr": 0, "stage": 1},
-             # step: position 3 committed, then the mask at 1 replaced by 3 masks (net +2): 3 -> 5
-             {"canvas": [m, m, m, m, m, a], "committed": [3], "inserted": [1, 2, 3], "ptr": 0}]
+             # step: a commit at 3, then the mask at 1 replaced by 3 masks (net +2): the commit is at 5
+             {"canvas": [m, m, m, m, m, a], "committed": [5], "inserted": [1, 2, 3], "ptr": 0}]
     tl = canvas_timeline(tok, "ab", trace, ids)
     assert [f["stage"] for f in tl["frames"]] == [1, 2]
     assert tl["frames"][1]["new"] == [5] and tl["frames"][1]["c"][5] == a

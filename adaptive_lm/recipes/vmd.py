@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from ..checkpoint import from_pretrained
 from ..data import TokenStream, read_text, shard, step_generator
 from ..diffusion.objective import draw_noise
 from ..errors import UsageError
@@ -33,7 +34,7 @@ from ..tasks import sudoku as S
 from ..tasks import toys
 from ..tokenizer import CharTokenizer
 from ..train import TrainConfig
-from ..vmd.model import VMD, VMDConfig
+from ..vmd.model import VMD, VMDConfig, warm_start
 from ..vmd.objective import vmd_loss
 from ..vmd.sample import sample
 from ..vmd.sudoku import encode_grids, sudoku_accuracy
@@ -57,6 +58,7 @@ class VMDSpec:
     corpus: str = "tinyshakespeare"   # text: corpus name or path
     seq_len: int = 64             # text: window length in characters
     eval_samples: int = 2000      # toy: samples at each evaluation
+    init_from: str = ""           # a checkpoint (e.g. builtin:mdm-sudoku) whose denoiser starts this one (vmd.model.warm_start)
 
 
 def vmd_tokenizer(spec: VMDSpec, data_dir: Optional[str] = None) -> CharTokenizer:
@@ -150,6 +152,15 @@ def build_vmd(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
     torch.manual_seed(tc.seed)
     model = VMD(cfg)
     meta = {"recipe": recipe.name, "family": "vmd", "task": spec.task}
+    if spec.init_from:
+        source, _ = from_pretrained(spec.init_from)
+        if not isinstance(source, VMD):
+            raise UsageError(f"data.init_from={spec.init_from} is not a VMD / MDM checkpoint")
+        try:
+            warm_start(model, source)
+        except ValueError as e:
+            raise UsageError(f"data.init_from={spec.init_from}: {e}") from None
+        meta["init_from"] = spec.init_from
 
     def objective(m, batch):
         return vmd_loss(m, batch, mask_id=tok.mask_id)

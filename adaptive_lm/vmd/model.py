@@ -171,4 +171,24 @@ class VMD(nn.Module):
         return self.denoise(xt, cond, attention_mask)
 
 
+@torch.no_grad()
+def warm_start(model: VMD, source: VMD) -> None:
+    """Start model's denoiser from source's (e.g. a VMD from its trained MDM baseline): every
+    denoiser weight is copied; of the conditioning projection, the feature columns are copied and
+    the z columns set to zero, so the warm-started VMD predicts exactly what source does whatever z
+    is, until training teaches the z columns. The encoder keeps its own initialisation."""
+    mine, theirs = model.denoiser.state_dict(), source.denoiser.state_dict()
+    if model.config.features != source.config.features or set(mine) != set(theirs):
+        raise ValueError("warm start needs a source with the same denoiser layout and features")
+    F = model.config.n_features
+    for k, v in theirs.items():
+        if k == "cond_proj.weight":
+            mine[k].zero_()
+            mine[k][:, :F] = v[:, :F]
+        elif mine[k].shape != v.shape:
+            raise ValueError(f"warm start: {k} is {tuple(v.shape)} in the source, {tuple(mine[k].shape)} here")
+        else:
+            mine[k].copy_(v)
+
+
 ARCHITECTURES["VMD"] = (VMDConfig, VMD)

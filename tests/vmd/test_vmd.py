@@ -11,7 +11,7 @@ from adaptive_lm.diffusion.sampler import Row
 from adaptive_lm.model import ModelConfig
 from adaptive_lm.tasks import sudoku as S
 from adaptive_lm.tokenizer import CharTokenizer
-from adaptive_lm.vmd.model import VMD, VMDConfig, feature_table, gaussian_kl
+from adaptive_lm.vmd.model import VMD, VMDConfig, feature_table, gaussian_kl, warm_start
 from adaptive_lm.vmd.objective import block_view, elbo, vmd_loss
 from adaptive_lm.vmd.sample import LatentConditioner, sample
 from adaptive_lm.vmd.sudoku import decode_grids, encode_grids, solve
@@ -206,3 +206,24 @@ def test_sudoku_solver_never_calls_an_invalid_grid_valid():
     assert all(p == "." or p == g for p, g in zip(puzzle, res.grid))   # givens are never changed
     done = solve(m, tok, sol)                                         # nothing to fill
     assert done.valid and done.grid == sol and done.nfe == 0
+
+
+def test_warm_start_copies_the_denoiser_and_zeroes_the_z_columns():
+    """A VMD warm-started from its MDM baseline predicts exactly what the MDM does, whatever z;
+    the encoder is untouched; a source of another layout is refused."""
+    den = ModelConfig(vocab_size=14, n_layer=1, n_head=2, d_model=16, max_seq_len=81, causal=False, positions="learned")
+    torch.manual_seed(0)
+    mdm = VMD(VMDConfig(denoiser=den, latent_dim=0, features="sudoku"))
+    with torch.no_grad():
+        for p in mdm.parameters():
+            p.add_(0.1 * torch.randn_like(p))                         # not the initial values
+    vmd = VMD(VMDConfig(denoiser=den, latent_dim=4, enc_layers=1, features="sudoku"))
+    enc_before = {k: v.clone() for k, v in vmd.encoder.state_dict().items() if k != "tok_emb.weight" and k != "head.weight"}
+    warm_start(vmd, mdm)
+    x = torch.randint(0, 14, (3, 81))
+    for z in (torch.zeros(3, 4), torch.randn(3, 4), 5 * torch.randn(3, 4)):
+        assert torch.equal(vmd.denoise(x, z), mdm.denoise(x))
+    assert all(torch.equal(v, vmd.encoder.state_dict()[k]) for k, v in enc_before.items())
+    other = VMD(VMDConfig(denoiser=dataclasses.replace(den, n_layer=2), latent_dim=0, features="sudoku"))
+    with pytest.raises(ValueError, match="warm start"):
+        warm_start(vmd, other)

@@ -115,3 +115,20 @@ def test_train_tiny_vmd_recipe(tmp_path, capsys):
     assert main(["train", "tiny-vmd-test", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("val_acc" in r for r in lines) and any("kl" in r for r in lines)
+
+
+def test_train_vmd_sudoku_warm_starts_from_an_mdm(sudoku_ckpts, tmp_path, capsys):
+    """data.init_from: the run starts from the MDM's denoiser (recorded in meta); a source of
+    another layout or family is refused in one line, exit 2, and no run folder is left."""
+    out = tmp_path / "run"
+    args = ["train", "vmd-sudoku", "model.n_layer=1", "model.n_head=2", "model.d_model=32", "data.latent_dim=4",
+            "data.enc_layers=1", "data.pool=8", "data.eval_puzzles=2", "train.steps=2", "train.batch_size=4",
+            "train.eval_every=2", "train.save_every=2", "--quiet"]
+    assert main(args + [f"data.init_from={sudoku_ckpts['mdm']}", "--out", str(out)]) == 0
+    meta = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]
+    assert meta["init_from"] == sudoku_ckpts["mdm"]
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(args + ["model.d_model=64", f"data.init_from={sudoku_ckpts['mdm']}", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "warm start" in err and not bad.exists()

@@ -35,3 +35,30 @@ def test_ar_batch_scores_only_the_solution_and_its_eos():
         assert y[i][y[i] != -100].tolist() == want
         n = len(tok.encode(p.prompt)) + len(want) - 1
         assert x[i, :n].tolist() == (tok.encode(p.prompt) + want)[:-1]
+
+
+def test_task_options_reach_the_batches_and_bad_ones_are_refused():
+    """line_style / max_delta shape every row of the batch; the semi-AR weights appear only when set;
+    a bad task setting is a UsageError before training."""
+    import pytest
+    from adaptive_lm.errors import UsageError
+    from adaptive_lm.recipes.mdlm import check_spec
+    tok = arith_tokenizer()
+    spec = ArithSpec(line_style="full", max_delta=3, semi_ar_share=1.0, block_weight=4.0, future_weight=0.5)
+    b = arith_global_batch(tok, spec, 8, step_generator(0, 0))
+    w = b["loss_weight"]
+    assert set(w.unique().tolist()) <= {1.0, 4.0, 0.5} and (w == 4.0).any()
+    import re
+    seen = 0
+    for row, pm in zip(b["input_ids"], b["prompt_mask"]):
+        lines = tok.decode(row[~pm].tolist()).splitlines()
+        for line in lines[:-1]:                                     # the last one may be cut by the canvas
+            if line.startswith("Day "):
+                m = re.fullmatch(r"Day \d\d: (\d\d)([+-])(\d)=(\d\d)", line)   # "Day 01: 47-3=44"
+                assert m and int(m[3]) <= 3 and int(m[4]) == int(m[1]) + int(m[3]) * (1 if m[2] == "+" else -1)
+                seen += 1
+    assert seen > 0
+    assert "loss_weight" not in arith_global_batch(tok, ArithSpec(), 4, step_generator(0, 0))
+    for bad in (ArithSpec(line_style="long"), ArithSpec(max_delta=1), ArithSpec(max_steps=17)):
+        with pytest.raises(UsageError):
+            check_spec(bad)

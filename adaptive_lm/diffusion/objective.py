@@ -55,8 +55,8 @@ def semi_ar_noise(t: torch.Tensor, u: torch.Tensor, starts: list[int], ends: lis
     block); block_weight scales the block's (a row's loss is divided by its whole canvas length, so
     at weight 1 a converted row counts ~L/block times less than an ELBO row — and its block is the
     only place where the model must compute a token from the past alone, without copying it from
-    the visible future). Returns new (t (B,), u (B, L)) and loss weights w (B, L) (1 except that future); the
-    caller's tensors are not modified.
+    the visible future). Returns new (t (B,), u (B, L)) and loss weights w (B, L) (1 outside the
+    converted rows' blocks and futures); the caller's tensors are not modified.
     """
     t, u = t.clone(), u.clone()
     w = torch.ones_like(u)
@@ -86,7 +86,7 @@ def mdm_loss(model, batch: dict, *, mask_id: int) -> tuple[torch.Tensor, dict]:
 
     batch: input_ids (B, L) clean tokens; t (B,); u (B, L); optional prompt_mask (B, L) bool —
     True on prompt positions, which are never masked (SFT); optional attention_mask (B, L);
-    optional loss_weight (B, L) scaling each position's term (semi_ar_noise's future weight).
+    optional loss_weight (B, L) scaling each position's term (semi_ar_noise's weights).
     Without prompt_mask this is the pre-training loss over all (attended) positions.
     """
     x0, t, u = batch["input_ids"], batch["t"], batch["u"]

@@ -21,9 +21,10 @@ import torch
 
 from ..data import shard, step_generator
 from ..diffusion.objective import mc_nll, mdm_loss, semi_ar_noise, sft_batch
+from ..errors import UsageError
 from ..lm import lm_objective
 from ..model import ModelConfig, TransformerLM
-from ..tasks.arith import ALPHABET, MAX_STEPS, make_split, sample_problem
+from ..tasks.arith import ALPHABET, MAX_DELTA, MAX_STEPS, STYLES, make_split, sample_problem
 from ..tokenizer import CharTokenizer
 from ..train import TrainConfig
 from . import Built, Recipe, register
@@ -74,8 +75,19 @@ def arith_global_batch(tok, spec: ArithSpec, batch_size: int, generator: torch.G
     return batch
 
 
+def check_spec(spec: ArithSpec) -> None:
+    """Bad task settings -> one clear error before any training starts."""
+    if spec.line_style not in STYLES:
+        raise UsageError(f"data.line_style must be one of {', '.join(STYLES)}, not {spec.line_style!r}")
+    if not 2 <= spec.max_delta <= MAX_DELTA:
+        raise UsageError(f"data.max_delta must be in 2..{MAX_DELTA}, not {spec.max_delta}")
+    if not 1 <= spec.max_steps <= MAX_STEPS:
+        raise UsageError(f"data.max_steps must be in 1..{MAX_STEPS}, not {spec.max_steps}")
+
+
 def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
     spec, tc = recipe.data, recipe.train
+    check_spec(spec)
     tok = arith_tokenizer()
     torch.manual_seed(tc.seed)
     model = TransformerLM(dataclasses.replace(recipe.model, vocab_size=tok.vocab_size, causal=False))
@@ -140,6 +152,7 @@ def arith_generation_acc(model, tok, problems, *, batch_size: int = 32, max_new_
 
 def build_ar_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
     spec, tc = recipe.data, recipe.train
+    check_spec(spec)
     tok = arith_tokenizer()
     torch.manual_seed(tc.seed)
     model = TransformerLM(dataclasses.replace(recipe.model, vocab_size=tok.vocab_size, causal=True))

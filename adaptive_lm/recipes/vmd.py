@@ -58,7 +58,7 @@ class VMDSpec:
     corpus: str = "tinyshakespeare"   # text: corpus name or path
     seq_len: int = 64             # text: window length in characters
     eval_samples: int = 2000      # toy: samples at each evaluation
-    init_from: str = ""           # a checkpoint (e.g. builtin:mdm-sudoku) whose denoiser starts this one (vmd.model.warm_start)
+    init_from: str = ""           # a checkpoint whose denoiser starts this one (vmd.model.warm_start)
 
 
 def vmd_tokenizer(spec: VMDSpec, data_dir: Optional[str] = None) -> CharTokenizer:
@@ -120,7 +120,7 @@ def toy_metrics(model, tok, dataset: str, *, n: int, nfe: int, policy: str = "to
     greedy decoding would make an MDM's samples all identical."""
     L = toys.length(dataset)
     out, _ = sample(model, torch.full((n, L), tok.mask_id), nfe=nfe, policy=policy, mask_id=tok.mask_id,
-                    generator=generator, redraw=redraw, temperature=temperature)
+                    eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator, redraw=redraw, temperature=temperature)
     digits = out - tok.stoi["0"]
     return {"acc": toys.accuracy(digits, dataset), "kl": toys.kl_data_model(digits, dataset)}
 

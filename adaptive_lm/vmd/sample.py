@@ -42,11 +42,14 @@ class LatentConditioner:
 @torch.no_grad()
 def sample(model: VMD, canvases: torch.Tensor, *, nfe: int, policy: str = "top_prob", mask_id: int,
            redraw: bool = False, generator: Optional[torch.Generator] = None, batch_size: int = 1024,
-           temperature: float = 0.0, trace: Optional[list] = None) -> tuple[torch.Tensor, list[int]]:
+           temperature: float = 0.0, trace: Optional[list] = None, eos_id: Optional[int] = None,
+           pad_id: Optional[int] = None) -> tuple[torch.Tensor, list[int]]:
     """Fill the masks of canvases (N, L) (``mask_id`` where undecided, e.g. all masks, or a Sudoku's
     blanks) in ``nfe`` steps per sequence (divided evenly among the blocks). Returns the filled
     canvases (N, L) and the forward passes each sequence took. ``trace``: a list that receives each
-    sequence's step-by-step trace (the sampler's: canvas and committed positions per step)."""
+    sequence's step-by-step trace (the sampler's: canvas and committed positions per step).
+    ``eos_id`` / ``pad_id``: the tokenizer's (the loop validates them; rows here are whole canvases,
+    so neither is ever read); without them, two ids other than the mask's stand in."""
     if policy not in POLICIES:
         raise UsageError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     N, L = canvases.shape
@@ -55,8 +58,9 @@ def sample(model: VMD, canvases: torch.Tensor, *, nfe: int, policy: str = "top_p
         raise UsageError(f"nfe must be >= 1, got {nfe}")
     pol = FixedLength(length=L, block_length=cfg.block_size or L, steps=nfe)
     cond = LatentConditioner(cfg.latent_dim, cfg.block_size, redraw) if cfg.latent_dim else None
-    # the denoiser never sees EOS / padding here: every row is the full canvas; ids only for checks
-    ids = SpecialIds(mask=mask_id, eos=(mask_id + 1) % cfg.vocab_size, pad=(mask_id + 2) % cfg.vocab_size)
+    stand_in = [i for i in range(3) if i != mask_id]
+    ids = SpecialIds(mask=mask_id, eos=stand_in[0] if eos_id is None else eos_id,
+                     pad=stand_in[1] if pad_id is None else pad_id, vocab_size=cfg.vocab_size)
     model.eval()
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     outs, nfes = [], []

@@ -37,7 +37,8 @@ def sudoku_accuracy(model, tok, pairs, *, nfe: int, policy: str, generator=None,
     """Whole-grid accuracy and the share of outputs breaking a rule (or a given), over
     (puzzle, solution) pairs."""
     out, _ = sample(model, encode_grids(tok, [p for p, _ in pairs]), nfe=nfe, policy=policy,
-                    mask_id=tok.mask_id, generator=generator, redraw=redraw)
+                    mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator,
+                    redraw=redraw)
     grids = decode_grids(tok, out)
     ok = [g == s for g, (_, s) in zip(grids, pairs)]
     bad = [not S.is_solution(g, p) for g, (p, _) in zip(grids, pairs)]
@@ -65,7 +66,8 @@ def solve(model, tok, puzzle: str, *, nfe: int = 0, policy: str = "margin", trie
         return Attempt(puzzle, S.is_solution(puzzle), 0, 0)
     steps = min(nfe or blanks, blanks)
     out, nfes = sample(model, encode_grids(tok, [puzzle] * tries), nfe=steps, policy=policy,
-                       mask_id=tok.mask_id, generator=generator, trace=trace)
+                       mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator,
+                       trace=trace)
     grids = decode_grids(tok, out)
     for k, g in enumerate(grids):
         if S.is_solution(g, puzzle):

@@ -38,7 +38,7 @@ def test_ar_batch_scores_only_the_solution_and_its_eos():
 
 
 def test_task_options_reach_the_batches_and_bad_ones_are_refused():
-    """line_style / max_delta shape every row of the batch; the semi-AR weights appear only when set;
+    """line_style / max_delta shape every row of the batch; the semi-AR weights are all 1 by default;
     a bad task setting is a UsageError before training."""
     import pytest
     from adaptive_lm.errors import UsageError
@@ -58,7 +58,7 @@ def test_task_options_reach_the_batches_and_bad_ones_are_refused():
                 assert m and int(m[3]) <= 3 and int(m[4]) == int(m[1]) + int(m[3]) * (1 if m[2] == "+" else -1)
                 seen += 1
     assert seen > 0
-    assert "loss_weight" not in arith_global_batch(tok, ArithSpec(), 4, step_generator(0, 0))
+    assert bool((arith_global_batch(tok, ArithSpec(), 4, step_generator(0, 0))["loss_weight"] == 1).all())
     for bad in (ArithSpec(line_style="long"), ArithSpec(max_delta=1), ArithSpec(max_steps=17)):
         with pytest.raises(UsageError):
             check_spec(bad)

@@ -24,7 +24,7 @@ from ..diffusion.objective import mc_nll, mdm_loss, semi_ar_noise, sft_batch
 from ..errors import UsageError
 from ..lm import lm_objective
 from ..model import ModelConfig, TransformerLM
-from ..tasks.arith import ALPHABET, MAX_DELTA, MAX_STEPS, STYLES, make_split, sample_problem
+from ..tasks.arith import ALPHABET, MAX_STEPS, check_options, make_split, sample_problem
 from ..tokenizer import CharTokenizer
 from ..train import TrainConfig
 from . import Built, Recipe, register
@@ -70,17 +70,16 @@ def arith_global_batch(tok, spec: ArithSpec, batch_size: int, generator: torch.G
         batch["t"], batch["u"], w = semi_ar_noise(batch["t"], batch["u"], starts, ends, share=spec.semi_ar_share,
                                                   block=spec.semi_ar_block, generator=g,
                                                   future_weight=spec.future_weight, block_weight=spec.block_weight)
-        if (spec.future_weight, spec.block_weight) != (1.0, 1.0):
-            batch["loss_weight"] = w
+        batch["loss_weight"] = w
     return batch
 
 
 def check_spec(spec: ArithSpec) -> None:
     """Bad task settings -> one clear error before any training starts."""
-    if spec.line_style not in STYLES:
-        raise UsageError(f"data.line_style must be one of {', '.join(STYLES)}, not {spec.line_style!r}")
-    if not 2 <= spec.max_delta <= MAX_DELTA:
-        raise UsageError(f"data.max_delta must be in 2..{MAX_DELTA}, not {spec.max_delta}")
+    try:
+        check_options(spec.line_style, spec.max_delta)
+    except ValueError as e:
+        raise UsageError(f"data.line_style / data.max_delta: {e}") from None
     if not 1 <= spec.max_steps <= MAX_STEPS:
         raise UsageError(f"data.max_steps must be in 1..{MAX_STEPS}, not {spec.max_steps}")
 

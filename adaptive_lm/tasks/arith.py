@@ -59,15 +59,22 @@ def _split_of(key: tuple) -> str:
     return "test" if h % TEST_FRACTION == 0 else "train"
 
 
-def _line(k: int, old: int, op: str, new: int, style: str) -> str:
-    """One worked line: "Day 02: -2=31" (delta) or "Day 02: 33-2=31" (full)."""
+def check_options(style: str = "delta", max_delta: int = MAX_DELTA) -> None:
+    """ValueError for a line style outside STYLES or a max_delta outside 2..MAX_DELTA."""
     if style not in STYLES:
         raise ValueError(f"line style must be one of {', '.join(STYLES)}, not {style!r}")
+    if not 2 <= max_delta <= MAX_DELTA:
+        raise ValueError(f"max_delta must be in 2..{MAX_DELTA}, not {max_delta}")
+
+
+def _line(k: int, old: int, op: str, new: int, style: str) -> str:
+    """One worked line: "Day 02: -2=31" (delta) or "Day 02: 33-2=31" (full)."""
     return f"Day {k:02d}: {old:02d}{op}={new:02d}" if style == "full" else f"Day {k:02d}: {op}={new:02d}"
 
 
 def spend_problem(name: str, item: str, start: int, d: int, style: str = "delta") -> Problem:
     """Subtract d per day while at least d are left."""
+    check_options(style)
     lines, x, k = [], start, 0
     while x >= d:
         k += 1
@@ -80,6 +87,7 @@ def spend_problem(name: str, item: str, start: int, d: int, style: str = "delta"
 
 def save_problem(name: str, item: str, start: int, d: int, target: int, style: str = "delta") -> Problem:
     """Add d per day until the total reaches the target."""
+    check_options(style)
     lines, x, k = [], start, 0
     while x < target:
         k += 1
@@ -97,8 +105,7 @@ def sample_problem(g: torch.Generator, split: str = "train", max_steps: int = MA
     at most max_delta (2..9: a smaller one makes each line's arithmetic a smaller table)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, not {split!r}")
-    if not 2 <= max_delta <= MAX_DELTA:
-        raise ValueError(f"max_delta must be in 2..{MAX_DELTA}, not {max_delta}")
+    check_options(style, max_delta)
     while True:
         n = _randint(g, min_steps, max_steps)
         name, item = NAMES[_randint(g, 0, len(NAMES) - 1)], ITEMS[_randint(g, 0, len(ITEMS) - 1)]

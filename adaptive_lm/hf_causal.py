@@ -108,9 +108,6 @@ class HFCausalLM(nn.Module):
         q, k, v = self._qkv(blk, norm1(h), ctx)
         if ctx.cache is not None:
             k, v = write_kv(i, k, v, ctx)
-        groups = cfg.n_head // cfg.n_kv_head
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         scale = None if self.kind == "gpt2" else self.blocks[i].self_attn.scaling
         y = attend(q, k, v, ctx, scale=scale)
         y = y.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
@@ -128,10 +125,8 @@ class HFCausalLM(nn.Module):
     commit = staticmethod(TransformerLM.commit)
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
-        c = self.config
-        shape_cfg = SimpleNamespace(n_layer=c.n_layer, n_head=c.n_kv_head, head_dim=c.head_dim)
         p = next(self.hf.parameters())
-        return KVCache(shape_cfg, batch_size, max_len or c.max_seq_len, device=p.device, dtype=p.dtype)
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, device=p.device, dtype=p.dtype)
 
     def forward(self, input_ids, *, attention_mask=None, cache: Optional[KVCache] = None,
                 output_hidden_states: bool = False) -> ModelOutput:

@@ -14,7 +14,9 @@ What the methods need from it, and where it lives here:
   ``fill_kv``) so a caller can run layer by layer and fill a skipped layer's K/V from a copied
   hidden state (CALM's state propagation);
 - an optional conditioning vector, per sequence (B, C) or per position/block (B, T, C), added to
-  the token embeddings through one projection (VMD's latent, the EEM embedding);
+  the token embeddings through one projection (VMD's latent, the EEM embedding), or with
+  ``cond_mode="adaln"`` turned into a per-channel scale and shift of every block's two norms
+  (adaptive layer norm, Peebles & Xie 2023; zero-initialised, so it starts as a no-op);
 - attention masks for left-padded batches: padding keys are never attended to and positions
   start at 0 on each row's first real token, so a left-padded row computes the same numbers as
   the same row alone.
@@ -37,6 +39,7 @@ class ModelConfig:
     vocab_size: int = 256         # number of token ids (tokenizer's vocab incl. special tokens)
     n_layer: int = 4              # transformer blocks
     n_head: int = 4               # attention heads; d_model must divide by it
+    n_kv_head: int = 0            # key/value heads (grouped-query attention, Ainslie et al. 2023); 0 = n_head
     d_model: int = 256            # residual stream width
     d_ff: int = 0                 # SwiGLU hidden width; 0 = round(8/3 * d_model) to a multiple of 32
     max_seq_len: int = 256        # longest sequence (prompt + generation) the model will see
@@ -46,6 +49,7 @@ class ModelConfig:
     dropout: float = 0.0          # dropout on attention probabilities and on each residual branch (training only)
     tie_embeddings: bool = True   # share the token embedding with the output head
     cond_dim: int = 0             # width of the optional conditioning vector; 0 = none
+    cond_mode: str = "add"        # how it enters: add (projected onto the embeddings) | adaln (scale/shift of each norm)
     mixer: str = "attention"      # token mixing: attention | masked_conv (the masked mixer, brief entropy.md)
     positions: str = "rope"       # rope (rotary, in attention) | learned (a position table added to the embeddings)
 
@@ -60,8 +64,14 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.n_kv_head < 0 or self.n_head % (self.n_kv_head or self.n_head):
+            raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0 = n_head)")
+        if self.mixer == "masked_conv" and self.kv_heads != self.n_head:
+            raise ValueError("the masked mixer has no key/value heads: leave n_kv_head at 0")
         if self.mixer not in MIXERS:
             raise ValueError(f"mixer must be one of {', '.join(MIXERS)}, got {self.mixer!r}")
+        if self.cond_mode not in ("add", "adaln"):
+            raise ValueError(f"cond_mode must be add or adaln, got {self.cond_mode!r}")
         if self.positions not in ("rope", "learned"):
             raise ValueError(f"positions must be rope or learned, got {self.positions!r}")
         if self.mixer == "masked_conv" and not self.causal:
@@ -81,8 +91,16 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for later, default in (("n_kv_head", 0), ("cond_mode", "add")):   # later fields: written only when
+            if d[later] == default:                                       # used, so older readers load the rest
+                del d[later]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -105,7 +123,7 @@ class KVCache:
     Preallocated to ``max_len``. ``length`` tokens are filled (the same for every row; left
     padding keeps rows aligned). ``key_mask`` (B, max_len) marks real (non-padding) keys and
     ``n_real`` (B,) counts each row's real tokens, which gives the RoPE position of the next one.
-    Each layer's K/V lives in ``k[i]``, ``v[i]`` (B, H, max_len, Dh) and is written by
+    Each layer's K/V lives in ``k[i]``, ``v[i]`` (B, H_kv, max_len, Dh) and is written by
     ``TransformerLM.layer`` or ``TransformerLM.fill_kv`` at positions [start, start+T).
     ``exact=True`` computes attention over this cache as matmul + softmax + matmul (``attend``):
     slower than SDPA's CPU kernel, but bit-identical whatever the thread count — what the
@@ -114,7 +132,7 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, *, device=None, dtype=torch.float32,
                  exact: bool = False):
-        shape = (batch_size, cfg.n_head, max_len, cfg.head_dim)
+        shape = (batch_size, getattr(cfg, "n_kv_head", 0) or cfg.n_head, max_len, cfg.head_dim)   # H_kv heads
         self.exact = exact            # attention through kernels whose result does not depend on the thread count
         self.padded = False           # some row holds a padding key (else a 1-token step needs no mask)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
@@ -141,6 +159,7 @@ class StepContext:
     new_len: int = 0                     # T
     rows: Optional[torch.Tensor] = None  # (b,) cache rows these b sequences are (``select``); None = all
     positions: Optional[torch.Tensor] = None   # (B, T) position of each new token in its row
+    cond: Optional[torch.Tensor] = None        # (B, 1 or T, C_cond) conditioning for AdaLN blocks
 
     def select(self, idx: torch.Tensor) -> "StepContext":
         """The context of a subset of the batch, rows ``idx`` (b,) — for running a layer on only the
@@ -149,7 +168,7 @@ class StepContext:
         rows = idx if self.rows is None else self.rows[idx]
         pick = lambda t: None if t is None else t[idx]
         return StepContext(pick(self.cos), pick(self.sin), pick(self.attn_mask), self.is_causal, self.cache,
-                           self.start, self.new_len, rows, pick(self.positions))
+                           self.start, self.new_len, rows, pick(self.positions), pick(self.cond))
 
 
 class RMSNorm(nn.Module):
@@ -190,16 +209,23 @@ def write_kv(i: int, k, v, ctx: StepContext):
 
 
 def attend(q, k, v, ctx: StepContext, *, scale: Optional[float] = None, dropout: float = 0.0):
-    """Scaled dot-product attention of q (B, H, T, Dh) over k, v (B, H, S, Dh) with the step's mask
-    -> (B, H, T, Dh). Over an ``exact`` cache: explicit matmul + softmax + matmul, whose result does
-    not depend on the thread count (SDPA's CPU kernel splits the keys across threads)."""
+    """Scaled dot-product attention of q (B, H, T, Dh) over k, v (B, Hk, S, Dh) with the step's mask
+    -> (B, H, T, Dh). Hk may divide H (grouped-query attention): query heads h*g .. h*g+g-1 share K/V
+    head h, g = H / Hk, and each K/V head is read once for its whole group — no copies. Over an
+    ``exact`` cache: explicit matmul + softmax + matmul, whose result does not depend on the thread
+    count (SDPA's CPU kernel splits the keys across threads)."""
+    B, H, T, Dh = q.shape
+    Hk = k.shape[1]
     if ctx.cache is not None and ctx.cache.exact:
-        s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)   # (B, H, T, S)
+        g = H // Hk
+        qg = q if g == 1 else q.reshape(B, Hk, g * T, Dh)                       # a group's queries as rows
+        s = (qg @ k.transpose(-1, -2)) * (Dh ** -0.5 if scale is None else scale)   # (B, Hk, g*T, S)
         if ctx.attn_mask is not None:
-            s = s.masked_fill(~ctx.attn_mask, float("-inf"))
-        return s.softmax(-1) @ v
+            mask = ctx.attn_mask if g == 1 else ctx.attn_mask.repeat(1, 1, g, 1)   # (B, 1, g*T, S)
+            s = s.masked_fill(~mask, float("-inf"))
+        return (s.softmax(-1) @ v).view(B, H, T, Dh)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal,
-                                          dropout_p=dropout, scale=scale)
+                                          dropout_p=dropout, scale=scale, enable_gqa=Hk != H)
 
 
 def run_layers(m, input_ids, *, attention_mask=None, cond=None, cache=None, output_hidden_states: bool = False) -> "ModelOutput":
@@ -219,22 +245,24 @@ def run_layers(m, input_ids, *, attention_mask=None, cond=None, cache=None, outp
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.n_head, self.n_kv, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        # rows of the fused projection: q (H*Dh), then k and v (Hk*Dh each)
+        self.qkv = nn.Linear(cfg.d_model, cfg.d_model + 2 * cfg.kv_heads * cfg.head_dim, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
     def kv(self, x, ctx: StepContext):
-        """K/V of normalised input x (B, T, C), rotated, each (B, H, T, Dh)."""
+        """K/V of normalised input x (B, T, C), rotated, each (B, Hk, T, Dh)."""
         B, T, C = x.shape
-        k, v = F.linear(x, self.qkv.weight[C:]).view(B, T, 2, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = F.linear(x, self.qkv.weight[C:]).view(B, T, 2, self.n_kv, self.head_dim).permute(2, 0, 3, 1, 4)
         return apply_rope(k, ctx.cos, ctx.sin), v
 
     def forward(self, x, ctx: StepContext, layer_idx: int):
         B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, Dh)
-        q, k = apply_rope(qkv[:2], ctx.cos, ctx.sin).unbind(0)                  # one rotation for q and k
-        v = qkv[2]
+        H, Hk = self.n_head, self.n_kv
+        qkv = self.qkv(x).view(B, T, H + 2 * Hk, self.head_dim).transpose(1, 2)  # (B, H+2Hk, T, Dh)
+        qk = apply_rope(qkv[:, :H + Hk], ctx.cos, ctx.sin)                      # one rotation for q and k
+        q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hk:]
         if ctx.cache is not None:
             k, v = write_kv(layer_idx, k, v, ctx)
         y = attend(q, k, v, ctx, dropout=self.dropout if self.training else 0.0)   # (B, H, T, Dh)
@@ -311,10 +339,23 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = mlp(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        # AdaLN: cond -> (shift, scale) of attn_norm and of mlp_norm, (B, T, 4C); zero-init = plain norms
+        self.ada = nn.Linear(cfg.cond_dim, 4 * cfg.d_model) if cfg.cond_mode == "adaln" and cfg.cond_dim else None
+        if self.ada is not None:
+            nn.init.zeros_(self.ada.bias)
+
+    def norm(self, which: int, x, ctx: StepContext):
+        """Norm 0 (before the mixer) or 1 (before the MLP) of x (B, T, C), modulated by the
+        context's conditioning in AdaLN mode: norm(x)·(1 + scale) + shift."""
+        y = (self.attn_norm, self.mlp_norm)[which](x)
+        if self.ada is None or ctx.cond is None:
+            return y
+        shift, scale = self.ada(ctx.cond.to(y.dtype)).chunk(4, -1)[2 * which:2 * which + 2]   # (B, 1|T, C)
+        return y * (1 + scale) + shift
 
     def forward(self, x, ctx: StepContext, layer_idx: int):
-        x = x + self.drop(self.attn(self.attn_norm(x), ctx, layer_idx))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+        x = x + self.drop(self.attn(self.norm(0, x, ctx), ctx, layer_idx))
+        return x + self.drop(self.mlp(self.norm(1, x, ctx)))
 
 
 def step_context(input_ids, attention_mask, cache: Optional[KVCache], *, causal: bool, max_seq_len: int) -> StepContext:
@@ -363,7 +404,8 @@ class TransformerLM(nn.Module):
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
-        self.cond_proj = nn.Linear(cfg.cond_dim, cfg.d_model, bias=False) if cfg.cond_dim else None
+        self.cond_proj = nn.Linear(cfg.cond_dim, cfg.d_model, bias=False) \
+            if cfg.cond_dim and cfg.cond_mode == "add" else None
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -375,6 +417,9 @@ class TransformerLM(nn.Module):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
         if self.cond_proj is not None:
             nn.init.zeros_(self.cond_proj.weight)  # conditioning starts as a no-op
+        for blk in self.blocks:
+            if blk.ada is not None:
+                nn.init.zeros_(blk.ada.weight)     # AdaLN too
 
     @staticmethod
     def _init(m):
@@ -396,8 +441,13 @@ class TransformerLM(nn.Module):
                 torch.arange(input_ids.shape[1], device=input_ids.device)[None]
             h = h + self.pos_emb(pos)
         if cond is not None:
-            if self.cond_proj is None:
+            if not self.config.cond_dim:
                 raise ValueError("this model has cond_dim=0 and takes no conditioning vector")
+            if self.cond_proj is None:                     # AdaLN: the blocks read it from the context
+                if ctx is None:
+                    raise ValueError("AdaLN conditioning needs the step context (use forward or run_layers)")
+                ctx.cond = cond[:, None] if cond.dim() == 2 else cond
+                return h
             c = self.cond_proj(cond.to(h.dtype))
             h = h + (c[:, None, :] if c.dim() == 2 else c)
         return h
@@ -435,7 +485,7 @@ class TransformerLM(nn.Module):
         if rows is not None:
             idx = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
             h, ctx = h[idx], ctx.select(idx)
-        write_kv(i, *blk.attn.kv(blk.attn_norm(h), ctx), ctx)
+        write_kv(i, *blk.attn.kv(blk.norm(0, h, ctx), ctx), ctx)
 
     @staticmethod
     def commit(ctx: StepContext):

@@ -50,12 +50,14 @@ def test_left_padding_and_kv_cache(kind):
     mask[1, :4] = 0
     full = m(x, attention_mask=mask).logits
     torch.testing.assert_close(full[1, 4:], m(b).logits[0], rtol=1e-9, atol=1e-9)
-    cache = m.new_cache(2, 16)
-    step = [m(x[:, :6], attention_mask=mask[:, :6], cache=cache).logits]
-    for t in range(6, 9):
-        step.append(m(x[:, t:t + 1], attention_mask=mask[:, t:t + 1], cache=cache).logits)
-    torch.testing.assert_close(torch.cat(step, 1)[0], full[0], rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(torch.cat(step, 1)[1, 4:], full[1, 4:], rtol=1e-9, atol=1e-9)
+    for exact in (False, True):          # SDPA, and the thread-count-independent path (grouped K/V heads too)
+        cache = m.new_cache(2, 16)
+        cache.exact = exact
+        step = [m(x[:, :6], attention_mask=mask[:, :6], cache=cache).logits]
+        for t in range(6, 9):
+            step.append(m(x[:, t:t + 1], attention_mask=mask[:, t:t + 1], cache=cache).logits)
+        torch.testing.assert_close(torch.cat(step, 1)[0], full[0], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(torch.cat(step, 1)[1, 4:], full[1, 4:], rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", KINDS)

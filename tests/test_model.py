@@ -9,6 +9,17 @@ from adaptive_lm.model import ModelConfig, TransformerLM
 ATOL = 1e-5
 
 
+def _decode(m, ids, first, mask=None, cond=None, cache=None):
+    """Logits (B, T, V) of ids (B, T) through a KV cache: the first ``first`` tokens in one step,
+    then one token per step."""
+    cache = cache if cache is not None else m.new_cache(ids.shape[0])
+    part = lambda a, b: None if mask is None else mask[:, a:b]
+    out = [m(ids[:, :first], attention_mask=part(0, first), cond=cond, cache=cache).logits]
+    for t in range(first, ids.shape[1]):
+        out.append(m(ids[:, t:t + 1], attention_mask=part(t, t + 1), cond=cond, cache=cache).logits)
+    return torch.cat(out, 1)
+
+
 def test_causal_mask_future_tokens_never_change_past_logits(tiny_model):
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 61, (2, 20), generator=g)
@@ -32,10 +43,7 @@ def test_kv_cache_decoding_equals_full_forward(tiny_model):
     x = torch.randint(0, 61, (3, 24), generator=torch.Generator().manual_seed(2))
     full = tiny_model(x).logits
     cache = tiny_model.new_cache(3)
-    parts = [tiny_model(x[:, :7], cache=cache).logits]
-    for t in range(7, 24):
-        parts.append(tiny_model(x[:, t:t + 1], cache=cache).logits)
-    torch.testing.assert_close(torch.cat(parts, 1), full, atol=ATOL, rtol=0)
+    torch.testing.assert_close(_decode(tiny_model, x, 7, cache=cache), full, atol=ATOL, rtol=0)
     assert cache.length == 24
 
 
@@ -64,11 +72,7 @@ def test_left_padded_cache_decoding_equals_full_forward(tiny_model):
     mask = torch.ones(2, 16, dtype=torch.long)
     mask[1, :6] = 0
     full = tiny_model(ids, attention_mask=mask).logits
-    cache = tiny_model.new_cache(2)
-    parts = [tiny_model(ids[:, :8], attention_mask=mask[:, :8], cache=cache).logits]
-    for t in range(8, 16):
-        parts.append(tiny_model(ids[:, t:t + 1], attention_mask=mask[:, t:t + 1], cache=cache).logits)
-    got = torch.cat(parts, 1)
+    got = _decode(tiny_model, ids, 8, mask=mask)
     torch.testing.assert_close(got[0], full[0], atol=ATOL, rtol=0)
     torch.testing.assert_close(got[1, 6:], full[1, 6:], atol=ATOL, rtol=0)
 
@@ -114,3 +118,77 @@ def test_config_validation_and_length_limit(tiny_model):
         ModelConfig(d_model=30, n_head=4)
     with pytest.raises(ValueError):
         tiny_model(torch.zeros(1, 49, dtype=torch.long))
+
+
+def _gqa_pair(tiny_cfg, n_kv):
+    """A grouped-K/V model and the plain multi-head model that repeats each K/V head for its group."""
+    torch.manual_seed(0)
+    gqa = TransformerLM(dataclasses.replace(tiny_cfg, n_head=4, n_kv_head=n_kv)).eval()
+    mha = TransformerLM(dataclasses.replace(tiny_cfg, n_head=4)).eval()
+    state = dict(gqa.state_dict())
+    C, Dh, g = tiny_cfg.d_model, tiny_cfg.d_model // 4, 4 // n_kv
+    for name, w in gqa.state_dict().items():
+        if name.endswith("attn.qkv.weight"):
+            q, k, v = w[:C], w[C:C + n_kv * Dh], w[C + n_kv * Dh:]
+            rep = lambda t: t.view(n_kv, Dh, C).repeat_interleave(g, 0).reshape(4 * Dh, C)
+            state[name] = torch.cat([q, rep(k), rep(v)])
+    mha.load_state_dict(state)
+    return gqa, mha
+
+
+@pytest.mark.parametrize("n_kv", [1, 2])
+def test_grouped_kv_heads_equal_repeated_heads(tiny_cfg, n_kv):
+    """Grouped-query attention (n_kv_head < n_head) computes what multi-head attention computes with
+    each K/V head repeated for its group — in the full forward, and with a KV cache (SDPA and the
+    thread-count-independent ``exact`` path), padded rows included."""
+    gqa, mha = _gqa_pair(tiny_cfg, n_kv)
+    assert gqa.num_params() < mha.num_params()
+    ids = torch.randint(4, 61, (2, 16), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, :5] = 0
+    full = mha(ids, attention_mask=mask).logits
+    torch.testing.assert_close(gqa(ids, attention_mask=mask).logits[0], full[0], atol=ATOL, rtol=0)
+    for exact in (False, True):
+        cache = gqa.new_cache(2)
+        assert cache.k[0].shape[1] == n_kv
+        cache.exact = exact
+        got = _decode(gqa, ids, 9, mask=mask, cache=cache)
+        torch.testing.assert_close(got[0], full[0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(got[1, 5:], full[1, 5:], atol=ATOL, rtol=0)
+
+
+def test_grouped_kv_heads_config_checks(tiny_cfg):
+    with pytest.raises(ValueError, match="n_kv_head"):
+        ModelConfig(n_head=4, n_kv_head=3)
+    with pytest.raises(ValueError, match="masked mixer"):
+        ModelConfig(n_head=4, n_kv_head=2, mixer="masked_conv")
+    assert ModelConfig(n_head=4).kv_heads == 4 and ModelConfig(n_head=4, n_kv_head=1).kv_heads == 1
+
+
+def test_adaln_conditioning(tiny_cfg):
+    """cond_mode=adaln: zero-initialised it is a no-op; trained (here: random) it changes the
+    logits; a per-sequence vector equals the same vector at every position; KV-cache decoding with
+    it equals the full forward; layer-by-layer filling of K/V sees it too."""
+    torch.manual_seed(0)
+    m = TransformerLM(dataclasses.replace(tiny_cfg, cond_dim=5, cond_mode="adaln")).eval()
+    assert m.cond_proj is None and all(b.ada is not None for b in m.blocks)
+    x = torch.randint(0, 61, (2, 8), generator=torch.Generator().manual_seed(6))
+    z = torch.randn(2, 5)
+    torch.testing.assert_close(m(x, cond=z).logits, m(x).logits)
+    for blk in m.blocks:
+        torch.nn.init.normal_(blk.ada.weight, std=0.3)
+    seq = m(x, cond=z).logits
+    assert not torch.allclose(seq, m(x).logits, atol=1e-3)
+    torch.testing.assert_close(m(x, cond=z[:, None].expand(2, 8, 5)).logits, seq)
+    torch.testing.assert_close(_decode(m, x, 4, cond=z), seq, atol=ATOL, rtol=0)
+    c1, c2 = m.new_cache(2), m.new_cache(2)
+    m(x, cond=z, cache=c1)
+    ctx = m.prepare(x, cache=c2)
+    h = m.embed(x, z, ctx=ctx)
+    for i in range(m.config.n_layer - 1):
+        h = m.layer(i, h, ctx)
+    m.fill_kv(m.config.n_layer - 1, h, ctx)
+    torch.testing.assert_close(c2.k[-1][:, :, :8], c1.k[-1][:, :, :8], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="cond_mode"):
+        ModelConfig(cond_mode="film")
+    assert "cond_mode" in m.config.to_dict() and "cond_mode" not in tiny_cfg.to_dict()

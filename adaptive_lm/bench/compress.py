@@ -1,7 +1,7 @@
 """`adaptive-lm bench compress`: the LM compressor against the standard codecs, on one file.
 
 Bits per byte (compressed size, header and frame included, × 8 / original size) and compress /
-decompress speed (KB/s of original data, wall clock, this process's torch threads) for our
+decompress speed (KB/s of original data, wall clock, as many worker threads as torch threads) for our
 compressor with each model given, and for gzip -9, bz2 -9, xz -9e, zstd -19 and brotli -q 11
 through their own libraries. Every codec's round trip is checked byte for byte (``roundtrip``).
 Default input: the pydocs test split (never seen in training); `input=FILE` for any other file,
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..data import corpus_path
 from ..entropy.codec import CodecConfig, compress, decompress
-from ..entropy.runtime import DEFAULT_MODEL, Meter, load_codec_model
+from ..entropy.runtime import DEFAULT_MODEL, Meter, load_codec_model, tune_allocator
 from ..errors import UsageError
 from . import register
 
@@ -31,6 +31,7 @@ class CompressBenchOptions:
     max_bytes: int = 0            # use only the first N bytes of the input (0 = all)
     chunk: int = 0                # tokens per chunk (0 = the model's training window)
     batch: int = 0                # chunks per batch (0 = automatic)
+    workers: int = 0              # batches coded at once, one thread each (0 = torch.get_num_threads())
     baselines: bool = True        # also run gzip, bz2, xz, zstd, brotli
     data_dir: str = ""            # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
 
@@ -75,12 +76,14 @@ def bench_compress(seed: int, o: CompressBenchOptions) -> dict:
     if o.max_bytes > 0:
         data = data[:o.max_bytes]
     rows = []
+    tune_allocator()                                      # as the CLI does
     for spec in [s.strip() for s in o.models.split(",") if s.strip()]:
         model, tok, seq_len = load_codec_model(spec)
-        cfg = CodecConfig(chunk=o.chunk, batch=o.batch)
+        cfg = CodecConfig(chunk=o.chunk, batch=o.batch, workers=o.workers)
         blob, t_c = _timed(lambda: compress(data, model, tok, model_id=spec, cfg=cfg, meta_seq_len=seq_len,
                                             progress=Meter(f"{spec} compress", len(data), True)))
-        back, t_d = _timed(lambda: decompress(blob, model, tok, progress=Meter(f"{spec} decompress", len(data), True)))
+        back, t_d = _timed(lambda: decompress(blob, model, tok, workers=o.workers,
+                                              progress=Meter(f"{spec} decompress", len(data), True)))
         rows.append(_row(f"lm {spec}", data, blob, back, t_c, t_d))
     if o.baselines:
         for name, (enc, dec) in standard_codecs().items():

@@ -44,6 +44,7 @@ class VMDToyOptions:
     latent_dim: int = 16                       # VMD's z width
     redraw: bool = False                       # VMD: a fresh z before every step (default: once per block)
     temperature: float = 1.0                   # sampling temperature (1: draws from the model's conditionals)
+    cond_mode: str = "add"                     # how z enters the denoiser: add (embedding addition) | adaln
 
 
 def train_recipe(name: str, overrides: list[str], seed: int, label: str, data_dir=None):
@@ -70,7 +71,8 @@ def bench_vmd_toy(seed: int, o: VMDToyOptions) -> dict:
             if (d, B) not in TOY_SETTINGS:
                 continue
             bs = 0 if B == 1 else L // B
-            common = [f"data.dataset={d}", f"data.block_size={bs}", f"train.steps={o.steps}"]
+            common = [f"data.dataset={d}", f"data.block_size={bs}", f"train.steps={o.steps}",
+                      f"model.cond_mode={o.cond_mode}"]
             for model_name, lat in (("mdm", 0), ("vmd", o.latent_dim)):
                 model, tok = train_recipe(f"{model_name}-toy", common + [f"data.latent_dim={lat}"], seed,
                                           f"{model_name} {d} B={B}")
@@ -80,7 +82,7 @@ def bench_vmd_toy(seed: int, o: VMDToyOptions) -> dict:
                                    temperature=o.temperature)
                     rows.append({"model": model_name.upper(), "dataset": d, "blocks": B, "nfe": nfe, **m})
                     print(f"[bench] {rows[-1]}", file=sys.stderr)
-    return {"rows": rows, "samples": o.samples, "steps": o.steps}
+    return {"rows": rows, "samples": o.samples, "steps": o.steps, "cond_mode": o.cond_mode}
 
 
 @dataclass

@@ -9,22 +9,23 @@ from .parser import command
 
 
 @command
-def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch: int = 0,
+def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch: int = 0, workers: int = 0,
              force: bool = False, quiet: bool = False) -> int:
     """Compress any file losslessly: a causal LM's next-token probabilities + arithmetic coding.
 
     Args:
         file: the file to compress (any bytes)
         output: the compressed file (default FILE.almz); never overwritten without --force
-        model: the LM: builtin:NAME, a checkpoint folder, hf:FOLDER, gguf:FILE or smollm2 (default builtin:compress-pydocs)
+        model: the LM: builtin:NAME, a checkpoint folder, hf:FOLDER, gguf:FILE or smollm2 (default builtin:compress-pydocs-fast)
         chunk: tokens per independently coded chunk (0 = the model's training window)
         batch: chunks coded together, one forward per position (0 = automatic)
+        workers: batches coded at once, one thread each (0 = one per core torch uses); never changes the output
         force: overwrite the output if it exists
         quiet: no progress bar
     """
     from ..entropy.codec import CodecConfig
     from ..entropy.runtime import compress_file
-    r = compress_file(file, output, model=model, cfg=CodecConfig(chunk=chunk, batch=batch), force=force,
+    r = compress_file(file, output, model=model, cfg=CodecConfig(chunk=chunk, batch=batch, workers=workers), force=force,
                       progress=not quiet)
     print(f"{r['output']}: {r['bytes_in']:,} -> {r['bytes_out']:,} bytes, {r['bits_per_byte']:.3f} bits/byte, "
           f"{r['bytes_in'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s ({r['model']})")
@@ -32,18 +33,20 @@ def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch
 
 
 @command
-def decompress(file: str, output: str = "", model: str = "", force: bool = False, quiet: bool = False) -> int:
+def decompress(file: str, output: str = "", model: str = "", workers: int = 0, force: bool = False,
+               quiet: bool = False) -> int:
     """Decompress a file made by `adaptive-lm compress`; nothing is written unless it decodes exactly.
 
     Args:
         file: the compressed file
         output: where to write the original (default FILE without .almz); never overwritten without --force
         model: the LM (default: the one named in the file; its fingerprint must match)
+        workers: batches decoded at once, one thread each (0 = one per core torch uses)
         force: overwrite the output if it exists
         quiet: no progress bar
     """
     from ..entropy.runtime import decompress_file
-    r = decompress_file(file, output, model=model, force=force, progress=not quiet)
+    r = decompress_file(file, output, model=model, workers=workers, force=force, progress=not quiet)
     print(f"{r['output']}: {r['bytes_out']:,} bytes, {r['bytes_out'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s")
     return 0
 

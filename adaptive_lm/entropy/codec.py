@@ -3,21 +3,27 @@ a range coder from the `constriction` library (brief entropy.md, "Anchors for LM
 
     bytes --tokenizer (byte-level: exact on any bytes)--> ids --chunks of `chunk` tokens--> rows
     rows --lockstep batches of `batch` rows--> one KV-cache step per position: logits (b, V)
-         --quantise--> integer frequencies (b, V) summing to 2^24 - V --range coder--> words
+         --softmax--> probabilities (b, V) --constriction's leaky quantiser--> integer frequencies
+         at 24 bits (every token >= 1) --range coder--> words
 
 Each chunk is coded from a BOS context alone, so chunks are independent and a batch of them runs
-as one forward per position. Decompression runs the very same steps (same batch shapes, the
-cache's ``exact`` attention, whose result does not depend on the thread count) and so computes
-bit-identical frequencies: the range decoder then returns exactly the encoded ids. Rows whose
-chunk has ended keep their last input; they are computed and ignored on both sides alike.
+as one forward per position. Batches are independent too: ``workers`` of them run at once on
+Python threads with every torch op single-threaded (the ops release the GIL), which on a small
+model is ~1.4x faster than one batch on all cores — small ops split across threads mostly wait
+on each other. Decompression runs the very same steps (same batch shapes, single-threaded ops and
+the cache's ``exact`` attention, whose result does not depend on the thread count anyway) and so
+computes bit-identical probabilities: the range decoder then returns exactly the encoded ids.
+Rows whose chunk has ended keep their last input; they are computed and ignored on both sides.
 
-File layout, version 2 (integers little-endian; varint = unsigned LEB128):
+File layout, version 3 (integers little-endian; varint = unsigned LEB128):
     b"ALMZ" | version u8 | header | payload | CRC-32 u32 of all before
     header: model spec (varint length + UTF-8) | fingerprint (8 bytes) | original length, token
             count, chunk, batch (4 varints) | precision u8 | CRC-32 u32 of the original bytes
     payload: per batch, a word count (varint) then that many u32 words of the range coder
 The header costs ~45 bytes for a builtin model (version 1's JSON header and SHA-256 cost ~235, which
-outweighed the payload of a short text). Version 1 files (header length u32 + JSON header with a
+outweighed the payload of a short text). Version 2 is the same layout with our own quantiser
+(``quantize``: floor of p·total, the rest to the top token — three more passes over (b, V) than
+handing constriction the probabilities); version 1 files (header length u32 + JSON header with a
 SHA-256, u32 word counts) are still read. A wrong model, a truncated or altered file is refused
 (``CodecError``) before any output is produced; the decoded bytes are checked against the stored
 checksum before they are returned.
@@ -26,8 +32,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
+import threading
 import zlib
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -36,9 +46,12 @@ import torch
 
 from ..errors import AdaptiveLMError
 
-MAGIC, VERSION = b"ALMZ", 2         # version 1 (JSON header) is still read
-PRECISION = 24                      # range coder precision (bits): frequencies sum to 2^24 - V
-MAX_CACHE_BYTES = 1 << 30           # default batch: the largest whose KV cache fits in this
+MAGIC, VERSION = b"ALMZ", 3         # versions 1 (JSON header) and 2 (our quantiser) are still read
+PRECISION = 24                      # range coder precision (bits): frequencies sum to 2^24
+BATCH_CACHE_BYTES = 1 << 28         # default batch: at most 256 MiB of KV cache (and MAX_ROWS rows)
+MAX_ROWS = 512                      # default batch: at most this many rows (larger: ~10 % faster per byte)
+MAX_CACHE_BYTES = 1 << 30           # batches in flight at once: at most this much KV cache together
+SPLIT = 2                           # default layout: a multiple of SPLIT batches, shared evenly by 1 or 2 workers
 
 
 class CodecError(AdaptiveLMError):
@@ -48,7 +61,10 @@ class CodecError(AdaptiveLMError):
 @dataclass
 class CodecConfig:
     chunk: int = 0        # tokens per independently coded chunk; 0 = the model's training window (<= 512)
-    batch: int = 0        # chunks coded together, one forward per position; 0 = fit the KV cache in 1 GiB
+    batch: int = 0        # chunks coded together, one forward per position; 0 = equal batches of <= MAX_ROWS
+                          # rows (KV cache <= 256 MiB), a multiple of SPLIT of them — the same on any machine
+    workers: int = 0      # batches coded at once, one thread each; 0 = torch.get_num_threads(). Changes
+                          # the speed, never the output
 
 
 def _constriction():
@@ -73,10 +89,11 @@ def fingerprint(model, tok) -> str:
 
 
 def quantize(logits: torch.Tensor) -> np.ndarray:
-    """Next-token logits (b, V) -> integer frequencies (b, V) as float32, each row summing exactly to
-    2^PRECISION - V (constriction's leaky categorical adds one per symbol and then uses them as
-    they are). Floor of p·total, the remainder to the most likely token. Row-wise and elementwise
-    ops only, so a row's result does not depend on the other rows or the thread count."""
+    """Format 1-2's quantiser. Next-token logits (b, V) -> integer frequencies (b, V) as float32,
+    each row summing exactly to 2^PRECISION - V (constriction's leaky categorical adds one per
+    symbol and then uses them as they are). Floor of p·total, the remainder to the most likely
+    token. Row-wise and elementwise ops only, so a row's result does not depend on the other rows
+    or the thread count."""
     V = logits.shape[-1]
     total = float((1 << PRECISION) - V)
     p = torch.softmax(logits.float(), dim=-1)
@@ -86,6 +103,24 @@ def quantize(logits: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(f.numpy(), dtype=np.float32)
 
 
+def probabilities(logits: torch.Tensor, version: int = VERSION, out: Optional[torch.Tensor] = None) -> np.ndarray:
+    """What the range coder is given for a step's logits (b, V), (b, V) float32: from format 3 the
+    softmax, which constriction's ``Categorical(perfect=False)`` turns into integer frequencies at
+    2^PRECISION with every token >= 1 (deterministic: the same floats give the same integers; the
+    quantiser is constriction's, so its version is pinned in pyproject.toml; a golden test guards
+    it); formats 1-2 pass ``quantize``'s integers through it unchanged. Float64 on purpose: given
+    float32, constriction accumulates the cumulative sums in float32, which can round the last
+    token's share of a confident row to zero (a panic when that token is coded). ``out`` (b, V)
+    float64, contiguous: a buffer to reuse across steps (a fresh 7 MB array per step costs more
+    in page faults than the softmax itself)."""
+    if version >= 3:
+        p = torch.softmax(logits.float(), dim=-1)
+        if out is None:
+            return np.ascontiguousarray(p.double().numpy())
+        return out.copy_(p).numpy()
+    return quantize(logits)
+
+
 def _bos(tok) -> int:
     for i in (tok.bos_id, tok.eos_id):
         if i is not None:
@@ -93,33 +128,140 @@ def _bos(tok) -> int:
     raise AdaptiveLMError("this tokenizer has neither a BOS nor an EOS token to start a chunk from")
 
 
-def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig) -> tuple[int, int]:
-    """(chunk, batch) for a model: defaults from its training window and its KV-cache size."""
+def _workers(n: int) -> int:
+    if n < 0:
+        raise AdaptiveLMError(f"workers must be >= 1 (or 0 for one per torch thread), not {n}")
+    return n or torch.get_num_threads()
+
+
+def _row_bytes(model, chunk: int) -> int:
+    """KV-cache bytes of one row of ``chunk`` tokens (float32)."""
+    c = model.config
+    return 2 * c.n_layer * (getattr(c, "n_kv_head", 0) or c.n_head) * c.head_dim * chunk * 4
+
+
+def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_tokens: int = 0) -> tuple[int, int]:
+    """(chunk, batch) for a model and a text of ``n_tokens``: the chunk from the model's training
+    window; by default the batch that splits the rows into batches of at most MAX_ROWS rows (and
+    256 MiB of KV cache), a multiple of SPLIT of them, of equal size but the last (fewer rows
+    than SPLIT: one row per batch). It does not depend on the machine or the worker count, so an input
+    compresses to the same file everywhere."""
     c = model.config
     chunk = cfg.chunk or min(meta_seq_len or 512, 512, c.max_seq_len)
     if not 1 <= chunk <= c.max_seq_len:
         raise AdaptiveLMError(f"chunk must be within 1..{c.max_seq_len} (the model's max_seq_len), not {chunk}")
     if cfg.batch < 0:
         raise AdaptiveLMError(f"batch must be >= 1 (or 0 for the default), not {cfg.batch}")
-    kv_heads = getattr(c, "n_kv_head", c.n_head)
-    row_bytes = 2 * c.n_layer * kv_heads * c.head_dim * chunk * 4
-    return chunk, cfg.batch or max(1, min(256, MAX_CACHE_BYTES // row_bytes))
+    _workers(cfg.workers)
+    if cfg.batch:
+        return chunk, cfg.batch
+    most = max(1, min(MAX_ROWS, BATCH_CACHE_BYTES // _row_bytes(model, chunk)))
+    rows = max(1, math.ceil(n_tokens / chunk))
+    n = min(rows, math.ceil(math.ceil(rows / most) / SPLIT) * SPLIT)
+    return chunk, math.ceil(rows / n)
+
+
+def _concurrency(model, chunk: int, batch: int, workers: int) -> int:
+    """Worker threads for batches of ``batch`` rows: ``workers`` (0 = torch's thread count), fewer
+    if their KV caches together would pass MAX_CACHE_BYTES."""
+    return max(1, min(_workers(workers), MAX_CACHE_BYTES // max(1, batch * _row_bytes(model, chunk))))
+
+
+@contextmanager
+def _coder_errors(kind: type, what: str):
+    """constriction's failures as one of ours: its errors, and its Rust panics, which Python sees as
+    a BaseException (pyo3's PanicException) that would otherwise escape as a traceback."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, _Stopped):
+        raise
+    except BaseException as e:
+        raise kind(f"{what} ({type(e).__name__})") from None
+
+
+class _Stopped(Exception):
+    """Another worker failed: this one stops at its next step."""
+
+
+_THREADS = threading.Lock()
+_THREAD_USERS = [0, 0]              # coding calls running now, torch's thread count before the first
+
+
+@contextmanager
+def _single_threaded_ops():
+    """torch ops single-threaded while any coding call runs in this process (re-entrant: nested or
+    concurrent calls restore the original count when the last one ends)."""
+    with _THREADS:
+        if _THREAD_USERS[0] == 0:
+            _THREAD_USERS[1] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREAD_USERS[0] += 1
+    try:
+        yield
+    finally:
+        with _THREADS:
+            _THREAD_USERS[0] -= 1
+            if _THREAD_USERS[0] == 0:
+                torch.set_num_threads(_THREAD_USERS[1])
+
+
+def _in_parallel(jobs: list, workers: int, fn: Callable, stop: threading.Event) -> list:
+    """[fn(job) ...] in order, ``workers`` jobs at a time on threads, with every torch op
+    single-threaded meanwhile: the results cannot depend on the thread or core count. The first
+    failure (or Ctrl-C) sets ``stop``, which running jobs check at every step (_ticker); queued
+    jobs are cancelled; the failure is re-raised."""
+    with _single_threaded_ops():
+        if workers <= 1 or len(jobs) <= 1:
+            return [fn(j) for j in jobs]
+        pool = ThreadPoolExecutor(min(workers, len(jobs)))
+        futures = []
+        try:
+            futures = [pool.submit(fn, j) for j in jobs]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
+            if errors:                                     # the first real failure, not a _Stopped it caused
+                raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
+            return [f.result() for f in futures]
+        finally:
+            if not all(f.done() for f in futures) or len(futures) < len(jobs):
+                stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ticker(progress: Optional[Callable[[int, int], None]], total: int, stop: threading.Event) -> Callable[[int], None]:
+    """A thread-safe ``tick(n)``: n more tokens done -> ``progress(done, total)``; raises _Stopped
+    once ``stop`` is set."""
+    lock, done = threading.Lock(), [0]
+
+    def tick(n: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+        with lock:
+            done[0] += n
+            if progress:
+                progress(done[0], total)
+    return tick
 
 
 @torch.no_grad()
-def code_batch(model, lengths: list[int], *, bos_id: int, code: Callable[[int, np.ndarray], np.ndarray]) -> None:
+def code_batch(model, lengths: list[int], *, bos_id: int, code: Callable[[int, np.ndarray], np.ndarray],
+               version: int = VERSION) -> None:
     """The one coding loop, shared by compression and decompression. ``lengths`` (b,) are the rows'
     token counts, longest first. At step t the rows with more than t tokens are live; their
-    frequencies (n_live, V) go to ``code(t, freqs)``, which returns their tokens at t (encoded
-    from the known ids, or decoded) — the next step's inputs."""
+    ``probabilities`` (n_live, V) go to ``code(t, probs)``, which returns their tokens at t
+    (encoded from the known ids, or decoded) — the next step's inputs. ``probs`` is a buffer reused
+    at the next step: copy it to keep it."""
     b = len(lengths)
     cache = model.new_cache(b, lengths[0])
     cache.exact = True
     inp = torch.full((b, 1), bos_id, dtype=torch.long)
+    buf = None
     for t in range(lengths[0]):
         logits = model(inp, cache=cache).logits[:, -1]                       # (b, V)
+        if buf is None:
+            buf = torch.empty(b, logits.shape[-1], dtype=torch.float64)      # the coder's input, reused
         live = sum(1 for n in lengths if n > t)
-        ids = code(t, quantize(logits[:live]))
+        ids = code(t, probabilities(logits[:live], version, out=buf[:live]))
         inp[:live, 0] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
 
 
@@ -131,8 +273,10 @@ def _batches(n_tokens: int, chunk: int, batch: int) -> list[tuple[int, list[int]
 
 
 def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = CodecConfig(),
-             meta_seq_len: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None) -> bytes:
-    """Bytes -> the compressed file (module docstring). ``progress(tokens_done, tokens_total)``."""
+             meta_seq_len: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None,
+             version: int = VERSION) -> bytes:
+    """Bytes -> the compressed file (module docstring). ``progress(tokens_done, tokens_total)``
+    (called from worker threads, serialised). ``version=2`` writes the previous format."""
     cs = _constriction()
     try:
         ids = tok.encode_bytes(data)
@@ -141,33 +285,40 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
         exact = False
     if not exact:
         raise AdaptiveLMError(f"the tokenizer of {model_id} does not reproduce these bytes exactly "
-                              "(not byte-level); use a byte-level BPE model such as builtin:compress-pydocs")
-    chunk, batch = resolve_config(model, meta_seq_len, cfg)
+                              "(not byte-level); use a byte-level BPE model such as builtin:compress-pydocs-fast")
+    if version not in (2, VERSION):
+        raise AdaptiveLMError(f"can write format versions 2 and {VERSION}, not {version}")
+    chunk, batch = resolve_config(model, meta_seq_len, cfg, len(ids))
     model.eval()
     header = {"model": model_id, "fingerprint": fingerprint(model, tok), "length": len(data),
               "crc32": zlib.crc32(data), "tokens": len(ids), "chunk": chunk, "batch": batch, "precision": PRECISION}
     family = cs.stream.model.Categorical(perfect=False)
-    ids_np = np.asarray(ids, dtype=np.int32)
-    payload, done = [], 0
-    for first, lengths in _batches(len(ids), chunk, batch):
+    ids_np, bos = np.asarray(ids, dtype=np.int32), _bos(tok)
+
+    def job(batch_rows):
+        tick(0)                                            # not started after another batch failed
+        first, lengths = batch_rows
         enc = cs.stream.queue.RangeEncoder()
         rows = np.zeros((len(lengths), lengths[0]), dtype=np.int32)           # (b, chunk) token grid
         for r, n in enumerate(lengths):
             rows[r, :n] = ids_np[first + r * chunk: first + r * chunk + n]
 
-        def code(t, freqs):
-            nonlocal done
-            sym = np.ascontiguousarray(rows[:freqs.shape[0], t])
-            enc.encode(sym, family, freqs)
-            done += len(sym)
-            if progress:
-                progress(done, len(ids))
+        def code(t, probs):
+            sym = np.ascontiguousarray(rows[:probs.shape[0], t])
+            with _coder_errors(AdaptiveLMError, "the range coder failed"):
+                enc.encode(sym, family, probs)
+            tick(len(sym))
             return sym
 
-        code_batch(model, lengths, bos_id=_bos(tok), code=code)
+        code_batch(model, lengths, bos_id=bos, code=code, version=version)
         words = enc.get_compressed()
-        payload.append(_varint(len(words)) + words.astype("<u4").tobytes())
-    body = MAGIC + bytes([VERSION]) + _pack_header(header) + b"".join(payload)
+        return _varint(len(words)) + words.astype("<u4").tobytes()
+
+    stop = threading.Event()
+    tick = _ticker(progress, len(ids), stop)
+    payload = _in_parallel(_batches(len(ids), chunk, batch), _concurrency(model, chunk, batch, cfg.workers),
+                           job, stop)
+    body = MAGIC + bytes([version]) + _pack_header(header) + b"".join(payload)
     return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -192,7 +343,7 @@ def _read_varint(blob: bytes, pos: int, end: int) -> tuple[int, int]:
 
 
 def _pack_header(h: dict) -> bytes:
-    """Version 2's binary header (module docstring)."""
+    """Versions 2-3's binary header (module docstring)."""
     spec = h["model"].encode()
     return (_varint(len(spec)) + spec + bytes.fromhex(h["fingerprint"])
             + b"".join(_varint(h[k]) for k in ("length", "tokens", "chunk", "batch"))
@@ -219,8 +370,8 @@ def read_header(blob: bytes) -> tuple[dict, int]:
         raise CodecError("not an adaptive-lm compressed file (bad magic)")
     if struct.unpack("<I", blob[-4:])[0] != zlib.crc32(blob[:-4]):
         raise CodecError("the file is truncated or corrupted (CRC-32 mismatch)")
-    if blob[4] not in (1, 2):
-        raise CodecError(f"format version {blob[4]} is not supported (this adaptive-lm reads versions 1 and {VERSION})")
+    if blob[4] not in (1, 2, 3):
+        raise CodecError(f"format version {blob[4]} is not supported (this adaptive-lm reads versions 1 to {VERSION})")
     try:
         if blob[4] == 1:                                   # JSON header with a SHA-256
             (n,) = struct.unpack("<I", blob[5:9])
@@ -242,8 +393,10 @@ def read_header(blob: bytes) -> tuple[dict, int]:
     return header, pos
 
 
-def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int], None]] = None) -> bytes:
-    """The compressed file -> the original bytes, exactly; CodecError when it cannot be."""
+def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int], None]] = None,
+               workers: int = 0) -> bytes:
+    """The compressed file -> the original bytes, exactly; CodecError when it cannot be. ``workers``
+    batches are decoded at once (0 = torch.get_num_threads()); any count gives the same bytes."""
     cs = _constriction()
     header, pos = read_header(blob)
     if fingerprint(model, tok) != header["fingerprint"]:
@@ -253,9 +406,9 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
         raise CodecError(f"the file's chunk {header['chunk']} exceeds the model's max_seq_len")
     model.eval()
     family = cs.stream.model.Categorical(perfect=False)
-    end, out, done = len(blob) - 4, [], 0
+    end, segments, version, bos = len(blob) - 4, [], header["version"], _bos(tok)
     for _, lengths in _batches(header["tokens"], header["chunk"], header["batch"]):
-        if header["version"] == 1:
+        if version == 1:
             if pos + 4 > end:
                 raise CodecError("the file is truncated (payload ends early)")
             (n,), pos = struct.unpack("<I", blob[pos:pos + 4]), pos + 4
@@ -263,24 +416,29 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
             n, pos = _read_varint(blob, pos, end)
         if pos + 4 * n > end:
             raise CodecError("the file is truncated (payload ends early)")
-        dec = cs.stream.queue.RangeDecoder(np.frombuffer(blob, "<u4", n, pos).astype(np.uint32))
+        segments.append((lengths, np.frombuffer(blob, "<u4", n, pos).astype(np.uint32)))
         pos += 4 * n
+
+    def job(segment):
+        tick(0)                                            # not started after another batch failed
+        lengths, words = segment
+        dec = cs.stream.queue.RangeDecoder(words)
         rows = np.zeros((len(lengths), lengths[0]), dtype=np.int64)
 
-        def code(t, freqs):
-            nonlocal done
-            try:
-                sym = dec.decode(family, freqs)
-            except Exception as e:                         # the range decoder ran off a damaged payload
-                raise CodecError(f"the payload is corrupted ({type(e).__name__})") from None
+        def code(t, probs):
+            with _coder_errors(CodecError, "the payload is corrupted"):   # the decoder ran off a damaged payload
+                sym = dec.decode(family, probs)
             rows[:len(sym), t] = sym
-            done += len(sym)
-            if progress:
-                progress(done, header["tokens"])
+            tick(len(sym))
             return sym
 
-        code_batch(model, lengths, bos_id=_bos(tok), code=code)
-        out.extend(int(x) for r, ln in enumerate(lengths) for x in rows[r, :ln])
+        code_batch(model, lengths, bos_id=bos, code=code, version=version)
+        return [int(x) for r, ln in enumerate(lengths) for x in rows[r, :ln]]
+
+    stop = threading.Event()
+    tick = _ticker(progress, header["tokens"], stop)
+    workers = _concurrency(model, header["chunk"], header["batch"], workers)
+    out = [i for ids in _in_parallel(segments, workers, job, stop) for i in ids]
     data = tok.decode_bytes(out) if out else b""
     same = (hashlib.sha256(data).hexdigest() == header["sha256"] if header["version"] == 1
             else zlib.crc32(data) == header["crc32"])

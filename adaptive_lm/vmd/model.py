@@ -7,7 +7,9 @@ Gaussian latent z, so that tokens committed in the same step agree with each oth
     decoder  p(x0^i | x_t, z)                        the MDM denoiser (our bidirectional backbone); z
                                                       enters through the backbone's conditioning input:
                                                       a projection of z ADDED to every token embedding
-                                                      (the brief's "embedding addition"; AdaLN not built)
+                                                      (the brief's "embedding addition", the default),
+                                                      or AdaLN (denoiser ``cond_mode="adaln"``: z scales
+                                                      and shifts every block's norms; latent only)
 
 ``latent_dim = 0`` gives the plain masked diffusion model with the same backbone, features and
 blocks: the MDM baseline of every VMD experiment is this class too, trained by the same objective
@@ -65,6 +67,8 @@ class VMDConfig:
             raise ValueError("latent_dim, enc_layers, block_size and free_bits must be >= 0")
         if self.latent_dim and not self.enc_layers:
             raise ValueError("a latent needs a recognition encoder: enc_layers >= 1")
+        if self.denoiser.cond_mode == "adaln" and self.features:
+            raise ValueError("AdaLN conditioning carries the latent only: per-position features need cond_mode=add")
         tab = feature_table(self.features)
         n_feat = 0 if tab is None else tab.shape[1]
         if tab is not None and tab.shape[0] > self.denoiser.max_seq_len:
@@ -116,7 +120,7 @@ class VMD(nn.Module):
         self.encoder = self.posterior = None
         if cfg.latent_dim:
             enc = ModelConfig.from_dict({**cfg.denoiser.to_dict(), "n_layer": cfg.enc_layers,
-                                         "cond_dim": 1 + cfg.n_features})
+                                         "cond_dim": 1 + cfg.n_features, "cond_mode": "add"})
             self.encoder = TransformerLM(enc)
             self.encoder.tok_emb.weight = self.denoiser.tok_emb.weight      # one token table
             self.encoder.head.weight = self.denoiser.tok_emb.weight

@@ -61,3 +61,21 @@ def test_bad_inputs_are_one_line_errors(codec_lm, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("adaptive-lm: error:") and "\n" not in err and text in err, (argv, err)
     assert not back.exists() and not z.exists()
+
+
+def test_another_process_with_other_thread_counts_decodes_it(codec_lm, tmp_path, capsys):
+    """Compressed here with 2 workers; decompressed in a fresh process limited to one thread
+    (OMP_NUM_THREADS=1, --workers 1) and in one with 3 workers: the same bytes."""
+    import os
+    import subprocess
+    import sys
+    src, z, back = _files(tmp_path)
+    src.write_bytes(DATA * 3)
+    assert main(["compress", str(src), "--model", str(codec_lm[0]), "--chunk", "16", "--workers", "2", "--quiet"]) == 0
+    for i, (threads, workers) in enumerate((("1", "1"), ("3", "3"))):
+        out = tmp_path / f"back{i}.bin"
+        env = dict(os.environ, OMP_NUM_THREADS=threads)
+        r = subprocess.run([sys.executable, "-m", "adaptive_lm", "decompress", str(z), "-o", str(out),
+                            "--workers", workers, "--quiet"], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes() == DATA * 3

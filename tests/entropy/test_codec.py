@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from adaptive_lm.entropy.codec import (PRECISION, CodecConfig, CodecError, code_batch, compress, decompress,
-                                       fingerprint, quantize)
+                                       fingerprint, quantize, read_header, resolve_config)
 from adaptive_lm.model import KVCache, ModelConfig, StepContext, attend
+
+GOLDEN_WORDS = "006c5b2228763180"    # sha256[:16] of test_format_3_quantiser_is_stable's words (constriction 0.5.0)
 
 SAMPLES = {
     "empty": b"",
@@ -52,35 +54,40 @@ def test_compression_follows_the_model(codec_lm):
     assert nll / np.log(2) <= payload_bits <= nll / np.log(2) * 1.01 + 8 * 600   # header + frame < 600 bytes
 
 
-def test_decoding_is_independent_of_thread_count(codec_lm):
-    _, model, tok = codec_lm
-    data = SAMPLES["text"] * 3
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        blob = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=48, batch=4))
-        for n in (2, 3):
-            torch.set_num_threads(n)
-            assert decompress(blob, model, tok) == data
-    finally:
-        torch.set_num_threads(before)
+def _step_probs(model, lengths, ids, version):
+    """Every step's coder input of code_batch, as one array."""
+    seen = []
+
+    def code(t, p):
+        seen.append(p.copy())
+        return [ids[r][t] for r in range(p.shape[0])]
+    code_batch(model, lengths, bos_id=1, code=code, version=version)
+    return np.concatenate(seen)
 
 
-def test_decoding_is_independent_of_thread_count_at_a_realistic_width(codec_lm):
-    """d=128, 4 layers, 16 rows per batch: the shapes of the shipped model, 1 thread vs 4."""
+@pytest.mark.parametrize("n_kv", [0, 1])
+def test_the_coding_loop_is_independent_of_thread_count(codec_lm, n_kv):
+    """compress/decompress pin torch to one thread, but files of format 1-2 were written with any
+    count: the loop itself (exact attention) must give the same floats under 1 and 4 threads, at
+    the shipped models' width (d=128, 4 heads; grouped K/V too), 16 rows of a batch."""
     from adaptive_lm.model import TransformerLM
     tok = codec_lm[2]
     torch.manual_seed(0)
-    model = TransformerLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=4, n_head=4, d_model=128, max_seq_len=64)).eval()
-    data = bytes(np.random.default_rng(1).integers(0, 256, 1500, dtype=np.uint8)) + SAMPLES["text"] * 4
+    model = TransformerLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=4, n_head=4, n_kv_head=n_kv, d_model=128,
+                                      max_seq_len=64)).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, tok.vocab_size, (16, 40), generator=g).tolist()
+    lengths = [40] * 10 + [33] * 6
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        blob = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=64, batch=16))
-        torch.set_num_threads(4)
-        assert decompress(blob, model, tok) == data
+        runs = []
+        for n in (1, 4):
+            torch.set_num_threads(n)
+            runs.append([_step_probs(model, lengths, ids, v) for v in (2, 3)])
     finally:
         torch.set_num_threads(before)
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
 
 
 def test_quantize_rows_are_exact_integer_frequencies():
@@ -106,17 +113,20 @@ def test_exact_attention_matches_sdpa():
 
 
 def test_code_batch_logits_equal_the_full_forward(codec_lm):
-    """The coding loop's per-step logits (exact cache) are the model's parallel forward's."""
+    """The coding loop's per-step probabilities (exact cache) are the model's parallel forward's;
+    format 2's are the quantised frequencies of the same."""
     _, model, tok = codec_lm
     ids = tok.encode_bytes(SAMPLES["text"])[:20]
-    seen = []
-    code_batch(model, [20], bos_id=tok.bos_id, code=lambda t, f: (seen.append(f[0]), [ids[t]])[1])
     with torch.no_grad():
         full = model(torch.tensor([[tok.bos_id] + ids[:-1]])).logits[0]
-    ref = quantize(full)
-    assert len(seen) == 20
-    for t in range(20):    # frequencies within rounding of the full forward's
-        assert np.abs(seen[t] - ref[t]).max() <= 1 + 1e-4 * ref[t].max()
+    for version, ref, tol in ((3, torch.softmax(full, -1).numpy(), 1e-6), (2, quantize(full), None)):
+        seen = []
+        code_batch(model, [20], bos_id=tok.bos_id, code=lambda t, f: (seen.append(f[0].copy()), [ids[t]])[1],
+                   version=version)
+        assert len(seen) == 20
+        for t in range(20):
+            err = np.abs(seen[t] - ref[t]).max()
+            assert err <= (tol if tol else 1 + 1e-4 * ref[t].max())    # within rounding
 
 
 def test_wrong_model_is_refused(codec_lm, other_lm):
@@ -193,7 +203,7 @@ def test_short_text_costs_little_more_than_its_payload(codec_lm):
     from adaptive_lm.entropy.codec import _varint, read_header
     blob, back = _rt(SAMPLES["one byte"], codec_lm)
     header, pos = read_header(blob)
-    assert back == b"a" and header["version"] == 2
+    assert back == b"a" and header["version"] == 3
     ints = sum(len(_varint(header[k])) for k in ("length", "tokens", "chunk", "batch"))
     assert pos == 5 + 1 + len("test") + 8 + ints + 1 + 4 <= 32   # magic, version; spec; fingerprint; 4 varints; precision; CRC
     assert len(blob) - pos - 4 <= 1 + 4 * 2                    # one batch: a count and a word or two
@@ -208,7 +218,8 @@ def test_version_1_files_are_still_read(codec_lm):
     from adaptive_lm.entropy.codec import _read_varint, read_header
     _, model, tok = codec_lm
     data = SAMPLES["text"] * 3
-    blob, _ = _rt(data, codec_lm, chunk=16, batch=2)
+    _, model, tok = codec_lm
+    blob = compress(data, model, tok, model_id="test", cfg=CodecConfig(chunk=16, batch=2), version=2)
     h, pos = read_header(blob)
     head = {"model": h["model"], "fingerprint": h["fingerprint"], "length": h["length"], "tokens": h["tokens"],
             "chunk": h["chunk"], "batch": h["batch"], "precision": h["precision"],
@@ -225,3 +236,152 @@ def test_version_1_files_are_still_read(codec_lm):
     sha = body.replace(head["sha256"].encode(), b"0" * 64)          # the old checksum is still checked
     with pytest.raises(CodecError, match="did not reproduce"):
         decompress(sha + struct.pack("<I", zlib.crc32(sha)), model, tok)
+
+
+def test_version_2_files_are_still_read(codec_lm):
+    """Format 2 (our own quantiser) is written on request and read back exactly; it differs from 3."""
+    _, model, tok = codec_lm
+    data = SAMPLES["text"] + SAMPLES["unicode"]
+    old = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=24), version=2)
+    new = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=24))
+    (h2, p2), (h3, p3) = read_header(old), read_header(new)
+    assert h2["version"] == 2 and h3["version"] == 3
+    assert old[p2:-4] != new[p3:-4]                      # the payloads differ, not just the version byte
+    assert decompress(old, model, tok) == data == decompress(new, model, tok)
+
+
+@pytest.mark.parametrize("enc_workers,dec_workers", [(1, 2), (2, 1), (3, 2)])
+def test_any_worker_count_decodes_any_file(codec_lm, enc_workers, dec_workers):
+    """Batches coded on 1, 2 or 3 worker threads give one file per batch layout, decodable with any
+    worker count; the torch thread count is restored afterwards."""
+    _, model, tok = codec_lm
+    data = SAMPLES["text"] * 2 + SAMPLES["binary"]
+    before = torch.get_num_threads()
+    blob = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=16, batch=3, workers=enc_workers))
+    one = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=16, batch=3, workers=1))
+    assert blob == one                                   # workers change the speed, never the bytes
+    assert decompress(blob, model, tok, workers=dec_workers) == data
+    assert torch.get_num_threads() == before
+
+
+def test_default_batches_are_even_and_machine_independent(codec_lm):
+    """The default layout: at most MAX_ROWS rows a batch; a multiple of SPLIT batches (so the
+    workers share them evenly) whenever the rows allow it; fewer rows than SPLIT -> one row per
+    batch; never dependent on the worker count (the same input makes the same file anywhere)."""
+    from adaptive_lm.entropy.codec import MAX_ROWS, SPLIT
+    _, model, _ = codec_lm
+    for rows in list(range(1, 40)) + [511, 512, 513, 860, 1025, 4097, 9000]:
+        chunk, batch = resolve_config(model, 32, CodecConfig(), rows * 32 - 3)
+        assert chunk == 32 and 1 <= batch <= MAX_ROWS
+        n = -(-rows // batch)                            # batches actually made
+        if rows < SPLIT:
+            assert batch == 1
+        else:
+            assert n % SPLIT == 0
+        assert n * batch - rows < batch                  # only the last batch is short
+        for workers in (1, 3, 16):
+            assert resolve_config(model, 32, CodecConfig(workers=workers), rows * 32 - 3) == (chunk, batch)
+    with pytest.raises(Exception, match="workers"):
+        resolve_config(model, 32, CodecConfig(workers=-1), 10)
+
+
+def test_a_damaged_payload_is_refused_with_workers(codec_lm):
+    """A damaged batch in the middle of a file decoded by two workers: one CodecError, and the
+    thread count restored."""
+    import struct
+    import zlib
+    _, model, tok = codec_lm
+    data = SAMPLES["text"] * 4
+    blob = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=16, batch=2, workers=2))
+    body = bytearray(blob[:-4])
+    body[len(body) // 2] ^= 0xFF                         # inside the payload, past the first batch
+    bad = bytes(body) + struct.pack("<I", zlib.crc32(body))
+    before = torch.get_num_threads()
+    with pytest.raises(CodecError):
+        decompress(bad, model, tok, workers=2)
+    assert torch.get_num_threads() == before
+
+
+def test_progress_from_workers_counts_every_token_once(codec_lm):
+    _, model, tok = codec_lm
+    data = SAMPLES["text"] * 3
+    seen = []
+    blob = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=16, batch=2, workers=2),
+                    progress=lambda done, total: seen.append((done, total)))
+    total = read_header(blob)[0]["tokens"]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (total, total)
+
+
+def test_in_parallel_raises_the_failure_not_the_stop_it_caused():
+    """Job 0 runs until told to stop; job 1 fails: the caller sees job 1's error, job 0 stopped."""
+    import threading
+    import time
+    from adaptive_lm.entropy.codec import _in_parallel, _Stopped, _ticker
+    stop = threading.Event()
+    tick = _ticker(None, 10, stop)
+    stopped = []
+
+    def job(j):
+        if j == 1:
+            time.sleep(0.05)
+            raise CodecError("batch 1 is damaged")
+        try:
+            for _ in range(2000):                        # ~10 s at most: a missing stop fails, not hangs
+                tick(0)
+                time.sleep(0.005)
+        except _Stopped:
+            stopped.append(j)
+            raise
+        return "ran to the end"
+
+    with pytest.raises(CodecError, match="batch 1"):
+        _in_parallel([0, 1], 2, job, stop)
+    assert stopped == [0]
+
+
+def test_a_confident_row_still_codes_the_last_token():
+    """The last id of the vocabulary at ~1e-4000 probability (logit -1e4 among confident rows): its
+    frequency must stay >= 1 so it encodes and decodes (float32 inputs made constriction round
+    it to zero and panic)."""
+    import constriction
+    from adaptive_lm.entropy.codec import probabilities
+    V = 4096
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, V, generator=g) * 4
+    logits[:, 7] = 30.0                                  # confident rows
+    logits[:, -1] = -1e4
+    probs = probabilities(logits)
+    sym = np.full(64, V - 1, dtype=np.int32)
+    family = constriction.stream.model.Categorical(perfect=False)
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(sym, family, probs)
+    dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
+    assert np.array_equal(dec.decode(family, probs), sym)
+
+
+def test_format_3_quantiser_is_stable():
+    """Golden words: fixed probabilities and symbols -> the exact range-coder output this release
+    writes. If constriction's quantiser or coder changed, format-3 files would stop decoding."""
+    import hashlib
+    import constriction
+    rng = np.random.default_rng(1234)
+    probs = rng.dirichlet(np.full(300, 0.3), size=32)            # (32, 300) float64
+    sym = np.array([rng.choice(300, p=p) for p in probs], dtype=np.int32)
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(sym, constriction.stream.model.Categorical(perfect=False), probs)
+    words = enc.get_compressed().astype("<u4").tobytes()
+    assert hashlib.sha256(words).hexdigest()[:16] == GOLDEN_WORDS
+
+
+def test_a_file_written_by_the_previous_release_still_decodes(codec_lm):
+    """data/v2_fixture.almz was written by the release before format 3 (commit c94e34b, 2 torch
+    threads, the codec_lm fixture's weights, chunk 16, batch 3): today's code must decode it
+    exactly, through the rewritten attention and the worker threads."""
+    from pathlib import Path
+    _, model, tok = codec_lm
+    blob = (Path(__file__).parent / "data" / "v2_fixture.almz").read_bytes()
+    assert read_header(blob)[0]["version"] == 2
+    want = "First Citizen:\nBefore we proceed any further, hear me speak.\n".encode() * 5 + b"\xff\xfe\x80abc" + \
+        "日本語 🙂".encode()
+    for workers in (1, 2):
+        assert decompress(blob, model, tok, workers=workers) == want

@@ -104,7 +104,8 @@ def quantize(logits: torch.Tensor) -> np.ndarray:
 
 
 def probabilities(logits: torch.Tensor, version: int = VERSION, out: Optional[torch.Tensor] = None) -> np.ndarray:
-    """What the range coder is given for a step's logits (b, V), (b, V) float32: from format 3 the
+    """What the range coder is given for a step's logits (b, V), (b, V) float64 (format 3) or
+    float32 integers (formats 1-2): from format 3 the
     softmax, which constriction's ``Categorical(perfect=False)`` turns into integer frequencies at
     2^PRECISION with every token >= 1 (deterministic: the same floats give the same integers; the
     quantiser is constriction's, so its version is pinned in pyproject.toml; a golden test guards
@@ -158,6 +159,10 @@ def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_token
     most = max(1, min(MAX_ROWS, BATCH_CACHE_BYTES // _row_bytes(model, chunk)))
     rows = max(1, math.ceil(n_tokens / chunk))
     n = min(rows, math.ceil(math.ceil(rows / most) / SPLIT) * SPLIT)
+    for m in range(n, rows + 1):                      # ceil(rows / batch) can fall short of m: the first
+        batch = math.ceil(rows / m)                   # m whose batches come out a multiple of SPLIT
+        if rows < SPLIT or math.ceil(rows / batch) % SPLIT == 0:
+            return chunk, batch
     return chunk, math.ceil(rows / n)
 
 
@@ -173,10 +178,12 @@ def _coder_errors(kind: type, what: str):
     a BaseException (pyo3's PanicException) that would otherwise escape as a traceback."""
     try:
         yield
-    except (KeyboardInterrupt, SystemExit, _Stopped):
+    except (MemoryError, _Stopped):
         raise
     except BaseException as e:
-        raise kind(f"{what} ({type(e).__name__})") from None
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise                                          # KeyboardInterrupt, SystemExit
+        raise kind(f"{what} ({type(e).__name__}: {str(e)[:200]})") from e
 
 
 class _Stopped(Exception):
@@ -443,5 +450,6 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
     same = (hashlib.sha256(data).hexdigest() == header["sha256"] if header["version"] == 1
             else zlib.crc32(data) == header["crc32"])
     if pos != end or len(data) != header["length"] or not same:
-        raise CodecError("decoding did not reproduce the original (checksum mismatch): the file or the model differs")
+        raise CodecError("decoding did not reproduce the original (checksum mismatch): the file or the model "
+                         "differs, or the file was made with another torch version or CPU instruction set")
     return data

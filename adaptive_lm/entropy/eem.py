@@ -72,7 +72,7 @@ class EEMConfig:
         return min(self.encoder.max_seq_len, self.decoder.max_seq_len + 1 - (self.injection == "prepend"))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "encoder": self.encoder.to_dict(), "decoder": self.decoder.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EEMConfig":

@@ -17,15 +17,17 @@ SUFFIX = ".almz"
 
 
 def tune_allocator() -> None:
-    """glibc only, process-wide: keep freed blocks of up to 64 MiB for reuse instead of returning
-    them to the system (M_MMAP_THRESHOLD 64 MiB, M_TRIM_THRESHOLD 128 MiB). The coding loop
+    """glibc only, process-wide: keep freed blocks of up to 32 MiB for reuse instead of returning
+    them to the system (M_MMAP_THRESHOLD 32 MiB — older glibc refuses more — then M_TRIM_THRESHOLD
+    128 MiB, only if the first was taken: alone it would freeze glibc's own adaptation). The loop's
+    largest per-step array is 16 MiB (512 rows x 4096 float64). The coding loop
     allocates the same few-MB tensors (logits, probabilities) at every step; without this each is
     fresh memory faulted in page by page — ~8 % of the compressor's time on 2 cores. The CLI and
     the benches call it; library callers decide for their own process."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 128 << 20)          # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 64 << 20)           # M_MMAP_THRESHOLD
+        if libc.mallopt(-3, 32 << 20) == 1:  # M_MMAP_THRESHOLD (1 = accepted)
+            libc.mallopt(-1, 128 << 20)      # M_TRIM_THRESHOLD
     except (OSError, AttributeError):        # not glibc: nothing to tune
         pass
 

@@ -94,7 +94,7 @@ class VMDConfig:
         return 1 if not self.block_size else -(-length // self.block_size)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "denoiser": self.denoiser.to_dict()}     # the backbone's own omissions
 
     @classmethod
     def from_dict(cls, d: dict) -> "VMDConfig":
@@ -182,10 +182,17 @@ def warm_start(model: VMD, source: VMD) -> None:
     the z columns set to zero, so the warm-started VMD predicts exactly what source does whatever z
     is, until training teaches the z columns. The encoder keeps its own initialisation."""
     mine, theirs = model.denoiser.state_dict(), source.denoiser.state_dict()
-    if model.config.features != source.config.features or set(mine) != set(theirs):
+    is_ada = lambda k: ".ada." in k                       # AdaLN weights read z only: zeroed, like z columns
+    if model.config.features != source.config.features or \
+            {k for k in mine if not is_ada(k)} != {k for k in theirs if not is_ada(k)}:
         raise ValueError("warm start needs a source with the same denoiser layout and features")
     F = model.config.n_features
+    for k in mine:
+        if is_ada(k):
+            mine[k].zero_()
     for k, v in theirs.items():
+        if is_ada(k):
+            continue
         if k == "cond_proj.weight":
             mine[k].zero_()
             mine[k][:, :F] = v[:, :F]

@@ -285,6 +285,19 @@ def test_default_batches_are_even_and_machine_independent(codec_lm):
         resolve_config(model, 32, CodecConfig(workers=-1), 10)
 
 
+def test_default_batches_are_even_for_a_large_cache(codec_lm, monkeypatch):
+    """A model whose KV cache allows only 11 rows a batch (SmolLM2-sized): the batch count is still
+    a multiple of SPLIT whenever some batch size <= 11 gives one."""
+    from adaptive_lm.entropy import codec
+    _, model, _ = codec_lm
+    monkeypatch.setattr(codec, "BATCH_CACHE_BYTES", 11 * codec._row_bytes(model, 32))
+    for rows in range(2, 400):
+        _, batch = resolve_config(model, 32, CodecConfig(), rows * 32)
+        assert batch <= 11
+        possible = any(-(-rows // b) % codec.SPLIT == 0 for b in range(1, 12))
+        assert (-(-rows // batch) % codec.SPLIT == 0) == possible
+
+
 def test_a_damaged_payload_is_refused_with_workers(codec_lm):
     """A damaged batch in the middle of a file decoded by two workers: one CodecError, and the
     thread count restored."""

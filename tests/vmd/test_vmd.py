@@ -252,3 +252,25 @@ def test_adaln_latent_conditioning(tmp_path):
     with pytest.raises(ValueError, match="AdaLN"):
         VMDConfig(denoiser=dataclasses.replace(BASE, max_seq_len=81, cond_mode="adaln"), latent_dim=4,
                   features="sudoku")
+
+
+def test_adaln_warm_start_and_config_dict():
+    """An AdaLN VMD warm-started from an MDM (which has no AdaLN weights) predicts exactly what the
+    MDM does, whatever z; its config dict names cond_mode, the default one does not (older readers
+    load it)."""
+    den = dataclasses.replace(BASE, n_layer=1)
+    torch.manual_seed(0)
+    mdm = VMD(VMDConfig(denoiser=den, latent_dim=0))
+    with torch.no_grad():
+        for p in mdm.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    vmd = VMD(VMDConfig(denoiser=dataclasses.replace(den, cond_mode="adaln"), latent_dim=4, enc_layers=1))
+    with torch.no_grad():
+        for p in vmd.denoiser.parameters():
+            p.add_(0.1 * torch.randn_like(p))                         # AdaLN weights nonzero before
+    warm_start(vmd, mdm)
+    x = torch.randint(0, 14, (3, 8))
+    for z in (torch.randn(3, 4), 5 * torch.randn(3, 4)):
+        assert torch.equal(vmd.denoise(x, z), mdm.denoise(x))
+    assert vmd.config.to_dict()["denoiser"]["cond_mode"] == "adaln"
+    assert "cond_mode" not in mdm.config.to_dict()["denoiser"]

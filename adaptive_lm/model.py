@@ -93,7 +93,7 @@ class ModelConfig:
 
     @property
     def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
+        return kv_heads(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,6 +109,12 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)
+
+
+def kv_heads(cfg) -> int:
+    """Key/value heads of any backbone config with n_head and optionally n_kv_head (0 = n_head):
+    ours, and the Hugging Face adapter's."""
+    return getattr(cfg, "n_kv_head", 0) or cfg.n_head
 
 
 @dataclass
@@ -132,7 +138,7 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, *, device=None, dtype=torch.float32,
                  exact: bool = False):
-        shape = (batch_size, getattr(cfg, "n_kv_head", 0) or cfg.n_head, max_len, cfg.head_dim)   # H_kv heads
+        shape = (batch_size, kv_heads(cfg), max_len, cfg.head_dim)
         self.exact = exact            # attention through kernels whose result does not depend on the thread count
         self.padded = False           # some row holds a padding key (else a 1-token step needs no mask)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
@@ -344,18 +350,26 @@ class Block(nn.Module):
         if self.ada is not None:
             nn.init.zeros_(self.ada.bias)
 
-    def norm(self, which: int, x, ctx: StepContext):
-        """Norm 0 (before the mixer) or 1 (before the MLP) of x (B, T, C), modulated by the
-        context's conditioning in AdaLN mode: norm(x)·(1 + scale) + shift."""
-        y = (self.attn_norm, self.mlp_norm)[which](x)
+    def modulation(self, ctx: StepContext, dtype) -> Optional[tuple]:
+        """AdaLN: the context's conditioning -> (shift0, scale0, shift1, scale1), each (B, 1|T, C);
+        None without AdaLN or conditioning."""
         if self.ada is None or ctx.cond is None:
+            return None
+        return self.ada(ctx.cond.to(dtype)).chunk(4, -1)
+
+    def norm(self, which: int, x, mod: Optional[tuple]):
+        """Norm 0 (before the mixer) or 1 (before the MLP) of x (B, T, C), modulated in AdaLN mode:
+        norm(x)·(1 + scale) + shift."""
+        y = (self.attn_norm, self.mlp_norm)[which](x)
+        if mod is None:
             return y
-        shift, scale = self.ada(ctx.cond.to(y.dtype)).chunk(4, -1)[2 * which:2 * which + 2]   # (B, 1|T, C)
+        shift, scale = mod[2 * which], mod[2 * which + 1]
         return y * (1 + scale) + shift
 
     def forward(self, x, ctx: StepContext, layer_idx: int):
-        x = x + self.drop(self.attn(self.norm(0, x, ctx), ctx, layer_idx))
-        return x + self.drop(self.mlp(self.norm(1, x, ctx)))
+        mod = self.modulation(ctx, x.dtype)
+        x = x + self.drop(self.attn(self.norm(0, x, mod), ctx, layer_idx))
+        return x + self.drop(self.mlp(self.norm(1, x, mod)))
 
 
 def step_context(input_ids, attention_mask, cache: Optional[KVCache], *, causal: bool, max_seq_len: int) -> StepContext:
@@ -485,7 +499,7 @@ class TransformerLM(nn.Module):
         if rows is not None:
             idx = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
             h, ctx = h[idx], ctx.select(idx)
-        write_kv(i, *blk.attn.kv(blk.norm(0, h, ctx), ctx), ctx)
+        write_kv(i, *blk.attn.kv(blk.norm(0, h, blk.modulation(ctx, h.dtype)), ctx), ctx)
 
     @staticmethod
     def commit(ctx: StepContext):

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..errors import AdaptiveLMError
+from ..model import kv_heads
 
 MAGIC, VERSION = b"ALMZ", 3         # versions 1 (JSON header) and 2 (our quantiser) are still read
 PRECISION = 24                      # range coder precision (bits): frequencies sum to 2^24
@@ -138,7 +139,7 @@ def _workers(n: int) -> int:
 def _row_bytes(model, chunk: int) -> int:
     """KV-cache bytes of one row of ``chunk`` tokens (float32)."""
     c = model.config
-    return 2 * c.n_layer * (getattr(c, "n_kv_head", 0) or c.n_head) * c.head_dim * chunk * 4
+    return 2 * c.n_layer * kv_heads(c) * c.head_dim * chunk * 4
 
 
 def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_tokens: int = 0) -> tuple[int, int]:
@@ -212,18 +213,27 @@ def _single_threaded_ops():
                 torch.set_num_threads(_THREAD_USERS[1])
 
 
-def _in_parallel(jobs: list, workers: int, fn: Callable, stop: threading.Event) -> list:
-    """[fn(job) ...] in order, ``workers`` jobs at a time on threads, with every torch op
-    single-threaded meanwhile: the results cannot depend on the thread or core count. The first
-    failure (or Ctrl-C) sets ``stop``, which running jobs check at every step (_ticker); queued
-    jobs are cancelled; the failure is re-raised."""
+def _in_parallel(jobs: list, workers: int, fn: Callable, *, progress: Optional[Callable[[int, int], None]] = None,
+                 total: int = 0) -> list:
+    """[fn(job, tick) ...] in order, ``workers`` jobs at a time on threads, with every torch op
+    single-threaded meanwhile: the results cannot depend on the thread or core count. Jobs report
+    tokens done with ``tick(n)`` (-> ``progress(done, total)``, serialised). The first failure (or
+    Ctrl-C) sets a stop flag that ``tick`` raises on, so running jobs end at their next step;
+    queued jobs are cancelled or end at their start; the failure is re-raised."""
+    stop = threading.Event()
+    tick = _ticker(progress, total, stop)
+
+    def run(job):
+        tick(0)                                            # not started after another job failed
+        return fn(job, tick)
+
     with _single_threaded_ops():
         if workers <= 1 or len(jobs) <= 1:
-            return [fn(j) for j in jobs]
+            return [run(j) for j in jobs]
         pool = ThreadPoolExecutor(min(workers, len(jobs)))
         futures = []
         try:
-            futures = [pool.submit(fn, j) for j in jobs]
+            futures = [pool.submit(run, j) for j in jobs]
             wait(futures, return_when=FIRST_EXCEPTION)
             errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
             if errors:                                     # the first real failure, not a _Stopped it caused
@@ -302,8 +312,7 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
     family = cs.stream.model.Categorical(perfect=False)
     ids_np, bos = np.asarray(ids, dtype=np.int32), _bos(tok)
 
-    def job(batch_rows):
-        tick(0)                                            # not started after another batch failed
+    def job(batch_rows, tick):
         first, lengths = batch_rows
         enc = cs.stream.queue.RangeEncoder()
         rows = np.zeros((len(lengths), lengths[0]), dtype=np.int32)           # (b, chunk) token grid
@@ -321,10 +330,8 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
         words = enc.get_compressed()
         return _varint(len(words)) + words.astype("<u4").tobytes()
 
-    stop = threading.Event()
-    tick = _ticker(progress, len(ids), stop)
     payload = _in_parallel(_batches(len(ids), chunk, batch), _concurrency(model, chunk, batch, cfg.workers),
-                           job, stop)
+                           job, progress=progress, total=len(ids))
     body = MAGIC + bytes([version]) + _pack_header(header) + b"".join(payload)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -426,8 +433,7 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
         segments.append((lengths, np.frombuffer(blob, "<u4", n, pos).astype(np.uint32)))
         pos += 4 * n
 
-    def job(segment):
-        tick(0)                                            # not started after another batch failed
+    def job(segment, tick):
         lengths, words = segment
         dec = cs.stream.queue.RangeDecoder(words)
         rows = np.zeros((len(lengths), lengths[0]), dtype=np.int64)
@@ -442,10 +448,8 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
         code_batch(model, lengths, bos_id=bos, code=code, version=version)
         return [int(x) for r, ln in enumerate(lengths) for x in rows[r, :ln]]
 
-    stop = threading.Event()
-    tick = _ticker(progress, header["tokens"], stop)
     workers = _concurrency(model, header["chunk"], header["batch"], workers)
-    out = [i for ids in _in_parallel(segments, workers, job, stop) for i in ids]
+    out = [i for ids in _in_parallel(segments, workers, job, progress=progress, total=header["tokens"]) for i in ids]
     data = tok.decode_bytes(out) if out else b""
     same = (hashlib.sha256(data).hexdigest() == header["sha256"] if header["version"] == 1
             else zlib.crc32(data) == header["crc32"])

@@ -327,14 +327,11 @@ def test_progress_from_workers_counts_every_token_once(codec_lm):
 
 def test_in_parallel_raises_the_failure_not_the_stop_it_caused():
     """Job 0 runs until told to stop; job 1 fails: the caller sees job 1's error, job 0 stopped."""
-    import threading
     import time
-    from adaptive_lm.entropy.codec import _in_parallel, _Stopped, _ticker
-    stop = threading.Event()
-    tick = _ticker(None, 10, stop)
+    from adaptive_lm.entropy.codec import _in_parallel, _Stopped
     stopped = []
 
-    def job(j):
+    def job(j, tick):
         if j == 1:
             time.sleep(0.05)
             raise CodecError("batch 1 is damaged")
@@ -348,7 +345,7 @@ def test_in_parallel_raises_the_failure_not_the_stop_it_caused():
         return "ran to the end"
 
     with pytest.raises(CodecError, match="batch 1"):
-        _in_parallel([0, 1], 2, job, stop)
+        _in_parallel([0, 1], 2, job)
     assert stopped == [0]
 
 

@@ -184,6 +184,11 @@ def load_hf_causal(spec: str, *, dtype=torch.float32):
     else:
         raise ValueError(f"{spec!r}: expected hf:FOLDER, gguf:FILE or smollm2")
     try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()        # its per-tensor loading bar would sit above our own output and errors
+    except ImportError:
+        pass
+    try:
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw).eval()
         tok = AutoTokenizer.from_pretrained(folder, **kw)
     except (OSError, ValueError, ImportError) as e:
@@ -202,6 +207,22 @@ def load_causal_lm(spec: str):
         return load_hf_causal(spec)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
+
+
+def save_hf_causal(model: HFCausalLM, tok, folder, *, extra: Optional[dict] = None):
+    """Write a (fine-tuned) HFCausalLM and its tokenizer as a transformers folder (safetensors),
+    loadable as ``hf:FOLDER``; ``extra`` goes into FOLDER/adaptive_lm.json (how it was made). The
+    folder appears whole or not at all (io.atomic_folder)."""
+    import json
+    from .io import atomic_folder
+    inner = getattr(tok, "tok", None)
+    if not hasattr(inner, "save_pretrained"):
+        raise ValueError("this tokenizer cannot be saved as a transformers folder")
+    with atomic_folder(folder) as tmp:
+        model.hf.save_pretrained(tmp, safe_serialization=True)
+        inner.save_pretrained(tmp)
+        if extra:
+            (tmp / "adaptive_lm.json").write_text(json.dumps(extra, indent=2) + "\n")
 
 
 def pad_id_of(tok) -> int:

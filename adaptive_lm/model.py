@@ -234,10 +234,12 @@ def attend(q, k, v, ctx: StepContext, *, scale: Optional[float] = None, dropout:
                                           dropout_p=dropout, scale=scale, enable_gqa=Hk != H)
 
 
-def run_layers(m, input_ids, *, attention_mask=None, cond=None, cache=None, output_hidden_states: bool = False) -> "ModelOutput":
+def run_layers(m, input_ids, *, attention_mask=None, cond=None, cache=None, output_hidden_states: bool = False,
+               ctx: Optional[StepContext] = None) -> "ModelOutput":
     """The whole model through its per-layer interface (prepare, embed, layer, commit, unembed) —
-    the forward of our backbone and of the Hugging Face adapter (hf_causal.py)."""
-    ctx = m.prepare(input_ids, attention_mask=attention_mask, cache=cache)
+    the forward of our backbone and of the Hugging Face adapter (hf_causal.py). ``ctx``: a step
+    context built by the caller instead of ``m.prepare`` (``forward_with_pattern``)."""
+    ctx = ctx if ctx is not None else m.prepare(input_ids, attention_mask=attention_mask, cache=cache)
     h = m.embed(input_ids, cond, ctx=ctx)
     hidden = [h] if output_hidden_states else None
     for i in range(m.config.n_layer):
@@ -246,6 +248,20 @@ def run_layers(m, input_ids, *, attention_mask=None, cond=None, cache=None, outp
             hidden.append(h)
     m.commit(ctx)
     return ModelOutput(m.unembed(h), hidden)
+
+
+def forward_with_pattern(m, input_ids, allow: torch.Tensor, positions: torch.Tensor, *, cond=None) -> "ModelOutput":
+    """Our attention backbone over ids (B, T) with an explicit attention pattern ``allow`` (B, T, T)
+    bool (True = query row may attend to key column) and explicit positions (B, T) — for objectives
+    whose rows hold several views of one sequence side by side (block diffusion's noisy and clean
+    copies, diffusion/objective.py). Every query must allow at least one key."""
+    if getattr(m.config, "mixer", "attention") != "attention":
+        raise ValueError("an explicit attention pattern needs the attention backbone (mixer='attention')")
+    B, T = input_ids.shape
+    ctx = StepContext(None, None, allow[:, None], False, None, 0, T, positions=positions)
+    if m.config.positions == "rope":
+        ctx.cos, ctx.sin = rope_angles(positions, m.config.head_dim, m.config.rope_theta)
+    return run_layers(m, input_ids, cond=cond, ctx=ctx)
 
 
 class Attention(nn.Module):

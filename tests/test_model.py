@@ -194,3 +194,16 @@ def test_adaln_conditioning(tiny_cfg):
     with pytest.raises(ValueError, match="cond_mode"):
         ModelConfig(cond_mode="film")
     assert "cond_mode" in m.config.to_dict() and "cond_mode" not in tiny_cfg.to_dict()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_with_pattern_equals_forward_for_the_model_s_own_pattern(causal):
+    from adaptive_lm.model import forward_with_pattern
+    torch.manual_seed(0)
+    m = TransformerLM(ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=32,
+                                  causal=causal)).eval()
+    x = torch.randint(0, 50, (2, 9))
+    allow = torch.ones(9, 9, dtype=torch.bool)
+    allow = allow.tril() if causal else allow
+    got = forward_with_pattern(m, x, allow[None].expand(2, 9, 9), torch.arange(9)[None].expand(2, 9)).logits
+    torch.testing.assert_close(got, m(x).logits, rtol=1e-5, atol=1e-5)

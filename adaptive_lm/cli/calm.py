@@ -195,3 +195,65 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
     target.mkdir(parents=True, exist_ok=True)
     print(json.dumps({"written": str(save_classifier(target, clf)), "layers": clf.layers}))
     return 0
+
+
+@command
+def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5, batch_size: int = 8,
+                  seq_len: int = 64, every: int = 3, weights: str = "linear", seed: int = 0, corpus: str = "pydocs",
+                  data_dir: str = "") -> int:
+    """Fine-tune a Hugging Face causal LM with CALM's weighted per-layer loss (its first training
+    step; our own checkpoints get it from scratch: `adaptive-lm train calm-pydocs`) and write it as
+    a transformers folder, usable afterwards as hf:OUT by calibrate, calm-classifier, generate and
+    bench calm.
+
+    Args:
+        model: a Hugging Face spec: smollm2, hf:DIR or gguf:FILE
+        out: the folder to write (required; replaced only when the run finishes)
+        steps: optimisation steps (AdamW, warm-up then cosine decay)
+        lr: peak learning rate
+        batch_size: windows per step
+        seq_len: tokens per window
+        every: an exit after every k-th layer (and the top one)
+        weights: exit loss weights: linear (ω_i ∝ i, the paper), uniform or geometric
+        seed: data order
+        corpus: training text (its train split)
+        data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
+    """
+    import time
+    from ..calm.exits import WEIGHT_SCHEMES, exit_layers, exit_weights
+    from ..calm.runtime import finetune_exits
+    from ..data import TokenStream, pack, read_text, step_generator
+    from ..hf_causal import is_hf_spec, load_causal_lm, save_hf_causal
+    if not is_hf_spec(model):
+        raise UsageError(f"{model}: calm-finetune takes a Hugging Face model (smollm2, hf:DIR, gguf:FILE); "
+                         "train our checkpoints with `adaptive-lm train calm-pydocs`")
+    if not out:
+        raise UsageError("--out FOLDER is required")
+    if not Path(out).resolve().parent.is_dir():
+        raise UsageError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")
+    if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1 or lr <= 0:
+        raise UsageError("--steps, --batch-size and --every must be >= 1, --seq-len >= 2, --lr > 0")
+    if weights not in WEIGHT_SCHEMES:
+        raise UsageError(f"--weights must be one of {', '.join(WEIGHT_SCHEMES)}, not {weights!r}")
+    m, tok = load_causal_lm(model)
+    if every >= m.config.n_layer:
+        raise UsageError(f"--every {every} leaves no exit below the top of a {m.config.n_layer}-layer model")
+    layers = exit_layers(m.config.n_layer, every)
+    w = exit_weights(layers, weights)
+    stream = TokenStream(pack(tok, read_text(corpus, "train", data_dir_flag=data_dir or None)),
+                         min(seq_len, m.config.max_seq_len))
+    t0 = time.time()
+
+    def show(step, mets):
+        if step % 10 == 0 or step in (1, steps):
+            ces = " ".join(f"{i}:{mets[f'ce_l{i}']:.2f}" for i in layers)
+            print(f"step {step}/{steps} loss {mets['loss']:.4f} ({time.time() - t0:.0f}s) CE by layer {ces}",
+                  file=sys.stderr, flush=True)
+    hist = finetune_exits(m, lambda step: stream.batch(batch_size, step_generator(seed, step))[:2], steps=steps,
+                          lr=lr, layers=layers, weights=w, progress=show)
+    info = {"calm_finetune": {"from": model, "steps": steps, "lr": lr, "batch_size": batch_size, "seq_len": seq_len,
+                              "exit_every": every, "exit_layers": layers, "exit_weights": weights, "corpus": corpus,
+                              "seed": seed, "seconds": round(time.time() - t0, 1), "last": hist[-1]}}
+    save_hf_causal(m, tok, out, extra=info)
+    print(json.dumps({"written": out, "exit_layers": layers, "ce_top": hist[-1]["ce_top"]}))
+    return 0

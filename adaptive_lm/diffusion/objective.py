@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..model import forward_with_pattern
+
 
 def draw_noise(batch_size: int, length: int, generator: torch.Generator, eps: float = 1e-3,
                stratified: bool = False):
@@ -99,6 +101,88 @@ def mdm_loss(model, batch: dict, *, mask_id: int) -> tuple[torch.Tensor, dict]:
     weighted, mets = masked_ce(logits, x0, masked, t, batch.get("loss_weight"))
     loss = (weighted / maskable.sum(1).clamp(min=1)).mean()
     return loss, {"loss": loss.detach(), **mets}
+
+
+FAR = 1 << 30                   # the block index of padding positions: a block of their own
+
+
+def response_blocks(prompt_mask: torch.Tensor, real: torch.Tensor, block: int) -> torch.Tensor:
+    """Block index (B, T) of every position: -1 on the prompt, k on the response's k-th block of
+    ``block`` positions (counted from the row's first response position, as LLaDA's sampler
+    counts), FAR on padding."""
+    pos = torch.arange(prompt_mask.shape[1], device=prompt_mask.device)[None]
+    plen = prompt_mask.sum(1, keepdim=True)
+    blk = torch.where(prompt_mask, torch.full_like(pos, -1).expand_as(prompt_mask),
+                      (pos - plen).clamp(min=0) // block)
+    return blk.masked_fill(~real, FAR)
+
+
+def block_pattern(blk: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Attention pattern (B, 2T, 2T) of block diffusion's vectorised training (BD3-LM, Arriola et
+    al. 2025, §3) over [noisy copy | clean copy] of a row: a noisy token of block b sees the noisy
+    tokens of block b and the clean tokens of blocks < b; a clean token of block b sees the clean
+    tokens of blocks <= b (so the clean copy computes, once for every block, the prefix each block
+    is denoised against). blk (B, T) from response_blocks; real (B, T) bool = attended keys."""
+    bi, bj, kr = blk[:, :, None], blk[:, None, :], real[:, None, :]
+    noisy = torch.cat([(bj == bi) & kr, (bj < bi) & kr], 2)                    # (B, T, 2T)
+    clean = torch.cat([torch.zeros_like(noisy[..., :blk.shape[1]]), (bj <= bi) & kr], 2)
+    allow = torch.cat([noisy, clean], 1)                                        # (B, 2T, 2T)
+    return allow | torch.eye(allow.shape[1], dtype=torch.bool, device=allow.device)   # padding sees itself
+
+
+def block_diffusion_loss(model, batch: dict, *, mask_id: int, block: int) -> tuple[torch.Tensor, dict]:
+    """The SFT loss in block diffusion's view, every block of a row at once (BD3-LM's NELBO:
+    sum over blocks b of E_t [(1/t) sum_{i in b, masked} -log p(x0^i | x_t^b, x0^{<b})]): each
+    response block is masked at its own level and denoised against the CLEAN earlier blocks with
+    the later ones invisible — the view of a semi-autoregressive sampler's current block, where a
+    token must be computed from the past instead of copied from a visible future (docs/benchmarks.md,
+    issue 3). One forward pass over [x_t | x0] (B, 2T) with block_pattern.
+
+    batch: input_ids (B, T); prompt_mask (B, T); optional attention_mask (B, T); t_pos (B, T) the
+    noise level of each position's block; u (B, T) (masked where u < t_pos). Normalised per row
+    by its response length, as mdm_loss."""
+    x0, pm = batch["input_ids"], batch["prompt_mask"].bool()
+    B, T = x0.shape
+    attn = batch.get("attention_mask")
+    real = torch.ones_like(pm) if attn is None else attn.bool()
+    maskable = real & ~pm
+    t = batch["t_pos"]
+    masked = maskable & (batch["u"] < t)
+    xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    blk = response_blocks(pm, real, block)
+    pos = torch.arange(T, device=x0.device)[None].expand(B, T)
+    logits = forward_with_pattern(model, torch.cat([xt, x0], 1), block_pattern(blk, real),
+                                  torch.cat([pos, pos], 1)).logits[:, :T]          # (B, T, V): the noisy copy
+    weighted, mets = masked_ce(logits, x0, masked, torch.ones(B, device=x0.device), 1.0 / t.clamp(min=1e-3))
+    loss = (weighted / maskable.sum(1).clamp(min=1)).mean()
+    return loss, {"loss": loss.detach(), **mets}
+
+
+def block_noise(prompt_mask: torch.Tensor, block: int, generator: torch.Generator, eps: float = 1e-3) -> torch.Tensor:
+    """t_pos (B, T) for block_diffusion_loss: one level ~ U(eps, 1) per response block of each row
+    (BD3-LM draws t per block), the prompt at 1 (never masked anyway)."""
+    B, T = prompt_mask.shape
+    n_blocks = T // block + 2
+    levels = eps + (1 - eps) * torch.rand(B, n_blocks, generator=generator)
+    blk = response_blocks(prompt_mask.bool(), torch.ones_like(prompt_mask, dtype=torch.bool), block)
+    return torch.where(blk >= 0, levels.gather(1, blk.clamp(min=0)), torch.ones(B, T))
+
+
+def sft_loss(model, batch: dict, *, mask_id: int, block: int = 32) -> tuple[torch.Tensor, dict]:
+    """mdm_loss on the ordinary rows and block_diffusion_loss on the rows the batch marks ``bd3``
+    (B,) bool, averaged over all rows (each loss is a mean over its own rows)."""
+    sel = batch.get("bd3")
+    if sel is None or not bool(sel.any()):
+        return mdm_loss(model, batch, mask_id=mask_id)
+    if bool(sel.all()):
+        return block_diffusion_loss(model, batch, mask_id=mask_id, block=block)
+    rows = lambda idx: {k: v[idx] for k, v in batch.items()}
+    n_bd = int(sel.sum())
+    l_bd, m_bd = block_diffusion_loss(model, rows(sel), mask_id=mask_id, block=block)
+    l_mdm, m_mdm = mdm_loss(model, rows(~sel), mask_id=mask_id)
+    B = sel.numel()
+    loss = (n_bd * l_bd + (B - n_bd) * l_mdm) / B
+    return loss, {**m_mdm, "loss": loss.detach(), "bd3_loss": l_bd.detach(), "bd3_masked_acc": m_bd["masked_acc"]}
 
 
 def masked_ce(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from ..data import shard, step_generator
-from ..diffusion.objective import mc_nll, mdm_loss, semi_ar_noise, sft_batch
+from ..diffusion.objective import block_noise, mc_nll, mdm_loss, semi_ar_noise, sft_batch, sft_loss
 from ..errors import UsageError
 from ..lm import lm_objective
 from ..model import ModelConfig, TransformerLM
@@ -43,6 +43,8 @@ class ArithSpec:
     block_weight: float = 1.0     # loss weight of those rows' block (objective.semi_ar_noise)
     line_style: str = "delta"     # worked lines: "delta" ("Day 02: -2=31") or "full" ("Day 02: 33-2=31")
     max_delta: int = 9            # largest daily change (tasks.arith.sample_problem)
+    bd3_share: float = 0.0        # share of rows trained in block diffusion's view, all blocks at once (objective.block_diffusion_loss)
+    bd3_block: int = 32           # the block length of those rows
 
     def task(self) -> dict:
         """The problem generator's options; stored in the checkpoint's meta so that benches pose
@@ -64,9 +66,14 @@ def arith_global_batch(tok, spec: ArithSpec, batch_size: int, generator: torch.G
     prompts, responses = [tok.encode(p.prompt) for p in probs], [tok.encode(p.solution) for p in probs]
     batch = sft_batch(prompts, responses, eos_id=tok.eos_id, generator=g, stratified=spec.stratified,
                       canvas_lens=canvas)
-    if spec.semi_ar_share > 0:
+    bd3 = torch.zeros(batch_size, dtype=torch.bool)
+    if spec.bd3_share > 0:                           # (no draw otherwise: older recipes keep their noise)
+        bd3 = torch.rand(batch_size, generator=g) < spec.bd3_share
+        batch["bd3"] = bd3
+        batch["t_pos"] = block_noise(batch["prompt_mask"], spec.bd3_block, g)
+    if spec.semi_ar_share > 0:                        # among the other rows
         starts = [len(p) for p in prompts]
-        ends = [a + c for a, c in zip(starts, canvas)]
+        ends = [a if b else a + c for a, c, b in zip(starts, canvas, bd3.tolist())]
         batch["t"], batch["u"], w = semi_ar_noise(batch["t"], batch["u"], starts, ends, share=spec.semi_ar_share,
                                                   block=spec.semi_ar_block, generator=g,
                                                   future_weight=spec.future_weight, block_weight=spec.block_weight)
@@ -80,6 +87,8 @@ def check_spec(spec: ArithSpec) -> None:
         check_options(spec.line_style, spec.max_delta)
     except ValueError as e:
         raise UsageError(f"data.line_style / data.max_delta: {e}") from None
+    if not 0 <= spec.bd3_share <= 1 or spec.bd3_block < 1:
+        raise UsageError("data.bd3_share must be in [0, 1] and data.bd3_block >= 1")
     if not 1 <= spec.max_steps <= MAX_STEPS:
         raise UsageError(f"data.max_steps must be in 1..{MAX_STEPS}, not {spec.max_steps}")
 
@@ -92,7 +101,7 @@ def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
     model = TransformerLM(dataclasses.replace(recipe.model, vocab_size=tok.vocab_size, causal=False))
 
     def objective(m, batch):
-        return mdm_loss(m, batch, mask_id=tok.mask_id)
+        return sft_loss(m, batch, mask_id=tok.mask_id, block=spec.bd3_block)
 
     def batches(step, micro, rank, world):
         b = arith_global_batch(tok, spec, tc.batch_size, step_generator(tc.seed, step))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..calm.calibrate import DISTANCES
 from ..calm.decode import MEASURES, CalmConfig, CalmStep
-from ..calm.runtime import calibrate_threshold, calibration_prompts, calm_generate, load_classifier
+from ..calm.runtime import calibrate_threshold, calibration_prompts, calm_generate, load_classifier, trained_exit_every
 from ..checkpoint import read_config, resolve
 from ..data import read_text
 from ..errors import UsageError
@@ -116,7 +116,7 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
         measures.remove("classifier")
     meta = read_config(folder).get("meta", {}) if folder else {}
     corpus = o.corpus or meta.get("corpus", "pydocs")
-    every = meta.get("calm", {}).get("exit_every", clf.layers[0] if clf is not None and folder is None else 1)
+    every = trained_exit_every(name, clf.layers[0] if clf is not None and folder is None else 1)
     if not corpus:
         raise UsageError("corpus= is needed: the checkpoint does not say what it was trained on")
     if o.prompt_len + o.max_new_tokens > model.config.max_seq_len:

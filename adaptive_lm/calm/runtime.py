@@ -115,6 +115,21 @@ def config_from_calm(stored: dict, **overrides) -> CalmConfig:
     return CalmConfig(**{**vals, **overrides})
 
 
+def trained_exit_every(spec: str, default: int = 1) -> int:
+    """The exit spacing a model was trained with: our checkpoint's meta (``calm.exit_every``), or
+    the adaptive_lm.json that ``calm-finetune`` writes into an hf:FOLDER; ``default`` otherwise."""
+    from ..checkpoint import read_config, resolve
+    if spec.startswith("hf:"):
+        path = Path(spec[3:]) / "adaptive_lm.json"
+        try:
+            return int(json.loads(path.read_text())["calm_finetune"]["exit_every"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return default
+    if spec == "smollm2" or spec.startswith("gguf:"):
+        return default
+    return int(read_config(resolve(spec)).get("meta", {}).get("calm", {}).get("exit_every", default))
+
+
 def load_calm(folder) -> dict:
     """The calibration stored next to a checkpoint, or {} when it has none."""
     path = Path(folder) / CALM_FILE

@@ -13,8 +13,8 @@ def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str 
     """(CalmConfig, exit classifier or None) from the flags, falling back on the calm.json given or
     in the model folder, then on the defaults."""
     from ..calm.decode import MEASURES
-    from ..calm.runtime import config_from_calm, load_calm, load_classifier
-    from ..checkpoint import read_config, resolve
+    from ..calm.runtime import config_from_calm, load_calm, load_classifier, trained_exit_every
+    from ..checkpoint import resolve
     from ..hf_causal import is_hf_spec
     folder = None if is_hf_spec(model) else resolve(model)
     if calm_file:
@@ -24,7 +24,7 @@ def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str 
             raise UsageError(f"--calm {calm_file}: cannot read it ({e.__class__.__name__})") from None
     else:
         stored = load_calm(folder) if folder else {}
-    trained_every = read_config(folder).get("meta", {}).get("calm", {}).get("exit_every", 1) if folder else 1
+    trained_every = trained_exit_every(model)
     measure = measure or stored.get("measure") or "margin"
     if measure not in MEASURES or measure == "oracle":
         raise UsageError(f"--measure must be one of margin, top1, state, classifier, not {measure!r}")
@@ -93,7 +93,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     """
     from ..calm.calibrate import DISTANCES
     from ..calm.decode import CalmConfig
-    from ..calm.runtime import CALM_FILE, calibrate_threshold, calibration_prompts, save_calm
+    from ..calm.runtime import CALM_FILE, calibrate_threshold, calibration_prompts, save_calm, trained_exit_every
     from ..checkpoint import read_config, resolve
     from ..data import read_text
     if not 0 < delta < 1 or not 0 < epsilon < 1:
@@ -119,7 +119,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
     meta = read_config(folder).get("meta", {}) if folder else {}
     corpus = corpus or meta.get("corpus", "")
-    every = meta.get("calm", {}).get("exit_every", 1)         # exits where the model was trained to exit
+    every = trained_exit_every(model)                         # exits where the model was trained to exit
     if not corpus:
         raise UsageError("--corpus is needed: the checkpoint does not say what it was trained on")
     text = read_text(corpus, split, data_dir_flag=data_dir or None)

@@ -9,7 +9,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from adaptive_lm.calm.exits import early_exit_loss, exit_layers, exit_weights  # noqa: E402
-from adaptive_lm.calm.runtime import finetune_exits  # noqa: E402
+from adaptive_lm.calm.runtime import finetune_exits, trained_exit_every  # noqa: E402
 from adaptive_lm.hf_causal import HFCausalLM, load_hf_causal  # noqa: E402
 from tests.conftest import TEXT  # noqa: E402
 from tests.test_cli import assert_one_line_error, run  # noqa: E402
@@ -67,6 +67,7 @@ def test_calm_finetune_writes_a_loadable_hf_folder(hf_folder, tmp_path):
     assert res["exit_layers"] == [2, 4]
     info = json.loads((out / "adaptive_lm.json").read_text())["calm_finetune"]
     assert info["steps"] == 3 and info["exit_every"] == 2
+    assert trained_exit_every(f"hf:{out}") == 2 and trained_exit_every(f"hf:{hf_folder / 'model'}") == 1
     tuned, _ = load_hf_causal(f"hf:{out}")
     orig, _ = load_hf_causal(f"hf:{hf_folder / 'model'}")
     a, b = tuned.hf.state_dict(), orig.hf.state_dict()

@@ -218,8 +218,16 @@ def save_hf_causal(model: HFCausalLM, tok, folder, *, extra: Optional[dict] = No
     inner = getattr(tok, "tok", None)
     if not hasattr(inner, "save_pretrained"):
         raise ValueError("this tokenizer cannot be saved as a transformers folder")
+    hf = model.hf
+    if getattr(hf, "hf_quantizer", None) is not None:
+        # a GGUF file is dequantised on loading (float weights, then trained): nothing quantised is
+        # left, but transformers keeps the GGUF quantiser's flag and refuses to save
+        hf.hf_quantizer = None
+        hf.config.quantization_config = None
+        if hasattr(hf, "is_quantized"):
+            hf.is_quantized = False
     with atomic_folder(folder) as tmp:
-        model.hf.save_pretrained(tmp, safe_serialization=True)
+        hf.save_pretrained(tmp, safe_serialization=True)
         inner.save_pretrained(tmp)
         if extra:
             (tmp / "adaptive_lm.json").write_text(json.dumps(extra, indent=2) + "\n")

@@ -254,6 +254,9 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
     info = {"calm_finetune": {"from": model, "steps": steps, "lr": lr, "batch_size": batch_size, "seq_len": seq_len,
                               "exit_every": every, "exit_layers": layers, "exit_weights": weights, "corpus": corpus,
                               "seed": seed, "seconds": round(time.time() - t0, 1), "last": hist[-1]}}
-    save_hf_causal(m, tok, out, extra=info)
+    try:
+        save_hf_causal(m, tok, out, extra=info)
+    except (ValueError, OSError) as e:
+        raise AdaptiveLMError(f"cannot write {out}: {str(e).splitlines()[0]}") from None
     print(json.dumps({"written": out, "exit_layers": layers, "ce_top": hist[-1]["ce_top"]}))
     return 0

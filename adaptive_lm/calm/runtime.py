@@ -9,7 +9,6 @@ Hoeffding–Bentkus p-value, and fixed-sequence testing certifies the most aggre
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -161,29 +160,30 @@ def train_classifier(model, batches: Callable, *, steps: int = 300, lr: float = 
     return clf.eval()
 
 
-def finetune_exits(model, batches: Callable, *, steps: int, lr: float = 5e-5, layers: Sequence[int],
-                   weights: torch.Tensor, warmup: int = 10, clip: float = 1.0,
+def finetune_exits(model, batches: Callable, *, cfg, layers: Sequence[int], weights: torch.Tensor,
                    progress: Optional[Callable] = None) -> list[dict]:
     """CALM's first training step on an existing causal LM (ours or a Hugging Face one through
     hf_causal.HFCausalLM): every weight trained on the weighted per-layer loss
-    (exits.early_exit_loss) for ``steps`` AdamW steps, linear warm-up then cosine decay to 0.
+    (exits.early_exit_loss) for ``cfg.steps`` steps with the trainer's optimiser and schedule
+    (train.make_optimizer, train.lr_at; ``cfg`` a TrainConfig) and gradient clipping.
     ``batches(step)`` -> (x, y) causal-LM batches. Returns each step's metrics; the model is left
     in eval mode."""
+    from ..train import lr_at, make_optimizer
     from .exits import early_exit_loss
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 *
-                                              (1 + math.cos(math.pi * min(s, steps) / steps)))
+    opt = make_optimizer(model, cfg)
+    params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
     history = []
     try:
-        for step in range(steps):
+        for step in range(cfg.steps):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
             loss, mets = early_exit_loss(model, batches(step), layers=list(layers), weights=weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, clip)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
-            sched.step()
             history.append({k: float(v) for k, v in mets.items()})
             if progress is not None:
                 progress(step + 1, history[-1])

@@ -209,7 +209,7 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
     Args:
         model: a Hugging Face spec: smollm2, hf:DIR or gguf:FILE
         out: the folder to write (required; replaced only when the run finishes)
-        steps: optimisation steps (AdamW, warm-up then cosine decay)
+        steps: optimisation steps (AdamW, 10 warm-up steps, then cosine decay to 0: the trainer's schedule)
         lr: peak learning rate
         batch_size: windows per step
         seq_len: tokens per window
@@ -224,6 +224,7 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
     from ..calm.runtime import finetune_exits
     from ..data import TokenStream, pack, read_text, step_generator
     from ..hf_causal import is_hf_spec, load_causal_lm, save_hf_causal
+    from ..train import TrainConfig
     if not is_hf_spec(model):
         raise UsageError(f"{model}: calm-finetune takes a Hugging Face model (smollm2, hf:DIR, gguf:FILE); "
                          "train our checkpoints with `adaptive-lm train calm-pydocs`")
@@ -249,8 +250,10 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
             ces = " ".join(f"{i}:{mets[f'ce_l{i}']:.2f}" for i in layers)
             print(f"step {step}/{steps} loss {mets['loss']:.4f} ({time.time() - t0:.0f}s) CE by layer {ces}",
                   file=sys.stderr, flush=True)
-    hist = finetune_exits(m, lambda step: stream.batch(batch_size, step_generator(seed, step))[:2], steps=steps,
-                          lr=lr, layers=layers, weights=w, progress=show)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(10, steps), min_lr_ratio=0.0,
+                      weight_decay=0.0, beta2=0.999, seed=seed)
+    hist = finetune_exits(m, lambda step: stream.batch(batch_size, step_generator(seed, step))[:2], cfg=cfg,
+                          layers=layers, weights=w, progress=show)
     info = {"calm_finetune": {"from": model, "steps": steps, "lr": lr, "batch_size": batch_size, "seq_len": seq_len,
                               "exit_every": every, "exit_layers": layers, "exit_weights": weights, "corpus": corpus,
                               "seed": seed, "seconds": round(time.time() - t0, 1), "last": hist[-1]}}

@@ -11,6 +11,7 @@ transformers = pytest.importorskip("transformers")
 from adaptive_lm.calm.exits import early_exit_loss, exit_layers, exit_weights  # noqa: E402
 from adaptive_lm.calm.runtime import finetune_exits, trained_exit_every  # noqa: E402
 from adaptive_lm.hf_causal import HFCausalLM, load_hf_causal  # noqa: E402
+from adaptive_lm.train import TrainConfig  # noqa: E402
 from tests.conftest import TEXT  # noqa: E402
 from tests.test_cli import assert_one_line_error, run  # noqa: E402
 
@@ -49,7 +50,8 @@ def test_finetune_exits_lowers_the_weighted_loss_on_a_fixed_batch():
     w = exit_weights(layers)
     with torch.no_grad():
         before = float(early_exit_loss(m, batch, layers=layers, weights=w)[0])
-    hist = finetune_exits(m, lambda step: batch, steps=30, lr=3e-3, layers=layers, weights=w, warmup=1)
+    cfg = TrainConfig(steps=30, batch_size=4, lr=3e-3, warmup_steps=1, min_lr_ratio=0.0, weight_decay=0.0)
+    hist = finetune_exits(m, lambda step: batch, cfg=cfg, layers=layers, weights=w)
     with torch.no_grad():
         after = float(early_exit_loss(m, batch, layers=layers, weights=w)[0])
     assert len(hist) == 30 and set(hist[0]) >= {"loss", "ce_top", "ce_l2", "ce_l4"}

@@ -62,7 +62,15 @@ def test_demo_report_renders_in_headless_chromium(demo, tmp_path):
         pytest.skip(f"no headless Chromium: {why_not}")
     try:
         driver.get((out / "report.html").as_uri())
-        assert driver.execute_script("return document.body.dataset.ready") == "1"
+        # the page draws itself after load; on a busy machine that can take a few seconds
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+        ready = lambda d: d.execute_script("return document.body.dataset.ready") == "1"
+        try:
+            WebDriverWait(driver, 60, poll_frequency=0.2).until(ready)
+        except TimeoutException:
+            pass                                                      # the assert below reports it
+        assert ready(driver)
         for sid in SECTIONS:
             sec = driver.find_element("id", sid)
             assert sec.is_displayed() and sec.size["height"] > 80, sid

@@ -52,6 +52,7 @@ class ModelConfig:
     cond_mode: str = "add"        # how it enters: add (projected onto the embeddings) | adaln (scale/shift of each norm)
     mixer: str = "attention"      # token mixing: attention | masked_conv (the masked mixer, brief entropy.md)
     positions: str = "rope"       # rope (rotary, in attention) | learned (a position table added to the embeddings)
+    shift_logits: bool = False    # diffusion models adapted from a causal LM: token i is scored at position i-1 (forward)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
@@ -76,6 +77,8 @@ class ModelConfig:
             raise ValueError(f"positions must be rope or learned, got {self.positions!r}")
         if self.mixer == "masked_conv" and not self.causal:
             raise ValueError("the masked mixer is causal: it needs causal=True")
+        if self.shift_logits and self.causal:
+            raise ValueError("shift_logits is for bidirectional (diffusion) models: it needs causal=False")
         if self.positions == "rope" and self.mixer == "attention" and (self.d_model // self.n_head) % 2:
             raise ValueError("head dimension must be even for RoPE")
 
@@ -97,7 +100,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for later, default in (("n_kv_head", 0), ("cond_mode", "add")):   # later fields: written only when
+        for later, default in (("n_kv_head", 0), ("cond_mode", "add"), ("shift_logits", False)):   # later fields: written only when
             if d[later] == default:                                       # used, so older readers load the rest
                 del d[later]
         return d
@@ -250,6 +253,21 @@ def run_layers(m, input_ids, *, attention_mask=None, cond=None, cache=None, outp
     return ModelOutput(m.unembed(h), hidden)
 
 
+def with_rope(cfg, ctx: StepContext) -> StepContext:
+    """ctx with the RoPE angles of its positions filled in (when the backbone uses RoPE attention)."""
+    if cfg.positions == "rope" and cfg.mixer == "attention":
+        ctx.cos, ctx.sin = rope_angles(ctx.positions, cfg.head_dim, cfg.rope_theta)
+    return ctx
+
+
+def causal_forward(m, input_ids) -> "ModelOutput":
+    """Our backbone run as a causal LM whatever its config says: ids (B, T) (right padding only),
+    raw logits (B, T, V) in which position i scores token i+1, never shifted. The first phase of
+    adapting a causal LM into a masked diffusion LM (recipes/mdlm.py ``ar_steps``)."""
+    ctx = step_context(input_ids, None, None, causal=True, max_seq_len=m.config.max_seq_len)
+    return run_layers(m, input_ids, ctx=with_rope(m.config, ctx))
+
+
 def forward_with_pattern(m, input_ids, allow: torch.Tensor, positions: torch.Tensor, *, cond=None) -> "ModelOutput":
     """Our attention backbone over ids (B, T) with an explicit attention pattern ``allow`` (B, T, T)
     bool (True = query row may attend to key column) and explicit positions (B, T) — for objectives
@@ -259,9 +277,7 @@ def forward_with_pattern(m, input_ids, allow: torch.Tensor, positions: torch.Ten
         raise ValueError("an explicit attention pattern needs the attention backbone (mixer='attention')")
     B, T = input_ids.shape
     ctx = StepContext(None, None, allow[:, None], False, None, 0, T, positions=positions)
-    if m.config.positions == "rope":
-        ctx.cos, ctx.sin = rope_angles(positions, m.config.head_dim, m.config.rope_theta)
-    return run_layers(m, input_ids, cond=cond, ctx=ctx)
+    return run_layers(m, input_ids, cond=cond, ctx=with_rope(m.config, ctx))
 
 
 class Attention(nn.Module):
@@ -495,9 +511,7 @@ class TransformerLM(nn.Module):
         """
         ctx = step_context(input_ids, attention_mask, cache, causal=self.config.causal,
                            max_seq_len=self.config.max_seq_len)
-        if self.config.positions == "rope" and self.config.mixer == "attention":
-            ctx.cos, ctx.sin = rope_angles(ctx.positions, self.config.head_dim, self.config.rope_theta)
-        return ctx
+        return with_rope(self.config, ctx)
 
     def layer(self, i: int, h, ctx: StepContext):
         """Run block i on hidden state h (B, T, C); writes its K/V into the cache if any. For a
@@ -531,9 +545,15 @@ class TransformerLM(nn.Module):
     # ---- the whole model ----
     def forward(self, input_ids, *, attention_mask=None, cond=None, cache: Optional[KVCache] = None,
                 output_hidden_states: bool = False) -> ModelOutput:
-        """input_ids (B, T) -> ModelOutput(logits (B, T, V), hidden_states [n_layer+1 x (B, T, C)])."""
-        return run_layers(self, input_ids, attention_mask=attention_mask, cond=cond, cache=cache,
-                          output_hidden_states=output_hidden_states)
+        """input_ids (B, T) -> ModelOutput(logits (B, T, V), hidden_states [n_layer+1 x (B, T, C)]).
+        With ``shift_logits`` the logits scoring token i are those computed at position i-1 (token 0
+        keeps its own): a diffusion model adapted from a causal LM keeps the causal LM's "position i
+        predicts token i+1" (DiffuLLaMA / Dream's shift operation)."""
+        out = run_layers(self, input_ids, attention_mask=attention_mask, cond=cond, cache=cache,
+                         output_hidden_states=output_hidden_states)
+        if self.config.shift_logits:
+            out.logits = torch.cat([out.logits[:, :1], out.logits[:, :-1]], 1)
+        return out
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12·L·C·T."""

@@ -207,3 +207,29 @@ def test_forward_with_pattern_equals_forward_for_the_model_s_own_pattern(causal)
     allow = allow.tril() if causal else allow
     got = forward_with_pattern(m, x, allow[None].expand(2, 9, 9), torch.arange(9)[None].expand(2, 9)).logits
     torch.testing.assert_close(got, m(x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_shift_logits_scores_token_i_at_position_i_minus_1():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, n_layer=2, n_head=4, d_model=32, max_seq_len=32, causal=False)
+    plain = TransformerLM(cfg).eval()
+    shifted = TransformerLM(dataclasses.replace(cfg, shift_logits=True)).eval()
+    shifted.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 50, (2, 9))
+    a, b = plain(x).logits, shifted(x).logits
+    assert torch.equal(b[:, 1:], a[:, :-1]) and torch.equal(b[:, 0], a[:, 0])
+    assert "shift_logits" in shifted.config.to_dict() and "shift_logits" not in cfg.to_dict()
+    with pytest.raises(ValueError, match="shift_logits"):
+        ModelConfig(shift_logits=True, causal=True)
+
+
+def test_causal_forward_of_a_bidirectional_model_equals_the_causal_model():
+    from adaptive_lm.model import causal_forward
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, n_layer=2, n_head=4, d_model=32, max_seq_len=32, causal=True)
+    causal = TransformerLM(cfg).eval()
+    bidir = TransformerLM(dataclasses.replace(cfg, causal=False, shift_logits=True)).eval()
+    bidir.load_state_dict(causal.state_dict())
+    x = torch.randint(0, 50, (2, 9))
+    torch.testing.assert_close(causal_forward(bidir, x).logits, causal(x).logits, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(bidir(x).logits[:, 1:], causal(x).logits[:, :-1])   # the bidirectional pass differs

@@ -62,3 +62,36 @@ def test_task_options_reach_the_batches_and_bad_ones_are_refused():
     for bad in (ArithSpec(line_style="long"), ArithSpec(max_delta=1), ArithSpec(max_steps=17)):
         with pytest.raises(UsageError):
             check_spec(bad)
+
+
+def test_ar_phase_trains_the_diffusion_model_causally_then_switches(tmp_path):
+    """data.ar_steps: the first steps' batches are causal-LM batches whose loss is the causal
+    model's next-token loss (same weights); later steps are masked-diffusion batches. data.init_from
+    starts the model from a checkpoint's weights, and refuses one of another shape."""
+    import dataclasses
+    import pytest
+    from adaptive_lm.checkpoint import save_pretrained
+    from adaptive_lm.errors import UsageError
+    from adaptive_lm.lm import lm_objective
+    from adaptive_lm.model import TransformerLM
+    from adaptive_lm.recipes import get_recipe
+    r = get_recipe("mdlm-tiny-test")
+    r = dataclasses.replace(r, model=dataclasses.replace(r.model, shift_logits=True),
+                            data=dataclasses.replace(r.data, ar_steps=2))
+    built = r.build(r)
+    first, later = built.batches(1, 0, 0, 1), built.batches(2, 0, 0, 1)
+    assert set(first) == {"ar_x", "ar_y"} and "input_ids" in later and "ar_x" not in later
+    causal = TransformerLM(dataclasses.replace(built.model.config, causal=True, shift_logits=False)).eval()
+    causal.load_state_dict(built.model.state_dict())
+    built.model.eval()
+    got, _ = built.objective(built.model, first)
+    want, _ = lm_objective(causal, (first["ar_x"], first["ar_y"]))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    save_pretrained(tmp_path / "src", built.model, built.tokenizer, {})
+    warm = dataclasses.replace(r, data=dataclasses.replace(r.data, ar_steps=0, init_from=str(tmp_path / "src")))
+    m2 = warm.build(warm).model
+    assert all(torch.equal(a, b) for a, b in zip(m2.state_dict().values(), built.model.state_dict().values()))
+    wide = dataclasses.replace(warm, model=dataclasses.replace(warm.model, d_model=64))
+    with pytest.raises(UsageError, match="shapes"):
+        wide.build(wide)

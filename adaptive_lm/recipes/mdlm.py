@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
+from ..checkpoint import CheckpointError, from_pretrained
 from ..data import shard, step_generator
 from ..diffusion.objective import block_noise, mc_nll, mdm_loss, semi_ar_noise, sft_batch, sft_loss
 from ..errors import UsageError
 from ..lm import lm_objective
-from ..model import ModelConfig, TransformerLM
+from ..model import ModelConfig, TransformerLM, causal_forward
 from ..tasks.arith import ALPHABET, MAX_STEPS, check_options, make_split, sample_problem
 from ..tokenizer import CharTokenizer
 from ..train import TrainConfig
@@ -45,6 +47,8 @@ class ArithSpec:
     max_delta: int = 9            # largest daily change (tasks.arith.sample_problem)
     bd3_share: float = 0.0        # share of rows trained in block diffusion's view, all blocks at once (objective.block_diffusion_loss)
     bd3_block: int = 32           # the block length of those rows
+    ar_steps: int = 0             # the first steps train the model as a causal LM (next-token loss on the solution), then the masked objective: adapting a causal LM into a diffusion LM (set model.shift_logits)
+    init_from: str = ""           # a checkpoint of the same shape whose weights start the model (e.g. an ar-arith run's)
 
     def task(self) -> dict:
         """The problem generator's options; stored in the checkpoint's meta so that benches pose
@@ -91,6 +95,29 @@ def check_spec(spec: ArithSpec) -> None:
         raise UsageError("data.bd3_share must be in [0, 1] and data.bd3_block >= 1")
     if not 1 <= spec.max_steps <= MAX_STEPS:
         raise UsageError(f"data.max_steps must be in 1..{MAX_STEPS}, not {spec.max_steps}")
+    if spec.ar_steps < 0:
+        raise UsageError(f"data.ar_steps must be >= 0, not {spec.ar_steps}")
+
+
+def warm_start_from(model, path: str) -> None:
+    """Copy every weight of the checkpoint at ``path`` (any family: a causal LM's weights start a
+    diffusion LM) into model; one clear error when the shapes differ."""
+    try:
+        source, _ = from_pretrained(path, with_tokenizer=False)
+    except (CheckpointError, OSError, ValueError) as e:
+        raise UsageError(f"data.init_from={path}: {e}") from None
+    mine, theirs = model.state_dict(), source.state_dict()
+    if set(mine) != set(theirs) or any(mine[k].shape != theirs[k].shape for k in mine):
+        raise UsageError(f"data.init_from={path}: its weights do not have this model's shapes")
+    model.load_state_dict(theirs)
+
+
+def ar_phase_loss(m, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Next-token cross-entropy of the model run causally (model.causal_forward) on an ar_arith_batch
+    stored as ``ar_x`` / ``ar_y``: the causal phase of ``ar_steps``."""
+    logits = causal_forward(m, batch["ar_x"]).logits
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["ar_y"].flatten())
+    return loss, {"loss": loss.detach(), "ar_loss": loss.detach()}
 
 
 def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
@@ -99,12 +126,23 @@ def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
     tok = arith_tokenizer()
     torch.manual_seed(tc.seed)
     model = TransformerLM(dataclasses.replace(recipe.model, vocab_size=tok.vocab_size, causal=False))
+    if model.config.shift_logits and spec.bd3_share > 0:
+        raise UsageError("data.bd3_share needs model.shift_logits=false (the block view scores unshifted logits)")
+    if spec.init_from:
+        warm_start_from(model, spec.init_from)
 
     def objective(m, batch):
+        if "ar_x" in batch:
+            return ar_phase_loss(m, batch)
         return sft_loss(m, batch, mask_id=tok.mask_id, block=spec.bd3_block)
 
     def batches(step, micro, rank, world):
-        b = arith_global_batch(tok, spec, tc.batch_size, step_generator(tc.seed, step))
+        g = step_generator(tc.seed, step)
+        if step < spec.ar_steps:
+            x, y = ar_arith_batch(tok, [sample_problem(g, "train", **spec.task()) for _ in range(tc.batch_size)])
+            b = {"ar_x": x, "ar_y": y}
+        else:
+            b = arith_global_batch(tok, spec, tc.batch_size, g)
         return shard(b, tc.batch_size, micro=micro, n_micro=tc.grad_accum, rank=rank, world=world)
 
     g = torch.Generator().manual_seed(12345)
@@ -119,7 +157,8 @@ def build_mdlm_arith(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
         loss, mets = mdm_loss(m, {k: v.to(dev) for k, v in val.items()}, mask_id=tok.mask_id)
         return {"loss": float(loss), "masked_acc": float(mets["masked_acc"])}
 
-    meta = {"recipe": recipe.name, "family": "masked-diffusion", "task": "arith", "task_options": spec.task()}
+    meta = {"recipe": recipe.name, "family": "masked-diffusion", "task": "arith", "task_options": spec.task(),
+            **({"init_from": spec.init_from} if spec.init_from else {})}
     return Built(model, tok, objective, batches, eval_fn, meta)
 
 
@@ -212,10 +251,10 @@ register(Recipe(
     build=build_mdlm_arith,
     name="mdlm-arith",
     description="masked diffusion LM SFT'd on multi-step arithmetic; the shipped builtin:mdlm-arith",
-    model=ModelConfig(n_layer=6, n_head=4, d_model=128, max_seq_len=1024, causal=False),
-    train=TrainConfig(steps=4000, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=500,
+    model=ModelConfig(n_layer=6, n_head=4, d_model=128, max_seq_len=1024, causal=False, shift_logits=True),
+    train=TrainConfig(steps=3800, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=500,
                       save_every=200, log_every=20, weight_decay=0.05, min_lr_ratio=0.05),
-    data=ArithSpec(),
+    data=ArithSpec(ar_steps=1600),
     budget="<= 45 minutes on 2 CPU cores",
 ))
 

@@ -18,9 +18,13 @@ from .distributed import unwrap
 def lm_objective(model, batch) -> tuple[torch.Tensor, dict]:
     """Next-token cross-entropy (nats/token) on a batch (x, y) of (B, T) ids."""
     x, y = batch
-    logits = model(x).logits                                            # (B, T, V)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    loss = next_token_ce(model(x).logits, y)
     return loss, {"loss": loss.detach()}
+
+
+def next_token_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T, V) against targets y (B, T) (-100 ignored), in float32."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
 
 
 @torch.no_grad()

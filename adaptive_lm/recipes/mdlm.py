@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, from_pretrained
 from ..data import shard, step_generator
 from ..diffusion.objective import block_noise, mc_nll, mdm_loss, semi_ar_noise, sft_batch, sft_loss
 from ..errors import UsageError
-from ..lm import lm_objective
+from ..lm import lm_objective, next_token_ce
 from ..model import ModelConfig, TransformerLM, causal_forward
 from ..tasks.arith import ALPHABET, MAX_STEPS, check_options, make_split, sample_problem
 from ..tokenizer import CharTokenizer
@@ -115,8 +114,7 @@ def warm_start_from(model, path: str) -> None:
 def ar_phase_loss(m, batch: dict) -> tuple[torch.Tensor, dict]:
     """Next-token cross-entropy of the model run causally (model.causal_forward) on an ar_arith_batch
     stored as ``ar_x`` / ``ar_y``: the causal phase of ``ar_steps``."""
-    logits = causal_forward(m, batch["ar_x"]).logits
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["ar_y"].flatten())
+    loss = next_token_ce(causal_forward(m, batch["ar_x"]).logits, batch["ar_y"])
     return loss, {"loss": loss.detach(), "ar_loss": loss.detach()}
 
 

@@ -47,6 +47,15 @@ def test_bench_daedal_small(mdm, tmp_path):
     fixed32 = res["rows"][0]
     assert fixed32["nfe"] == 32 and fixed32["n_token"] == 32
     assert all(0 <= r["acc"] <= 1 and 0 <= r["e_ratio"] <= 1 for r in res["rows"])
+    for r in res["rows"]:                       # counts, and an interval around the share they give
+        assert r["correct"] == round(r["acc"] * 2) and r["acc_ci95"][0] <= r["acc"] <= r["acc_ci95"][1]
+    assert res["n_problems"] == 2
+    paired = res["paired_vs_best_fixed"]
+    assert set(paired) == {"daedal L=32", "daedal+threshold L=32", "daedal-w8 L=32"}
+    for name, c in paired.items():             # the four cells cover the problems; each side adds up
+        row = next(r for r in res["rows"] if f"{r['method']} L={r['length']}" == name)
+        assert sum(c.values()) == 2 and c["both"] + c["only_daedal"] == row["correct"]
+        assert c["both"] + c["only_fixed"] == round(res["best_fixed_acc"] * 2)
 
 
 @pytest.mark.parametrize("args,code,word", [

@@ -22,6 +22,7 @@ from ..diffusion.daedal import Daedal
 from ..diffusion.sampler import FixedLength, SpecialIds, Threshold, denoise, model_logits_fn
 from ..errors import UsageError
 from ..tasks.arith import make_split, score
+from ..tasks.metrics import paired_counts, wilson_interval
 from . import register
 
 
@@ -52,14 +53,15 @@ def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batc
     for i, (name, length, policy) in enumerate(policies):
         print(f"[{i + 1}/{len(policies)}] {name} L={length} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        stats, correct = [], 0
+        stats, solved = [], []
         for b in range(0, len(prompts), batch_size):
             out = denoise(fn, prompts[b:b + batch_size], policy=policy, ids=ids, device=device)
             for p, toks, st in zip(problems[b:b + batch_size], out.tokens, out.stats):
-                correct += score(tok.decode(toks), p)
+                solved.append(bool(score(tok.decode(toks), p)))
                 stats.append(st)
-        n = len(stats)
-        rows.append({"method": name, "length": length, "acc": correct / n,
+        n, correct = len(stats), sum(solved)
+        rows.append({"method": name, "length": length, "acc": correct / n, "correct": correct,
+                     "acc_ci95": [round(x, 4) for x in wilson_interval(correct, n)], "_solved": solved,
                      "e_token": sum(s["e_token"] for s in stats) / n, "n_token": sum(s["n_token"] for s in stats) / n,
                      "e_ratio": sum(s["e_token"] for s in stats) / max(sum(s["n_token"] for s in stats), 1),
                      "nfe": sum(s["nfe"] for s in stats) / n, "hit_max": sum(s["hit_max"] for s in stats) / n,
@@ -76,10 +78,12 @@ def ar_row(spec: str, problems, batch_size: int, device: str) -> dict:
     m.to(device)
     t0 = time.perf_counter()
     outs = ar_answers(m, tok, problems, batch_size=batch_size)
-    correct = sum(score(tok.decode(o), p) for o, p in zip(outs, problems))
+    solved = [bool(score(tok.decode(o), p)) for o, p in zip(outs, problems)]
+    correct = sum(solved)
     lens = [len(o) + 1 for o in outs]                                    # + its EOS
     n = len(problems)
-    return {"method": "ar (reference)", "length": 0, "acc": correct / n, "e_token": (sum(lens) - n) / n,
+    return {"method": "ar (reference)", "length": 0, "acc": correct / n, "correct": correct,
+            "acc_ci95": [round(x, 4) for x in wilson_interval(correct, n)], "_solved": solved, "e_token": (sum(lens) - n) / n,
             "n_token": sum(lens) / n, "e_ratio": (sum(lens) - n) / sum(lens), "nfe": sum(lens) / n, "hit_max": 0.0,
             "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -130,11 +134,17 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     rows = run_rows(model, tok, problems, policies, o.batch_size, device)
     if o.ar_model:
         rows.append(ar_row(o.ar_model, problems, o.batch_size, device))
+    solved = [r.pop("_solved") for r in rows]                      # per row: which problems it solved
     fixed = [r for r in rows if r["method"] == "fixed"]
     best = max(fixed, key=lambda r: (r["acc"], -r["nfe"]))
     daedal = [r for r in rows if r["method"] == "daedal"]
+    best_solved = solved[rows.index(best)]
+    # the same problems under both: only the discordant counts say which method is ahead
+    paired = {f"{r['method']} L={r['length']}": paired_counts(solved[i], best_solved, ("daedal", "fixed"))
+              for i, r in enumerate(rows) if r["method"].startswith("daedal")}
     summary = {
         "best_fixed_length": best["length"], "best_fixed_acc": best["acc"], "best_fixed_nfe": best["nfe"],
+        "n_problems": o.n, "paired_vs_best_fixed": paired,
         # with no problem solved by any row the comparisons below say nothing: the first target is
         # then False, and the others are read only together with it
         "targets": {

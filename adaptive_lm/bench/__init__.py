@@ -48,11 +48,19 @@ def environment() -> dict:
     return env
 
 
+def _cell(v) -> str:
+    """A table cell: 4 significant digits, but never an exponent for large numbers (a speed of
+    11,790 KB/s reads as 11790, not 1.179e+04)."""
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+    return str(v)
+
+
 def format_table(rows: list[dict]) -> str:
     if not rows:
         return "(no rows)"
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    cell = _cell
     width = {c: max(len(c), *(len(cell(r.get(c, ""))) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(width[c]) for c in cols), "  ".join("-" * width[c] for c in cols)]
     lines += ["  ".join(cell(r.get(c, "")).ljust(width[c]) for c in cols) for r in rows]

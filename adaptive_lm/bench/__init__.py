@@ -83,7 +83,7 @@ def parse_options(options_cls: type, items: list[str]):
 def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = ()) -> int:
     from . import calm as _calm, compress as _compress, daedal as _daedal, eem as _eem  # noqa: F401  (each registers its bench)
     from . import entropy_aware as _entropy_aware, train as _train  # noqa: F401
-    from . import vmd as _vmd  # noqa: F401
+    from . import arith_probe as _arith_probe, vmd as _vmd  # noqa: F401
     if name == "list":
         for n, (fn, _) in sorted(BENCHES.items()):
             print(f"{n:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")

@@ -59,7 +59,8 @@ def test_task_options_reach_the_batches_and_bad_ones_are_refused():
                 seen += 1
     assert seen > 0
     assert bool((arith_global_batch(tok, ArithSpec(), 4, step_generator(0, 0))["loss_weight"] == 1).all())
-    for bad in (ArithSpec(line_style="long"), ArithSpec(max_delta=1), ArithSpec(max_steps=17)):
+    for bad in (ArithSpec(line_style="long"), ArithSpec(max_delta=1), ArithSpec(max_steps=17),
+                ArithSpec(decision_cut_share=1.5)):
         with pytest.raises(UsageError):
             check_spec(bad)
 
@@ -95,3 +96,33 @@ def test_ar_phase_trains_the_diffusion_model_causally_then_switches(tmp_path):
     wide = dataclasses.replace(warm, model=dataclasses.replace(warm.model, d_model=64))
     with pytest.raises(UsageError, match="shapes"):
         wide.build(wide)
+
+
+def test_decision_cuts_land_on_a_line_end_or_the_next_line_start():
+    """decision_points marks each line's last character and the next line's first; with
+    decision_cut_share=1 every semi-AR row's first hidden position is one of them (its block
+    starts where the solution computes a digit or decides to stop); 0 keeps the old batches."""
+    from adaptive_lm.recipes.mdlm import decision_points, stop_point
+    from adaptive_lm.tasks.arith import save_problem
+    tok = arith_tokenizer()
+    sol = save_problem("Kai", "beads", 60, 2, 63).solution          # Day 01: +2=62 / Day 02: +2=64 / 64>=63, ...
+    assert sol[stop_point(sol):].startswith("64>=63, so 2 days.")
+    nl = tok.encode("\n")[0]
+    r = tok.encode("ab\ncd\ne")
+    assert decision_points(r, nl) == [1, 3, 4, 6]
+    spec = ArithSpec(semi_ar_share=1.0, decision_cut_share=1.0)
+    b = arith_global_batch(tok, spec, 8, step_generator(0, 3))
+    seen = 0
+    for row, pm, u in zip(b["input_ids"], b["prompt_mask"], b["u"]):
+        k = int((u != 2.0).nonzero()[0])                            # the row's cut (semi_ar_noise keeps u=2 before it)
+        resp = row[~pm].tolist()                                    # the canvas (answer cut, or + EOS)
+        j = k - int(pm.sum())
+        nls = [i for i, x in enumerate(resp) if x == nl]
+        if not nls:                                                 # a canvas too short for one line: plain rule
+            continue
+        assert j + 1 in nls or j - 1 in nls or j + 1 == len(resp), (j, tok.decode(resp))
+        seen += 1
+    assert seen > 0
+    plain = arith_global_batch(tok, ArithSpec(), 8, step_generator(0, 3))
+    same = arith_global_batch(tok, ArithSpec(decision_cut_share=0.0), 8, step_generator(0, 3))
+    assert all(torch.equal(plain[k], same[k]) for k in plain)

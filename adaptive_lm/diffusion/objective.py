@@ -43,7 +43,8 @@ def draw_noise(batch_size: int, length: int, generator: torch.Generator, eps: fl
 
 
 def semi_ar_noise(t: torch.Tensor, u: torch.Tensor, starts: list[int], ends: list[int], *, share: float,
-                  block: int, generator: torch.Generator, future_weight: float = 1.0, block_weight: float = 1.0
+                  block: int, generator: torch.Generator, future_weight: float = 1.0, block_weight: float = 1.0,
+                  cut_points: Optional[list[list[int]]] = None, cut_share: float = 0.0
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Turn a share of the rows into the view the semi-autoregressive sampler has (LLaDA's blocks):
     row i's response spans [starts[i], ends[i]); a cut k is drawn in it; positions before k are
@@ -59,6 +60,10 @@ def semi_ar_noise(t: torch.Tensor, u: torch.Tensor, starts: list[int], ends: lis
     only place where the model must compute a token from the past alone, without copying it from
     the visible future). Returns new (t (B,), u (B, L)) and loss weights w (B, L) (1 outside the
     converted rows' blocks and futures); the caller's tensors are not modified.
+    cut_points / cut_share: with probability cut_share a converted row's cut is drawn from
+    cut_points[i] (positions inside [starts[i], ends[i]); e.g. where a decision is made: a line's
+    result digit, the first character of the next line) instead of anywhere; with cut_share = 0
+    the random draws are exactly those of the plain rule.
     """
     t, u = t.clone(), u.clone()
     w = torch.ones_like(u)
@@ -67,7 +72,11 @@ def semi_ar_noise(t: torch.Tensor, u: torch.Tensor, starts: list[int], ends: lis
     for i, (a, b) in enumerate(zip(starts, ends)):
         if b <= a or float(torch.rand(1, generator=generator)) >= share:
             continue
-        k = a + int(torch.randint(0, b - a, (1,), generator=generator))
+        pts = [] if cut_share <= 0 or cut_points is None else [c for c in cut_points[i] if a <= c < b]
+        if pts and float(torch.rand(1, generator=generator)) < cut_share:
+            k = pts[int(torch.randint(0, len(pts), (1,), generator=generator))]
+        else:
+            k = a + int(torch.randint(0, b - a, (1,), generator=generator))
         blk = (pos >= k) & (pos < k + block)
         u[i] = torch.where(pos < k, torch.full_like(u[i], 2.0),
                            torch.where(blk, u[i] / t[i], torch.full_like(u[i], -1.0)))

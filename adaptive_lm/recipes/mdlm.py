@@ -46,6 +46,7 @@ class ArithSpec:
     max_delta: int = 9            # largest daily change (tasks.arith.sample_problem)
     bd3_share: float = 0.0        # share of rows trained in block diffusion's view, all blocks at once (objective.block_diffusion_loss)
     bd3_block: int = 32           # the block length of those rows
+    decision_cut_share: float = 0.0   # share of the semi-AR rows whose cut lies where a decision is made — a worked line's last digit or the next line's first character; the stop decision (first character after the last worked line) drawn half of the time — instead of anywhere (objective.semi_ar_noise's cut_points)
     ar_steps: int = 0             # the first steps train the model as a causal LM (next-token loss on the solution), then the masked objective: adapting a causal LM into a diffusion LM (set model.shift_logits)
     init_from: str = ""           # a checkpoint of the same shape whose weights start the model (e.g. an ar-arith run's)
 
@@ -77,11 +78,35 @@ def arith_global_batch(tok, spec: ArithSpec, batch_size: int, generator: torch.G
     if spec.semi_ar_share > 0:                        # among the other rows
         starts = [len(p) for p in prompts]
         ends = [a if b else a + c for a, c, b in zip(starts, canvas, bd3.tolist())]
+        cuts = None
+        if spec.decision_cut_share > 0:                # the stop decision weighs as much as all the others together
+            nl = tok.encode("\n")[0]
+            cuts = [[a + j for j in decision_points(r, nl) + [stop_point(p.solution)] * len(decision_points(r, nl))]
+                    for a, r, p in zip(starts, responses, probs)]
         batch["t"], batch["u"], w = semi_ar_noise(batch["t"], batch["u"], starts, ends, share=spec.semi_ar_share,
                                                   block=spec.semi_ar_block, generator=g,
-                                                  future_weight=spec.future_weight, block_weight=spec.block_weight)
+                                                  future_weight=spec.future_weight, block_weight=spec.block_weight,
+                                                  cut_points=cuts, cut_share=spec.decision_cut_share)
         batch["loss_weight"] = w
     return batch
+
+
+def decision_points(response: list[int], newline_id: int) -> list[int]:
+    """Positions (in the response) where the worked solution makes a decision: the last character
+    of each line (a worked line's result digit) and the first character of the line after it
+    (another "Day" line, or the conclusion: the stop decision)."""
+    out = []
+    for j, tok_id in enumerate(response):
+        if tok_id == newline_id:
+            out += [j - 1, j + 1] if j > 0 else [j + 1]
+    return [j for j in out if j < len(response)]
+
+
+def stop_point(solution: str) -> int:
+    """Position of the first character after the last worked line: where the solution decides to
+    stop (the conclusion "05<6, so 7 days." instead of another "Day" line)."""
+    last = solution.rfind("Day ")
+    return solution.index("\n", last) + 1
 
 
 def check_spec(spec: ArithSpec) -> None:
@@ -94,6 +119,8 @@ def check_spec(spec: ArithSpec) -> None:
         raise UsageError("data.bd3_share must be in [0, 1] and data.bd3_block >= 1")
     if not 1 <= spec.max_steps <= MAX_STEPS:
         raise UsageError(f"data.max_steps must be in 1..{MAX_STEPS}, not {spec.max_steps}")
+    if not 0 <= spec.decision_cut_share <= 1:
+        raise UsageError(f"data.decision_cut_share must be in [0, 1], not {spec.decision_cut_share}")
     if spec.ar_steps < 0:
         raise UsageError(f"data.ar_steps must be >= 0, not {spec.ar_steps}")
 

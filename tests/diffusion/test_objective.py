@@ -298,3 +298,20 @@ def test_loss_weight_scales_each_positions_term():
     ce = -torch.log_softmax(logits, -1).gather(-1, x[..., None])[..., 0]       # (3, 12), the slow way
     want = torch.tensor([sum(float(ce[b, i] * w[b, i] / t[b]) for i in range(12) if masked[b, i]) for b in range(3)])
     assert torch.allclose(got, want.float(), atol=1e-5)
+
+
+def test_semi_ar_noise_cuts_at_the_given_points():
+    """cut_share=1: every converted row's cut is one of its cut points (inside its response);
+    cut_share=0 (or no points) draws exactly what the plain rule draws."""
+    B, L, block = 8, 40, 8
+    t, u = draw_noise(B, L, torch.Generator().manual_seed(0))
+    starts, ends = [5] * B, [35] * B
+    points = [[3, 9, 17, 36]] * B                                   # 3 and 36 lie outside [5, 35)
+    nt, nu, _ = semi_ar_noise(t, u, starts, ends, share=1.0, block=block, generator=torch.Generator().manual_seed(1),
+                              cut_points=points, cut_share=1.0)
+    cuts = [int((nu[i] != 2.0).nonzero()[0]) for i in range(B)]
+    assert set(cuts) <= {9, 17} and len(set(cuts)) == 2 and bool((nt == 1).all())
+    plain = semi_ar_noise(t, u, starts, ends, share=0.5, block=block, generator=torch.Generator().manual_seed(1))
+    for kw in ({"cut_points": points, "cut_share": 0.0}, {"cut_points": None, "cut_share": 1.0}):
+        again = semi_ar_noise(t, u, starts, ends, share=0.5, block=block, generator=torch.Generator().manual_seed(1), **kw)
+        assert all(torch.equal(x, y) for x, y in zip(plain, again))

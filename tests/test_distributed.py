@@ -25,5 +25,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(a) == len(b) == 6
     assert a[-1] < a[0]
+    # The two processes sum their gradients in another order than one process does: the float
+    # rounding differs, and Adam carries it forward (seen on CI: 1.2e-4 apart at step 4 of ~3.3,
+    # 4e-5 relative). Without the all-reduce each process would step on its half of the batch alone, a far larger gap.
     for x, y in zip(a, b):
-        assert abs(x - y) < 1e-4, (a, b)
+        assert abs(x - y) <= 3e-4 * abs(x), (a, b)

@@ -394,4 +394,37 @@ def test_a_file_written_by_the_previous_release_still_decodes(codec_lm):
     want = "First Citizen:\nBefore we proceed any further, hear me speak.\n".encode() * 5 + b"\xff\xfe\x80abc" + \
         "日本語 🙂".encode()
     for workers in (1, 2):
-        assert decompress(blob, model, tok, workers=workers) == want
+        try:
+            got = decompress(blob, model, tok, workers=workers)
+        except CodecError:
+            if _float_probe(model, tok, want) != WRITER_FLOAT_PROBE:
+                pytest.skip("this CPU computes the fixture model's logits with other rounding than the machine "
+                            "that wrote the file (a documented limit of the format, see CodecError)")
+            raise
+        assert got == want
+
+
+# sha256[:16] of the v2 quantiser's frequencies for the fixture model's logits on the fixture's first
+# 15 tokens, on a machine that decodes data/v2_fixture.almz (the CPU-2 dev machine, 2026-12-03).
+WRITER_FLOAT_PROBE = "b92db84b4d05f9e7"
+
+
+def _float_probe(model, tok, data: bytes) -> str:
+    """A fingerprint of how this machine rounds the model's forward pass (see WRITER_FLOAT_PROBE)."""
+    import hashlib
+    from adaptive_lm.entropy.codec import quantize
+    ids = torch.tensor([[tok.bos_id if tok.bos_id is not None else tok.eos_id] + tok.encode_bytes(data)[:15]])
+    with torch.no_grad():
+        logits = model(ids).logits[0]                                   # (16, V)
+    return hashlib.sha256(quantize(logits).tobytes()).hexdigest()[:16]
+
+
+def test_float_probe_tells_weights_apart(codec_lm):
+    """The probe that lets the fixture test skip on other CPUs does see a change in the logits."""
+    _, model, tok = codec_lm
+    data = b"First Citizen:\nBefore we proceed any further"
+    import copy
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.head.weight[0, 0] += 1e-3
+    assert _float_probe(other, tok, data) != _float_probe(model, tok, data)

@@ -6,9 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from adaptive_lm.bench.arith_probe import PROBES, probe_problem, solution_probes
+from adaptive_lm.bench.arith_probe import PROBES, SHORT, probe_problem, solution_probes
+from adaptive_lm.bench.daedal import task_options
 from adaptive_lm.recipes.mdlm import arith_tokenizer
-from adaptive_lm.tasks.arith import spend_problem
+from adaptive_lm.tasks.arith import make_split, spend_problem
 
 from .test_cli import assert_one_line_error, run
 from .test_cli_diffusion import mdm  # noqa: F401  (the seconds-long masked diffusion run)
@@ -62,11 +63,17 @@ def test_bench_arith_probe_on_a_tiny_model(mdm, tmp_path):  # noqa: F811
     assert rc == 0, se
     res = json.loads(out.read_text())
     rows = {r["probe"]: r for r in res["rows"]}
-    assert list(rows) == list(PROBES)
+    short, long_ = f"stop decision, 1-{SHORT} lines", f"stop decision, {SHORT + 1}+ lines"
+    assert list(rows) == [*PROBES, short, long_]
     assert rows[PROBES[0]]["n"] == rows[PROBES[1]]["n"] == rows[PROBES[2]]["n"] + rows[PROBES[3]]["n"]
     assert rows[PROBES[3]]["n"] == 3 and rows[PROBES[4]]["n"] == 3    # one conclusion and one guess per problem
+    steps = [p.steps for p in make_split("test", 3, seed=1234, **task_options(str(mdm)))]
+    assert rows[short]["n"] == sum(s <= SHORT for s in steps) and rows[long_]["n"] == sum(s > SHORT for s in steps)
+    right = sum(round(rows[k]["acc"] * rows[k]["n"]) for k in (short, long_) if rows[k]["n"])
+    assert right == round(rows[PROBES[3]]["acc"] * 3)                # the split adds up to the whole
     for r in res["rows"]:
-        assert 0 <= r["acc"] <= 1 and r["acc_ci95"][0] <= r["acc"] <= r["acc_ci95"][1]
+        if r["n"]:
+            assert 0 <= r["acc"] <= 1 and r["acc_ci95"][0] <= r["acc"] <= r["acc_ci95"][1]
     assert res["length_guess_mae_chars"] >= abs(res["length_guess_bias_chars"])
 
 

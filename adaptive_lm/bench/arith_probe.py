@@ -17,7 +17,9 @@ reads its argmax (the [MASK] id is never a prediction) at one position:
   characters (half a worked line) of the gold length. The summary adds its mean absolute error
   and bias in characters.
 The solution canvases end in ``tail`` EOS positions (the answer followed by EOS padding, as the
-SFT rows are). Rows: ``probe``, ``n`` (positions probed), ``acc``, ``acc_ci95`` (Wilson).
+SFT rows are). Rows: ``probe``, ``n`` (positions probed), ``acc``, ``acc_ci95`` (Wilson); the stop
+decision also split by the solution's length (1-4 lines, 5+: a model that stops by line count
+rather than by the value condition fails the short ones).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from .daedal import task_options
 PROBES = ("ones digit, everything visible", "ones digit, past only", "continue decision", "stop decision",
           "length guess within half a line")
 HALF_LINE = 7                       # characters: half of a worked line ("Day 02: -2=31\n" is 14)
+SHORT = 4                           # the stop decision is also reported for solutions of <= SHORT lines and longer
 
 
 @dataclass
@@ -107,6 +110,7 @@ def bench_arith_probe(seed: int, o: ArithProbeOptions) -> dict:
     if longest > model.config.max_seq_len:
         raise UsageError(f"prompt + canvas ({longest} tokens) exceeds the model's {model.config.max_seq_len}-token context")
     right = {name: [] for name in PROBES}
+    by_length = {f"stop decision, 1-{SHORT} lines": [], f"stop decision, {SHORT + 1}+ lines": []}
     errors = []
     for i, p in enumerate(problems):
         if (i + 1) % 16 == 0 or i + 1 == len(problems):
@@ -114,10 +118,11 @@ def bench_arith_probe(seed: int, o: ArithProbeOptions) -> dict:
         r, err = probe_problem(model, tok, p.prompt, p.solution, tail=o.tail, guess_canvas=o.guess_canvas)
         for name in PROBES:
             right[name] += r[name]
+        by_length[list(by_length)[p.steps > SHORT]] += r[PROBES[3]]
         errors.append(err)
     rows = []
-    for name in PROBES:
-        k, n = sum(right[name]), len(right[name])
+    for name, got in [*right.items(), *by_length.items()]:
+        k, n = sum(got), len(got)
         rows.append({"probe": name, "n": n, "acc": round(k / n, 4) if n else None,
                      "acc_ci95": [round(x, 4) for x in wilson_interval(k, n)] if n else None})
     return {"rows": rows, "length_guess_mae_chars": round(sum(abs(e) for e in errors) / len(errors), 2),

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from adaptive_lm.bench.arith_probe import PROBES, SHORT, probe_problem, solution_probes
+from adaptive_lm.bench.arith_probe import PROBES, SHORT, STOP_BY_LENGTH, probe_problem, solution_probes
 from adaptive_lm.bench.daedal import task_options
 from adaptive_lm.recipes.mdlm import arith_tokenizer
 from adaptive_lm.tasks.arith import make_split, spend_problem
@@ -63,7 +63,7 @@ def test_bench_arith_probe_on_a_tiny_model(mdm, tmp_path):  # noqa: F811
     assert rc == 0, se
     res = json.loads(out.read_text())
     rows = {r["probe"]: r for r in res["rows"]}
-    short, long_ = f"stop decision, 1-{SHORT} lines", f"stop decision, {SHORT + 1}+ lines"
+    short, long_ = STOP_BY_LENGTH
     assert list(rows) == [*PROBES, short, long_]
     assert rows[PROBES[0]]["n"] == rows[PROBES[1]]["n"] == rows[PROBES[2]]["n"] + rows[PROBES[3]]["n"]
     assert rows[PROBES[3]]["n"] == 3 and rows[PROBES[4]]["n"] == 3    # one conclusion and one guess per problem

@@ -39,6 +39,7 @@ PROBES = ("ones digit, everything visible", "ones digit, past only", "continue d
           "length guess within half a line")
 HALF_LINE = 7                       # characters: half of a worked line ("Day 02: -2=31\n" is 14)
 SHORT = 4                           # the stop decision is also reported for solutions of <= SHORT lines and longer
+STOP_BY_LENGTH = (f"stop decision, 1-{SHORT} lines", f"stop decision, {SHORT + 1}+ lines")
 
 
 @dataclass
@@ -110,7 +111,7 @@ def bench_arith_probe(seed: int, o: ArithProbeOptions) -> dict:
     if longest > model.config.max_seq_len:
         raise UsageError(f"prompt + canvas ({longest} tokens) exceeds the model's {model.config.max_seq_len}-token context")
     right = {name: [] for name in PROBES}
-    by_length = {f"stop decision, 1-{SHORT} lines": [], f"stop decision, {SHORT + 1}+ lines": []}
+    by_length = {name: [] for name in STOP_BY_LENGTH}
     errors = []
     for i, p in enumerate(problems):
         if (i + 1) % 16 == 0 or i + 1 == len(problems):
@@ -118,7 +119,7 @@ def bench_arith_probe(seed: int, o: ArithProbeOptions) -> dict:
         r, err = probe_problem(model, tok, p.prompt, p.solution, tail=o.tail, guess_canvas=o.guess_canvas)
         for name in PROBES:
             right[name] += r[name]
-        by_length[list(by_length)[p.steps > SHORT]] += r[PROBES[3]]
+        by_length[STOP_BY_LENGTH[0] if p.steps <= SHORT else STOP_BY_LENGTH[1]] += r[PROBES[3]]
         errors.append(err)
     rows = []
     for name, got in [*right.items(), *by_length.items()]:

@@ -1,5 +1,7 @@
 """The compressor (entropy/codec.py): exact round trips on any bytes, independence from the thread
 count and the batch layout, and refusal of anything that cannot decode exactly."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -412,8 +414,8 @@ WRITER_FLOAT_PROBE = "b92db84b4d05f9e7"
 def _float_probe(model, tok, data: bytes) -> str:
     """A fingerprint of how this machine rounds the model's forward pass (see WRITER_FLOAT_PROBE)."""
     import hashlib
-    from adaptive_lm.entropy.codec import quantize
-    ids = torch.tensor([[tok.bos_id if tok.bos_id is not None else tok.eos_id] + tok.encode_bytes(data)[:15]])
+    from adaptive_lm.entropy.codec import _bos, quantize
+    ids = torch.tensor([[_bos(tok)] + tok.encode_bytes(data)[:15]])
     with torch.no_grad():
         logits = model(ids).logits[0]                                   # (16, V)
     return hashlib.sha256(quantize(logits).tobytes()).hexdigest()[:16]
@@ -423,7 +425,6 @@ def test_float_probe_tells_weights_apart(codec_lm):
     """The probe that lets the fixture test skip on other CPUs does see a change in the logits."""
     _, model, tok = codec_lm
     data = b"First Citizen:\nBefore we proceed any further"
-    import copy
     other = copy.deepcopy(model)
     with torch.no_grad():
         other.head.weight[0, 0] += 1e-3

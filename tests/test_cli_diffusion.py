@@ -56,6 +56,23 @@ def test_bench_daedal_small(mdm, tmp_path):
         row = next(r for r in res["rows"] if f"{r['method']} L={r['length']}" == name)
         assert sum(c.values()) == 2 and c["both"] + c["only_daedal"] == row["correct"]
         assert c["both"] + c["only_fixed"] == round(res["best_fixed_acc"] * 2)
+    for r in res["rows"]:                       # DAEDAL rows split their counts by expansions
+        if r["method"].startswith("daedal"):
+            assert sum(n for _, n in r["by_expansions"].values()) == 2
+            assert sum(c for c, _ in r["by_expansions"].values()) == r["correct"]
+        else:
+            assert "by_expansions" not in r
+
+
+def test_bench_daedal_left_to_right_order(mdm, tmp_path):
+    out = tmp_path / "d.json"
+    rc, _, se = run("bench", "daedal", "--json", str(out), f"model={mdm}", "n=2", "lengths=32", "init_lengths=32",
+                    "max_length=64", "threshold_length=32", "small_w_eos=0", "order=left_to_right")
+    assert rc == 0, se
+    res = json.loads(out.read_text())
+    assert res["order"] == "left_to_right" and res["rows"][0]["nfe"] == 32
+    rc, _, se = run("bench", "daedal", f"model={mdm}", "n=2", "order=sideways")
+    assert_one_line_error(rc, se, 2, "order must be one of")
 
 
 @pytest.mark.parametrize("args,code,word", [

@@ -7,7 +7,12 @@ threshold (more parallel decoding), and DAEDAL with a smaller EOS window W_eos (
 counts BPE tokens of an 8B model; our model counts characters, about a quarter of a token). The
 targets are judged on the rows with the brief's defaults (method "daedal"). Per row: accuracy (last \\boxed{} checker), mean E_token and
 N_token, pooled E_ratio = ΣE_token / ΣN_token, mean NFE, wall seconds, and the share of
-sequences that hit L_max.
+sequences that hit L_max; DAEDAL rows also split their accuracy by the number of stage-2
+expansions (``by_expansions``: "0", "1", "2", "3+" -> [correct, n]).
+
+``order=left_to_right`` runs every row with the sampler's left-to-right transfer (sampler.py) — a
+diagnostic reference for how much of the gap is the order in which confidence-based decoding
+commits positions; the targets stay defined on the default order.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ class DaedalBenchOptions:
     data_seed: int = 1234               # which held-out problems
     device: str = "cpu"                 # where the model runs: cpu, cuda, or auto (cuda when available)
     ar_model: str = ""                  # optional reference row: a causal LM on the same problems (greedy)
+    order: str = "confidence"           # which masks a step commits: confidence (the papers) or left_to_right
 
 
 def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batch_size: int,
@@ -60,13 +66,25 @@ def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batc
                 solved.append(bool(score(tok.decode(toks), p)))
                 stats.append(st)
         n, correct = len(stats), sum(solved)
+        extra = {"by_expansions": by_expansions(stats, solved)} if getattr(policy, "max_length", None) else {}
         rows.append({"method": name, "length": length, "acc": correct / n, "correct": correct,
                      "acc_ci95": [round(x, 4) for x in wilson_interval(correct, n)], "_solved": solved,
                      "e_token": sum(s["e_token"] for s in stats) / n, "n_token": sum(s["n_token"] for s in stats) / n,
                      "e_ratio": sum(s["e_token"] for s in stats) / max(sum(s["n_token"] for s in stats), 1),
                      "nfe": sum(s["nfe"] for s in stats) / n, "hit_max": sum(s["hit_max"] for s in stats) / n,
-                     "seconds": round(time.perf_counter() - t0, 2)})
+                     "seconds": round(time.perf_counter() - t0, 2), **extra})
     return rows
+
+
+def by_expansions(stats: list[dict], solved: list[bool]) -> dict:
+    """Accuracy split by stage-2 expansions: {"0": [correct, n], "1": ..., "2": ..., "3+": ...}."""
+    out: dict = {}
+    for st, ok in zip(stats, solved):
+        key = str(st["expansions"]) if st["expansions"] < 3 else "3+"
+        c = out.setdefault(key, [0, 0])
+        c[0] += int(ok)
+        c[1] += 1
+    return dict(sorted(out.items()))
 
 
 def ar_row(spec: str, problems, batch_size: int, device: str) -> dict:
@@ -122,15 +140,17 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     longest = max(len(tok.encode(p.prompt)) for p in problems) + max(lengths + [o.max_length, o.threshold_length])
     if longest > model.config.max_seq_len:
         raise UsageError(f"prompt + canvas ({longest} tokens) exceeds the model's {model.config.max_seq_len}-token context")
-    policies: list[tuple[str, int, object]] = [("fixed", L, FixedLength(length=L)) for L in lengths]
-    policies.append(("threshold", o.threshold_length, Threshold(length=o.threshold_length, threshold=o.threshold)))
+    od = o.order
+    policies: list[tuple[str, int, object]] = [("fixed", L, FixedLength(length=L, order=od)) for L in lengths]
+    policies.append(("threshold", o.threshold_length, Threshold(length=o.threshold_length, threshold=o.threshold, order=od)))
     for L in inits:
-        policies.append(("daedal", L, Daedal(init_length=L, max_length=o.max_length)))
+        policies.append(("daedal", L, Daedal(init_length=L, max_length=o.max_length, order=od)))
     policies.append(("daedal+threshold", inits[0],
-                     Daedal(init_length=inits[0], max_length=o.max_length, tau_high=o.fast_tau_high)))
+                     Daedal(init_length=inits[0], max_length=o.max_length, tau_high=o.fast_tau_high, order=od)))
     if o.small_w_eos:                    # W_eos = 32 was set for BPE tokens; a character is ~1/4 of one
         for L in inits:
-            policies.append((f"daedal-w{o.small_w_eos}", L, Daedal(init_length=L, max_length=o.max_length, w_eos=o.small_w_eos)))
+            policies.append((f"daedal-w{o.small_w_eos}", L,
+                             Daedal(init_length=L, max_length=o.max_length, w_eos=o.small_w_eos, order=od)))
     rows = run_rows(model, tok, problems, policies, o.batch_size, device)
     if o.ar_model:
         rows.append(ar_row(o.ar_model, problems, o.batch_size, device))
@@ -144,7 +164,7 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
               for i, r in enumerate(rows) if r["method"].startswith("daedal")}
     summary = {
         "best_fixed_length": best["length"], "best_fixed_acc": best["acc"], "best_fixed_nfe": best["nfe"],
-        "n_problems": o.n, "paired_vs_best_fixed": paired,
+        "n_problems": o.n, "order": o.order, "paired_vs_best_fixed": paired,
         # with no problem solved by any row the comparisons below say nothing: the first target is
         # then False, and the others are read only together with it
         "targets": {

@@ -45,9 +45,11 @@ class Daedal(Policy):
     e_factor: int = 8             # masks added per expansion
     w_eos: int = 32               # EOS-confidence window
     eos_tail: Optional[int] = None   # EOS tokens appended after stage 1; None = w_eos // 2 (reference code)
+    order: str = "confidence"     # fill: every mask above τ_high, or the leftmost run (sampler.py)
     thresholded = True
 
     def __post_init__(self):
+        self.check_order()
         for name in ("tau_high", "tau_low", "tau_eos", "tau_expand"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
@@ -89,7 +91,7 @@ class Daedal(Policy):
         """One stage-2 step; returns (committed, inserted) positions, both in the canvas as it is
         after the step (a commit past an insertion is moved by the E_factor - 1 new masks)."""
         masks = block_masks(row, ids, self.block_length)
-        fill = fill_above(pred, masks, self.tau_high)
+        fill = fill_above(pred, masks, self.tau_high, self.order)
         done = commit(row, pred, fill)
         inserted: list[int] = []
         rest = masks[~torch.isin(masks, fill)]
@@ -101,6 +103,7 @@ class Daedal(Policy):
             if k > 1:
                 row.canvas = torch.cat([row.canvas[:pos], torch.full((k,), ids.mask, dtype=torch.long), row.canvas[pos + 1:]])
                 inserted = list(range(pos, pos + k))
+                row.expansions += 1
                 done = [p + k - 1 if p > pos else p for p in done]     # in the grown canvas's positions
             if k < self.e_factor:                                   # the cap cut an expansion short
                 row.hit_max = True

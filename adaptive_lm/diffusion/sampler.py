@@ -18,10 +18,15 @@ Policies (each a small object; see daedal.py for DAEDAL):
 - Threshold — parallel decoding (Fast-dLLM): commit every mask of the block whose confidence
   exceeds τ, at least the most confident one.
 
+Every policy takes ``order``: ``confidence`` (the papers' rule above) or ``left_to_right`` — a
+diagnostic reference, not from the papers: the k leftmost masks of the block (FixedLength), or the
+longest run of the block's leftmost masks whose confidence exceeds τ, at least the leftmost one
+(Threshold, DAEDAL's fill). With one token per step it is autoregressive decoding by the MDM.
+
 Per sequence the loop returns the answer tokens and stats: nfe (forward passes the sequence took
 part in; classifier-free guidance counts two), n_token (response canvas length denoised), e_token
-(n_token minus EOS tokens), hit_max (the canvas needed to grow past L_max), finished (False only
-if max_steps ran out), and on request a step-by-step trace.
+(n_token minus EOS tokens), hit_max (the canvas needed to grow past L_max), expansions (stage-2
+mask insertions), finished (False only if max_steps ran out), and on request a step-by-step trace.
 """
 from __future__ import annotations
 
@@ -60,6 +65,7 @@ class Row:
     nfe: int = 0
     done: bool = False
     hit_max: bool = False
+    expansions: int = 0                   # stage-2 mask insertions (DAEDAL), each E_factor masks
     trace: Optional[list] = None          # per step: canvas, committed, inserted (on request)
     generator: Optional[torch.Generator] = None   # this sequence's own randomness
     latent: Optional[torch.Tensor] = None # the conditioner's current vector for this row (VMD's z)
@@ -76,6 +82,9 @@ class Prediction:
     p_eos: torch.Tensor     # (L,) probability of EOS
 
 
+ORDERS = ("confidence", "left_to_right")
+
+
 class Policy:
     """What varies between samplers. ``step`` edits the row in place and returns
     (committed positions, inserted positions) for the trace, both indexing the canvas as it is
@@ -83,6 +92,11 @@ class Policy:
     block_length: int = 32
     max_length: Optional[int] = None      # longest response canvas (None: no growth)
     thresholded: bool = False             # decides from confidence thresholds (needs real confidences)
+    order: str = "confidence"             # which masks a step commits: see the module docstring
+
+    def check_order(self):
+        if self.order not in ORDERS:
+            raise UsageError(f"order must be one of {', '.join(ORDERS)}, not {self.order!r}")
 
     def initial_length(self) -> int:
         raise NotImplementedError
@@ -126,8 +140,10 @@ class FixedLength(Policy):
     length: int = 128             # response canvas L
     block_length: int = 32        # semi-autoregressive block
     steps: int = 0                # total denoising steps; 0 = L (one token per step)
+    order: str = "confidence"     # top-k by confidence (LLaDA) or the k leftmost masks
 
     def __post_init__(self):
+        self.check_order()
         if self.length < 1 or self.block_length < 1 or self.steps < 0:
             raise UsageError("length and block_length must be >= 1 and steps >= 0")
         n_blocks = -(-self.length // self.block_length)
@@ -143,9 +159,9 @@ class FixedLength(Policy):
         masks = block_masks(row, ids, self.block_length)
         if not row.schedule:
             row.schedule = linear_schedule(masks.numel(), self.steps_per_block)
-        k = row.schedule[min(row.block_step, len(row.schedule) - 1)] or 1
-        top = pred.conf[masks].topk(min(k, masks.numel())).indices
-        done = commit(row, pred, masks[top])
+        k = min(row.schedule[min(row.block_step, len(row.schedule) - 1)] or 1, masks.numel())
+        top = masks[:k] if self.order == "left_to_right" else masks[pred.conf[masks].topk(k).indices]
+        done = commit(row, pred, top)
         row.block_step += 1
         advance(row, ids, self.block_length)
         return done, []
@@ -156,9 +172,11 @@ class Threshold(Policy):
     length: int = 128             # response canvas L
     threshold: float = 0.9        # commit every block mask with confidence above it
     block_length: int = 32
+    order: str = "confidence"     # every mask above τ, or the leftmost run of them
     thresholded = True
 
     def __post_init__(self):
+        self.check_order()
         if not 0 <= self.threshold <= 1:
             raise UsageError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.length < 1 or self.block_length < 1:
@@ -169,16 +187,20 @@ class Threshold(Policy):
 
     def step(self, row, pred, ids):
         masks = block_masks(row, ids, self.block_length)
-        done = commit(row, pred, fill_above(pred, masks, self.threshold))
+        done = commit(row, pred, fill_above(pred, masks, self.threshold, self.order))
         advance(row, ids, self.block_length)
         return done, []
 
 
-def fill_above(pred: Prediction, masks: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Masks with confidence > threshold, or the single most confident one if none."""
-    c = pred.conf[masks]
-    chosen = masks[c > threshold]
-    return chosen if chosen.numel() else masks[c.argmax()][None]
+def fill_above(pred: Prediction, masks: torch.Tensor, threshold: float, order: str = "confidence") -> torch.Tensor:
+    """``masks`` (ascending positions) with confidence > threshold, or the single most confident one
+    if none; ``left_to_right``: the leading run of them, at least the leftmost mask."""
+    above = pred.conf[masks] > threshold
+    if order == "left_to_right":
+        run = int(above.long().cumprod(0).sum())
+        return masks[:max(run, 1)]
+    chosen = masks[above]
+    return chosen if chosen.numel() else masks[pred.conf[masks].argmax()][None]
 
 
 @dataclass
@@ -333,6 +355,6 @@ def _finish(rows: list[Row], ids: SpecialIds) -> DiffusionOutput:
         canvases.append(c)
         n_eos = sum(1 for t in c if t == ids.eos)
         stats.append({"nfe": r.nfe, "n_token": len(c), "e_token": len(c) - n_eos, "hit_max": r.hit_max,
-                      "finished": r.done})
+                      "expansions": r.expansions, "finished": r.done})
     traces = [r.trace for r in rows] if rows and rows[0].trace is not None else None
     return DiffusionOutput(tokens, canvases, stats, traces)

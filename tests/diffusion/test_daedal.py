@@ -77,7 +77,8 @@ def test_stage1_grows_until_eos_confident_then_appends_eos_tail(A):
     assert out.canvases[0] == [ANS] * A + [EOS] * (final - A)
     assert out.tokens[0] == [ANS] * A                                  # the answer comes out exactly
     stage2 = math.ceil(masks / 8)                                       # every mask is certain: a block per step
-    assert out.stats[0] == {"nfe": passes + stage2, "n_token": final, "e_token": A, "hit_max": False, "finished": True}
+    assert out.stats[0] == {"nfe": passes + stage2, "n_token": final, "e_token": A, "hit_max": False, "expansions": 0,
+                            "finished": True}
     tr = out.traces[0]
     grow = [e for e in tr if e.get("stage") == 1]
     assert [e["inserted"] for e in grow] == [list(range(8 + 4 * k, 12 + 4 * k)) for k in range(passes - 1)]
@@ -100,7 +101,8 @@ def test_small_max_length_returns_hit_max_without_error():
     for the EOS tail, 3 stage-2 blocks; the answer is cut at 22."""
     out = denoise(Oracle(answer_rule()), [prompt_for(40)], policy=small_daedal(max_length=22), ids=IDS, trace=True)
     assert out.canvases[0] == [ANS] * 22
-    assert out.stats[0] == {"nfe": 5 + 3, "n_token": 22, "e_token": 22, "hit_max": True, "finished": True}
+    assert out.stats[0] == {"nfe": 5 + 3, "n_token": 22, "e_token": 22, "hit_max": True, "expansions": 0,
+                            "finished": True}
     assert [e["inserted"] for e in out.traces[0] if e.get("stage") == 1] == [
         list(range(8, 12)), list(range(12, 16)), list(range(16, 20)), [20, 21]]
 
@@ -186,7 +188,8 @@ def test_stage2_inserts_e_factor_masks_at_the_low_confidence_mask():
     assert tr[0]["canvas"] == [ANS] * 3 + [MASK] * 4 + [ANS] + [EOS] * 3
     assert out.canvases[0] == [ANS] * 8 + [EOS] * 3
     assert out.tokens[0] == [ANS] * 8
-    assert out.stats[0] == {"nfe": 1 + 2, "n_token": 11, "e_token": 8, "hit_max": False, "finished": True}
+    assert out.stats[0] == {"nfe": 1 + 2, "n_token": 11, "e_token": 8, "hit_max": False, "expansions": 1,
+                            "finished": True}
 
 
 @pytest.mark.parametrize("e_factor,inserted", [(2, [3, 4]), (8, list(range(3, 11)))])
@@ -238,6 +241,30 @@ def test_expansion_is_capped_at_max_length(max_length, inserted, hit_max):
     assert out.stats[0]["hit_max"] == hit_max and MASK not in out.canvases[0]
 
 
+def test_expansions_are_counted_per_row():
+    """Position 3 stays unsure while the canvas is shorter than 14: it expands at 8 and at 11
+    positions (two expansions of net +3); a certain row has none."""
+    def rule(prompt, j, canvas):
+        if j == 3 and canvas[3] == MASK and len(canvas) < 14:
+            return weak(0.5)
+        return (ANS if j < 5 + (len(canvas) - 8) else EOS), 30.0
+    out = denoise(Oracle(rule), [[3]], policy=stage2_daedal(), ids=IDS)
+    assert out.stats[0]["expansions"] == 2 and out.canvases[0] == [ANS] * 11 + [EOS] * 3
+    out = denoise(Oracle(answer_rule()), [prompt_for(5)], policy=stage2_daedal(), ids=IDS)
+    assert out.stats[0]["expansions"] == 0
+
+
+def test_left_to_right_fill_commits_the_leading_run_above_tau_high():
+    """Positions 0-2 certain, 3 unsure (no expansion: tau_low 0), 4-7 certain: the confidence
+    order commits 0-2 and 4-7 at once, the left-to-right order stops at the unsure mask."""
+    rule = expansion_rule({3: 0.5})
+    kw = dict(tau_low=0.0)
+    conf = denoise(Oracle(rule), [[3]], policy=stage2_daedal(**kw), ids=IDS, trace=True).traces[0]
+    l2r = denoise(Oracle(rule), [[3]], policy=stage2_daedal(order="left_to_right", **kw), ids=IDS, trace=True).traces[0]
+    assert [e["committed"] for e in conf] == [[0, 1, 2, 4, 5, 6, 7], [3]]
+    assert [e["committed"] for e in l2r] == [[0, 1, 2], [3, 4, 5, 6, 7]]
+
+
 def test_stage2_expansion_is_per_row():
     """Row 0 has an unsure mask, row 1 (eos_tail=0, certain everywhere) does not."""
     def rule(prompt, j, canvas):
@@ -256,7 +283,7 @@ def test_stage2_expansion_is_per_row():
 
 @pytest.mark.parametrize("kw", [{"tau_high": 1.1}, {"tau_low": -0.1}, {"tau_eos": 2.0}, {"tau_expand": -1.0},
                                 {"init_length": 0}, {"e_factor": 0}, {"w_eos": 0}, {"block_length": 0},
-                                {"init_length": 65, "max_length": 64}])
+                                {"init_length": 65, "max_length": 64}, {"order": "random"}])
 def test_bad_daedal_settings_raise_usage_error(kw):
     with pytest.raises(UsageError):
         Daedal(**kw)
@@ -278,3 +305,10 @@ def test_trace_positions_index_the_traced_canvas(rule):
     for e in tr:
         assert all(e["canvas"][p] != MASK for p in e["committed"])
         assert all(e["canvas"][p] == MASK for p in e["inserted"])
+
+
+def test_bench_by_expansions_counts():
+    from adaptive_lm.bench.daedal import by_expansions
+    stats = [{"expansions": e} for e in (0, 0, 1, 2, 3, 7)]
+    assert by_expansions(stats, [True, False, True, False, True, True]) == {
+        "0": [1, 2], "1": [1, 1], "2": [0, 1], "3+": [2, 2]}

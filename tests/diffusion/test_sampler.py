@@ -180,6 +180,33 @@ def test_semi_autoregressive_exact_order_when_later_positions_are_more_confident
     assert [e["committed"] for e in out.traces[0]] == [[7], [6], [5], [4], [3], [2], [1], [0]]
 
 
+def test_left_to_right_order_commits_the_leftmost_masks():
+    """The oracle above prefers later positions; order=left_to_right ignores that."""
+    oracle = Oracle(lambda prompt, j, canvas: (ANS, 1.0 + 0.5 * j))
+    out = denoise(oracle, [[3]], policy=FixedLength(length=8, block_length=4, order="left_to_right"), ids=IDS, trace=True)
+    assert [e["committed"] for e in out.traces[0]] == [[k] for k in range(8)]
+    out = denoise(oracle, [[3]], policy=FixedLength(length=8, block_length=8, steps=4, order="left_to_right"),
+                  ids=IDS, trace=True)
+    assert [e["committed"] for e in out.traces[0]] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+def test_left_to_right_threshold_one_is_left_to_right_one_token_per_step():
+    """A reference: with τ = 1 nothing is above the threshold, so the leftmost-run rule commits
+    exactly the leftmost mask each step — the same decoding as FixedLength's k = 1 leftmost."""
+    fn = no_mask_logits(model_logits_fn(tiny_mdm(spread=True)))
+    kw = dict(ids=IDS, trace=True)
+    a = denoise(fn, [[3, 4, 5], [6, 7]], policy=Threshold(length=12, threshold=1.0, block_length=4, order="left_to_right"), **kw)
+    b = denoise(fn, [[3, 4, 5], [6, 7]], policy=FixedLength(length=12, block_length=4, order="left_to_right"), **kw)
+    assert a.canvases == b.canvases and a.traces == b.traces
+    assert all([e["committed"] for e in tr] == [[k] for k in range(12)] for tr in a.traces)
+
+
+@pytest.mark.parametrize("policy", [FixedLength, Threshold])
+def test_unknown_order_is_refused(policy):
+    with pytest.raises(UsageError, match="order must be one of"):
+        policy(length=8, order="right_to_left")
+
+
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
 def test_semi_autoregressive_on_a_real_model(remasking):
     fn = no_mask_logits(model_logits_fn(tiny_mdm(spread=True)))

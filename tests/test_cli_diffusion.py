@@ -60,6 +60,7 @@ def test_bench_daedal_small(mdm, tmp_path):
         if r["method"].startswith("daedal"):
             assert sum(n for _, n in r["by_expansions"].values()) == 2
             assert sum(c for c, _ in r["by_expansions"].values()) == r["correct"]
+            assert set(r["by_fit"]) <= {"fits", "short"} and sum(n for _, n in r["by_fit"].values()) == 2
         else:
             assert "by_expansions" not in r
 

@@ -7,8 +7,10 @@ threshold (more parallel decoding), and DAEDAL with a smaller EOS window W_eos (
 counts BPE tokens of an 8B model; our model counts characters, about a quarter of a token). The
 targets are judged on the rows with the brief's defaults (method "daedal"). Per row: accuracy (last \\boxed{} checker), mean E_token and
 N_token, pooled E_ratio = ΣE_token / ΣN_token, mean NFE, wall seconds, and the share of
-sequences that hit L_max; DAEDAL rows also split their accuracy by the number of stage-2
-expansions (``by_expansions``: "0", "1", "2", "3+" -> [correct, n]).
+sequences that hit L_max. DAEDAL rows also split their [correct, n] by the number of stage-2
+expansions (``by_expansions``: "0", "1", "2", "3+") and by whether the canvas stage 1 chose had
+room for the reference solution (``by_fit``: "fits" / "short"; the solution's tokens vs the masks
+when stage 2 begins).
 
 ``order=left_to_right`` runs every row with the sampler's left-to-right transfer (sampler.py) — a
 diagnostic reference for how much of the gap is the order in which confidence-based decoding
@@ -19,6 +21,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -47,6 +50,7 @@ class DaedalBenchOptions:
     device: str = "cpu"                 # where the model runs: cpu, cuda, or auto (cuda when available)
     ar_model: str = ""                  # optional reference row: a causal LM on the same problems (greedy)
     order: str = "confidence"           # which masks a step commits: confidence (the papers) or left_to_right
+    tau_low: float = 0.1                # DAEDAL rows' expansion threshold τ_low (the brief's 0.1)
 
 
 def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batch_size: int,
@@ -66,7 +70,12 @@ def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batc
                 solved.append(bool(score(tok.decode(toks), p)))
                 stats.append(st)
         n, correct = len(stats), sum(solved)
-        extra = {"by_expansions": by_expansions(stats, solved)} if getattr(policy, "max_length", None) else {}
+        extra = {}
+        if getattr(policy, "max_length", None):                 # DAEDAL: where its answers went wrong
+            gold = [len(tok.encode(p.solution)) for p in problems]
+            extra = {"by_expansions": split_counts([min(st["expansions"], 3) for st in stats], solved, top=3),
+                     "by_fit": split_counts(["fits" if st["start_masks"] >= g else "short" for st, g in zip(stats, gold)],
+                                            solved)}
         rows.append({"method": name, "length": length, "acc": correct / n, "correct": correct,
                      "acc_ci95": [round(x, 4) for x in wilson_interval(correct, n)], "_solved": solved,
                      "e_token": sum(s["e_token"] for s in stats) / n, "n_token": sum(s["n_token"] for s in stats) / n,
@@ -76,15 +85,14 @@ def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batc
     return rows
 
 
-def by_expansions(stats: list[dict], solved: list[bool]) -> dict:
-    """Accuracy split by stage-2 expansions: {"0": [correct, n], "1": ..., "2": ..., "3+": ...}."""
+def split_counts(keys: list, solved: list[bool], top: Optional[int] = None) -> dict:
+    """[correct, n] per key, keys sorted; with ``top`` the integer key ``top`` reads "top+"."""
     out: dict = {}
-    for st, ok in zip(stats, solved):
-        key = str(st["expansions"]) if st["expansions"] < 3 else "3+"
+    for key, ok in zip(keys, solved):
         c = out.setdefault(key, [0, 0])
         c[0] += int(ok)
         c[1] += 1
-    return dict(sorted(out.items()))
+    return {(f"{k}+" if k == top else str(k)): v for k, v in sorted(out.items())}
 
 
 def ar_row(spec: str, problems, batch_size: int, device: str) -> dict:
@@ -144,13 +152,13 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     policies: list[tuple[str, int, object]] = [("fixed", L, FixedLength(length=L, order=od)) for L in lengths]
     policies.append(("threshold", o.threshold_length, Threshold(length=o.threshold_length, threshold=o.threshold, order=od)))
     for L in inits:
-        policies.append(("daedal", L, Daedal(init_length=L, max_length=o.max_length, order=od)))
+        policies.append(("daedal", L, Daedal(init_length=L, max_length=o.max_length, order=od, tau_low=o.tau_low)))
     policies.append(("daedal+threshold", inits[0],
-                     Daedal(init_length=inits[0], max_length=o.max_length, tau_high=o.fast_tau_high, order=od)))
+                     Daedal(init_length=inits[0], max_length=o.max_length, tau_high=o.fast_tau_high, order=od, tau_low=o.tau_low)))
     if o.small_w_eos:                    # W_eos = 32 was set for BPE tokens; a character is ~1/4 of one
         for L in inits:
             policies.append((f"daedal-w{o.small_w_eos}", L,
-                             Daedal(init_length=L, max_length=o.max_length, w_eos=o.small_w_eos, order=od)))
+                             Daedal(init_length=L, max_length=o.max_length, w_eos=o.small_w_eos, order=od, tau_low=o.tau_low)))
     rows = run_rows(model, tok, problems, policies, o.batch_size, device)
     if o.ar_model:
         rows.append(ar_row(o.ar_model, problems, o.batch_size, device))
@@ -164,7 +172,7 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
               for i, r in enumerate(rows) if r["method"].startswith("daedal")}
     summary = {
         "best_fixed_length": best["length"], "best_fixed_acc": best["acc"], "best_fixed_nfe": best["nfe"],
-        "n_problems": o.n, "order": o.order, "paired_vs_best_fixed": paired,
+        "n_problems": o.n, "order": o.order, "tau_low": o.tau_low, "paired_vs_best_fixed": paired,
         # with no problem solved by any row the comparisons below say nothing: the first target is
         # then False, and the others are read only together with it
         "targets": {

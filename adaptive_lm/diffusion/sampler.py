@@ -26,7 +26,8 @@ longest run of the block's leftmost masks whose confidence exceeds τ, at least 
 Per sequence the loop returns the answer tokens and stats: nfe (forward passes the sequence took
 part in; classifier-free guidance counts two), n_token (response canvas length denoised), e_token
 (n_token minus EOS tokens), hit_max (the canvas needed to grow past L_max), expansions (stage-2
-mask insertions), finished (False only if max_steps ran out), and on request a step-by-step trace.
+mask insertions), start_masks (masks when stage 2 begins: L, or DAEDAL's stage-1 canvas), finished
+(False only if max_steps ran out), and on request a step-by-step trace.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ class Row:
     done: bool = False
     hit_max: bool = False
     expansions: int = 0                   # stage-2 mask insertions (DAEDAL), each E_factor masks
+    start_masks: int = 0                  # masks on the canvas when stage 2 begins (after DAEDAL's stage 1)
     trace: Optional[list] = None          # per step: canvas, committed, inserted (on request)
     generator: Optional[torch.Generator] = None   # this sequence's own randomness
     latent: Optional[torch.Tensor] = None # the conditioner's current vector for this row (VMD's z)
@@ -274,6 +276,8 @@ def denoise(logits_fn: Callable, prompts: list[list[int]], *, policy: Policy, id
         return _predict(logits_fn, batch_rows, ids, temperature, remasking, cfg_scale, device, conditioner)
 
     policy.prepare(rows, predict, ids)
+    for r in rows:
+        r.start_masks = int((r.canvas == ids.mask).sum())
     for _ in range(max_steps):
         alive = [r for r in rows if not r.done]
         if not alive:
@@ -355,6 +359,6 @@ def _finish(rows: list[Row], ids: SpecialIds) -> DiffusionOutput:
         canvases.append(c)
         n_eos = sum(1 for t in c if t == ids.eos)
         stats.append({"nfe": r.nfe, "n_token": len(c), "e_token": len(c) - n_eos, "hit_max": r.hit_max,
-                      "expansions": r.expansions, "finished": r.done})
+                      "expansions": r.expansions, "start_masks": r.start_masks, "finished": r.done})
     traces = [r.trace for r in rows] if rows and rows[0].trace is not None else None
     return DiffusionOutput(tokens, canvases, stats, traces)

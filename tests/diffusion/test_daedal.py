@@ -78,7 +78,7 @@ def test_stage1_grows_until_eos_confident_then_appends_eos_tail(A):
     assert out.tokens[0] == [ANS] * A                                  # the answer comes out exactly
     stage2 = math.ceil(masks / 8)                                       # every mask is certain: a block per step
     assert out.stats[0] == {"nfe": passes + stage2, "n_token": final, "e_token": A, "hit_max": False, "expansions": 0,
-                            "finished": True}
+                            "start_masks": masks, "finished": True}
     tr = out.traces[0]
     grow = [e for e in tr if e.get("stage") == 1]
     assert [e["inserted"] for e in grow] == [list(range(8 + 4 * k, 12 + 4 * k)) for k in range(passes - 1)]
@@ -102,7 +102,7 @@ def test_small_max_length_returns_hit_max_without_error():
     out = denoise(Oracle(answer_rule()), [prompt_for(40)], policy=small_daedal(max_length=22), ids=IDS, trace=True)
     assert out.canvases[0] == [ANS] * 22
     assert out.stats[0] == {"nfe": 5 + 3, "n_token": 22, "e_token": 22, "hit_max": True, "expansions": 0,
-                            "finished": True}
+                            "start_masks": 22, "finished": True}
     assert [e["inserted"] for e in out.traces[0] if e.get("stage") == 1] == [
         list(range(8, 12)), list(range(12, 16)), list(range(16, 20)), [20, 21]]
 
@@ -189,7 +189,7 @@ def test_stage2_inserts_e_factor_masks_at_the_low_confidence_mask():
     assert out.canvases[0] == [ANS] * 8 + [EOS] * 3
     assert out.tokens[0] == [ANS] * 8
     assert out.stats[0] == {"nfe": 1 + 2, "n_token": 11, "e_token": 8, "hit_max": False, "expansions": 1,
-                            "finished": True}
+                            "start_masks": 8, "finished": True}
 
 
 @pytest.mark.parametrize("e_factor,inserted", [(2, [3, 4]), (8, list(range(3, 11)))])
@@ -307,8 +307,9 @@ def test_trace_positions_index_the_traced_canvas(rule):
         assert all(e["canvas"][p] == MASK for p in e["inserted"])
 
 
-def test_bench_by_expansions_counts():
-    from adaptive_lm.bench.daedal import by_expansions
-    stats = [{"expansions": e} for e in (0, 0, 1, 2, 3, 7)]
-    assert by_expansions(stats, [True, False, True, False, True, True]) == {
+def test_bench_split_counts():
+    from adaptive_lm.bench.daedal import split_counts
+    keys = [min(e, 3) for e in (0, 0, 1, 2, 3, 7)]
+    assert split_counts(keys, [True, False, True, False, True, True], top=3) == {
         "0": [1, 2], "1": [1, 1], "2": [0, 1], "3+": [2, 2]}
+    assert split_counts(["short", "fits", "short"], [False, True, True]) == {"fits": [1, 1], "short": [1, 2]}

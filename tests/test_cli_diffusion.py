@@ -28,6 +28,14 @@ def test_generate_each_method_prints_an_answer_and_stats(mdm, method):
         assert stats["nfe"] == 32 and stats["n_token"] == 32
 
 
+def test_generate_left_to_right_fixed_with_one_token_per_step_equals_threshold_one(mdm):
+    """Two routes to the same left-to-right decoding (see the sampler test of the same name)."""
+    outs = [run("generate", str(mdm), "--method", m, "--length", "32", "--order", "left_to_right", "--prompt", PROMPT,
+                *extra) for m, extra in (("fixed", ()), ("threshold", ("--threshold", "1.0")))]
+    assert all(rc == 0 for rc, _, _ in outs)
+    assert outs[0][1] == outs[1][1]
+
+
 def test_eval_gives_a_monte_carlo_bound(mdm):
     rc, so, se = run("eval", str(mdm), "--max-windows", "4", "--batch-size", "4")
     assert rc == 0, se
@@ -81,6 +89,7 @@ def test_bench_daedal_left_to_right_order(mdm, tmp_path):
     (["--method", "daedal", "--length", "128", "--max-length", "64"], 2, "exceeds"),
     (["--method", "threshold", "--threshold", "1.5"], 2, "threshold"),
     (["--method", "daedal", "--prompt", ""], 2, "needs a prompt"),
+    (["--method", "fixed", "--order", "backwards"], 2, "order must be one of"),
 ])
 def test_bad_diffusion_input(mdm, args, code, word):
     full = ["generate", str(mdm), *args] + ([] if "--prompt" in args else ["--prompt", PROMPT])

@@ -51,6 +51,7 @@ class DaedalBenchOptions:
     ar_model: str = ""                  # optional reference row: a causal LM on the same problems (greedy)
     order: str = "confidence"           # which masks a step commits: confidence (the papers) or left_to_right
     tau_low: float = 0.1                # DAEDAL rows' expansion threshold τ_low (the brief's 0.1)
+    tau_eos: float = 0.5                # DAEDAL rows' stage-1 threshold τ_eos (the brief's 0.5)
 
 
 def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batch_size: int,
@@ -152,13 +153,13 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     policies: list[tuple[str, int, object]] = [("fixed", L, FixedLength(length=L, order=od)) for L in lengths]
     policies.append(("threshold", o.threshold_length, Threshold(length=o.threshold_length, threshold=o.threshold, order=od)))
     for L in inits:
-        policies.append(("daedal", L, Daedal(init_length=L, max_length=o.max_length, order=od, tau_low=o.tau_low)))
+        policies.append(("daedal", L, Daedal(init_length=L, max_length=o.max_length, order=od, tau_low=o.tau_low, tau_eos=o.tau_eos)))
     policies.append(("daedal+threshold", inits[0],
-                     Daedal(init_length=inits[0], max_length=o.max_length, tau_high=o.fast_tau_high, order=od, tau_low=o.tau_low)))
+                     Daedal(init_length=inits[0], max_length=o.max_length, tau_high=o.fast_tau_high, order=od, tau_low=o.tau_low, tau_eos=o.tau_eos)))
     if o.small_w_eos:                    # W_eos = 32 was set for BPE tokens; a character is ~1/4 of one
         for L in inits:
             policies.append((f"daedal-w{o.small_w_eos}", L,
-                             Daedal(init_length=L, max_length=o.max_length, w_eos=o.small_w_eos, order=od, tau_low=o.tau_low)))
+                             Daedal(init_length=L, max_length=o.max_length, w_eos=o.small_w_eos, order=od, tau_low=o.tau_low, tau_eos=o.tau_eos)))
     rows = run_rows(model, tok, problems, policies, o.batch_size, device)
     if o.ar_model:
         rows.append(ar_row(o.ar_model, problems, o.batch_size, device))
@@ -172,7 +173,7 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
               for i, r in enumerate(rows) if r["method"].startswith("daedal")}
     summary = {
         "best_fixed_length": best["length"], "best_fixed_acc": best["acc"], "best_fixed_nfe": best["nfe"],
-        "n_problems": o.n, "order": o.order, "tau_low": o.tau_low, "paired_vs_best_fixed": paired,
+        "n_problems": o.n, "order": o.order, "tau_low": o.tau_low, "tau_eos": o.tau_eos, "paired_vs_best_fixed": paired,
         # with no problem solved by any row the comparisons below say nothing: the first target is
         # then False, and the others are read only together with it
         "targets": {

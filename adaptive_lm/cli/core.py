@@ -88,7 +88,8 @@ def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 
 def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: str = "auto",
              max_new_tokens: int = 200, temperature: float = -1.0, top_k: int = 0, num_samples: int = 1,
              seed: int = 0, length: int = 0, max_length: int = 512, block_length: int = 32,
-             threshold: float = -1.0, measure: str = "", show_exits: bool = False, calm: str = "") -> int:
+             threshold: float = -1.0, measure: str = "", show_exits: bool = False, calm: str = "",
+             order: str = "confidence") -> int:
     """Generate from a checkpoint. The prompt comes from --prompt, or from stdin when piped.
 
     Args:
@@ -103,6 +104,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         length: diffusion canvas: L for fixed/threshold (default 256), L_init for daedal (default 64)
         max_length: daedal: L_max, the longest canvas
         block_length: diffusion: semi-autoregressive block length
+        order: diffusion: which masks a step commits: confidence (the papers) or left_to_right (a diagnostic reference)
         threshold: threshold decoding: commit masks above this confidence (default 0.9); calm: the exit threshold λ (default: the certified one in the model's calm.json, else 0.9)
         measure: calm: confidence measure margin, top1, state, classifier (default: calm.json's, else margin)
         show_exits: calm: print each token with its exit layer, token[layer]
@@ -137,11 +139,12 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     from ..diffusion.daedal import Daedal
     from ..diffusion.sampler import FixedLength, SpecialIds, Threshold, denoise, model_logits_fn
     if method == "daedal":
-        policy = Daedal(init_length=length or 64, max_length=max_length, block_length=block_length)
+        policy = Daedal(init_length=length or 64, max_length=max_length, block_length=block_length, order=order)
     elif method == "fixed":
-        policy = FixedLength(length=length or 256, block_length=block_length)
+        policy = FixedLength(length=length or 256, block_length=block_length, order=order)
     else:
-        policy = Threshold(length=length or 256, threshold=0.9 if threshold < 0 else threshold, block_length=block_length)
+        policy = Threshold(length=length or 256, threshold=0.9 if threshold < 0 else threshold, block_length=block_length,
+                           order=order)
     p_ids = tok.encode(prompt if prompt.endswith("\n") else prompt + "\n")
     out = denoise(model_logits_fn(m), [p_ids] * num_samples, policy=policy,
                   ids=SpecialIds(tok.mask_id, tok.eos_id, tok.pad_id, tok.vocab_size),

@@ -60,6 +60,7 @@ def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batc
     fn = model_logits_fn(model)
     prompts = [tok.encode(p.prompt) for p in problems]
     denoise(fn, prompts[:batch_size], policy=FixedLength(length=32), ids=ids, device=device)     # warm-up, untimed
+    gold = [len(tok.encode(p.solution)) for p in problems]        # reference solutions' tokens
     rows = []
     for i, (name, length, policy) in enumerate(policies):
         print(f"[{i + 1}/{len(policies)}] {name} L={length} ...", file=sys.stderr, flush=True)
@@ -72,8 +73,7 @@ def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batc
                 stats.append(st)
         n, correct = len(stats), sum(solved)
         extra = {}
-        if getattr(policy, "max_length", None):                 # DAEDAL: where its answers went wrong
-            gold = [len(tok.encode(p.solution)) for p in problems]
+        if policy.max_length is not None:                       # DAEDAL: where its answers went wrong
             extra = {"by_expansions": split_counts([min(st["expansions"], 3) for st in stats], solved, top=3),
                      "by_fit": split_counts(["fits" if st["start_masks"] >= g else "short" for st, g in zip(stats, gold)],
                                             solved)}
@@ -150,16 +150,15 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     if longest > model.config.max_seq_len:
         raise UsageError(f"prompt + canvas ({longest} tokens) exceeds the model's {model.config.max_seq_len}-token context")
     od = o.order
+
+    def daedal(L: int, **kw) -> Daedal:          # a DAEDAL row with the bench's order and thresholds
+        return Daedal(init_length=L, max_length=o.max_length, order=od, tau_low=o.tau_low, tau_eos=o.tau_eos, **kw)
     policies: list[tuple[str, int, object]] = [("fixed", L, FixedLength(length=L, order=od)) for L in lengths]
     policies.append(("threshold", o.threshold_length, Threshold(length=o.threshold_length, threshold=o.threshold, order=od)))
-    for L in inits:
-        policies.append(("daedal", L, Daedal(init_length=L, max_length=o.max_length, order=od, tau_low=o.tau_low, tau_eos=o.tau_eos)))
-    policies.append(("daedal+threshold", inits[0],
-                     Daedal(init_length=inits[0], max_length=o.max_length, tau_high=o.fast_tau_high, order=od, tau_low=o.tau_low, tau_eos=o.tau_eos)))
+    policies += [("daedal", L, daedal(L)) for L in inits]
+    policies.append(("daedal+threshold", inits[0], daedal(inits[0], tau_high=o.fast_tau_high)))
     if o.small_w_eos:                    # W_eos = 32 was set for BPE tokens; a character is ~1/4 of one
-        for L in inits:
-            policies.append((f"daedal-w{o.small_w_eos}", L,
-                             Daedal(init_length=L, max_length=o.max_length, w_eos=o.small_w_eos, order=od, tau_low=o.tau_low, tau_eos=o.tau_eos)))
+        policies += [(f"daedal-w{o.small_w_eos}", L, daedal(L, w_eos=o.small_w_eos)) for L in inits]
     rows = run_rows(model, tok, problems, policies, o.batch_size, device)
     if o.ar_model:
         rows.append(ar_row(o.ar_model, problems, o.batch_size, device))

@@ -197,12 +197,12 @@ class Threshold(Policy):
 def fill_above(pred: Prediction, masks: torch.Tensor, threshold: float, order: str = "confidence") -> torch.Tensor:
     """``masks`` (ascending positions) with confidence > threshold, or the single most confident one
     if none; ``left_to_right``: the leading run of them, at least the leftmost mask."""
-    above = pred.conf[masks] > threshold
+    c = pred.conf[masks]
     if order == "left_to_right":
-        run = int(above.long().cumprod(0).sum())
+        run = int((c > threshold).long().cumprod(0).sum())
         return masks[:max(run, 1)]
-    chosen = masks[above]
-    return chosen if chosen.numel() else masks[pred.conf[masks].argmax()][None]
+    chosen = masks[c > threshold]
+    return chosen if chosen.numel() else masks[c.argmax()][None]
 
 
 @dataclass

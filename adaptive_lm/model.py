@@ -155,6 +155,14 @@ class KVCache:
     def batch_size(self) -> int:
         return self.key_mask.shape[0]
 
+    def rewind(self, start: int):
+        """Forget positions [start, length): the next step writes from ``start`` again (its tokens'
+        K/V are recomputed; CALM's kv=recompute). Slots past ``start`` keep stale values until then."""
+        if not 0 <= start <= self.length:
+            raise ValueError(f"cannot rewind a cache of length {self.length} to {start}")
+        self.n_real -= self.key_mask[:, start:self.length].sum(1)
+        self.length = start
+
 
 @dataclass
 class StepContext:

@@ -45,6 +45,24 @@ def test_calibrate_certifies_and_writes_calm_json(calm_ckpt, tmp_path):
     tested = [t["threshold"] for t in res["tests"]]
     assert tested[0] == 1.0 and tested == sorted(tested, reverse=True)
     assert all(t["p_value"] <= 0.05 for t in res["tests"] if t["threshold"] >= res["threshold"])
+    assert res["kv"] == "propagate"
+
+
+def test_calibrate_recompute_then_generate_uses_it_only_with_the_same_policy(calm_ckpt, tmp_path):
+    out = tmp_path / "calm.json"
+    rc, so, se = run("calibrate", str(calm_ckpt), "--delta", "0.5", "--n", "40", "--prompt-len", "8",
+                     "--max-new-tokens", "6", "--split", "train", "--kv", "recompute", "--out", str(out))
+    assert rc == 0, se
+    res = json.loads(out.read_text())
+    assert res["kv"] == "recompute" and res["threshold"] < 1.0
+    base = ("generate", str(calm_ckpt), "--method", "calm", "--prompt", "All", "--max-new-tokens", "4",
+            "--calm", str(out))
+    rc, so, se = run(*base)
+    stats = json.loads(se.strip().splitlines()[-1])
+    assert rc == 0 and stats["kv"] == "recompute" and stats["threshold"] == res["threshold"]
+    rc, so, se = run(*base, "--kv", "propagate")                         # not certified for this policy
+    stats = json.loads(se.strip().splitlines()[-1])
+    assert rc == 0 and stats["kv"] == "propagate" and stats["threshold"] == 0.9
 
 
 def test_calibrate_refuses_when_nothing_can_be_certified(calm_ckpt):
@@ -61,6 +79,8 @@ def test_calibrate_refuses_when_nothing_can_be_certified(calm_ckpt):
     (["calibrate", "CK", "--measure", "oracle"], ["--measure"]),
     (["generate", "CK", "--method", "calm", "--measure", "classifier", "--prompt", "a"], ["calm-classifier"]),
     (["generate", "CK", "--method", "calm", "--threshold", "2", "--prompt", "a"], ["--threshold"]),
+    (["generate", "CK", "--method", "calm", "--kv", "copy", "--prompt", "a"], ["--kv"]),
+    (["calibrate", "CK", "--kv", "copy"], ["--kv"]),
 ])
 def test_bad_calm_input_is_one_line(calm_ckpt, args, words):
     rc, so, se = run(*[str(calm_ckpt) if a == "CK" else a for a in args])
@@ -89,9 +109,11 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
                      "max_new_tokens=6", "timing_prompts=8", "deltas=0.3,0.5", "measures=margin,state", "--json", str(out))
     assert rc == 0, se
     res = json.loads(out.read_text())
-    assert len(res["rows"]) == 4
+    assert len(res["rows"]) == 8                                         # 2 measures x 2 K/V policies x 2 deltas
+    assert {(r["measure"], r["kv"]) for r in res["rows"]} == {(m, k) for m in ("margin", "state")
+                                                              for k in ("propagate", "recompute")}
     for r in res["rows"]:
-        assert set(r) == {"model", "delta", "measure", "threshold", "avg_layers", "oracle_layers", "consistency",
+        assert set(r) == {"model", "delta", "measure", "kv", "threshold", "avg_layers", "oracle_layers", "consistency",
                           "speedup_b1", "speedup_b8"}
         assert 1 <= r["oracle_layers"] <= 4 and 1 <= r["avg_layers"] <= 4
         assert 0 <= r["consistency"] <= 1 and r["speedup_b1"] > 0 and r["speedup_b8"] > 0
@@ -99,3 +121,5 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
             assert r["avg_layers"] == 4 and r["consistency"] == 1
     rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "n_cal=0")
     assert_one_line_error(rc, se, 2, "n_cal")
+    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "kvs=copy")
+    assert_one_line_error(rc, se, 2, "kvs")

@@ -1,6 +1,7 @@
 """`adaptive-lm bench calm`: certified CALM thresholds and what they buy, on held-out text.
 
-For each confidence measure and each δ (at one ε): Learn-then-Test certifies a threshold on
+For each confidence measure, each K/V policy of the skipped layers (``kvs``: the paper's state
+propagation, and recomputing them exactly on the next step) and each δ (at one ε): Learn-then-Test certifies a threshold on
 calibration prompts (the corpus' valid split); then, on test prompts (the test split, never used
 in calibration), the early-exit decode is compared with the full model: average layers per token,
 the oracle's (exit at the first layer whose argmax equals the top layer's — the floor), the
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 
 from ..calm.calibrate import DISTANCES
-from ..calm.decode import MEASURES, CalmConfig, CalmStep
+from ..calm.decode import KV_MODES, MEASURES, CalmConfig, CalmStep
 from ..calm.runtime import calibrate_threshold, calibration_prompts, calm_generate, load_classifier, trained_exit_every
 from ..checkpoint import read_config, resolve
 from ..data import read_text
@@ -35,6 +36,7 @@ class CalmBenchOptions:
     deltas: str = "0.05,0.1,0.2"         # consistency tolerances δ
     epsilon: float = 0.05                # failure probability ε of the guarantee
     measures: str = "margin,top1,state,classifier"   # confidence measures (classifier: if the checkpoint has one)
+    kvs: str = "propagate,recompute"     # skipped layers' K/V policies: propagate (the paper), recompute (exact, later)
     distance: str = "mismatch"           # mismatch (token mismatch rate) or rouge (1 - ROUGE-L)
     n_cal: int = 64                      # calibration prompts (valid split)
     n_test: int = 64                     # test prompts (test split)
@@ -90,6 +92,9 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     bad = [x for x in measures if x not in MEASURES or x == "oracle"]
     if bad or not measures:
         raise UsageError(f"measures: unknown {bad}; use margin, top1, state, classifier")
+    kvs = [x.strip() for x in o.kvs.split(",") if x.strip()]
+    if not kvs or any(x not in KV_MODES for x in kvs):
+        raise UsageError(f"kvs: use a comma-separated subset of {', '.join(KV_MODES)}")
     names = [x.strip() for x in o.models.split(",") if x.strip()]
     if not names:
         raise UsageError("models: give at least one model")
@@ -97,13 +102,13 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
         raise UsageError("n_cal, n_test, prompt_len, max_new_tokens and timing_prompts must be >= 1, tau >= 0")
     rows, per_model = [], {}
     for name in names:
-        model_rows, info = bench_one(name, seed, o, deltas, list(measures))
+        model_rows, info = bench_one(name, seed, o, deltas, list(measures), kvs)
         rows += model_rows
         per_model[name] = info
     return {"models": per_model, "rows": rows}
 
 
-def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], measures: list[str]):
+def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], measures: list[str], kvs: list[str]):
     """The rows of one model (module docstring) and its full-depth figures."""
     model, tok = load_causal_lm(name)
     if not model.config.causal:
@@ -124,7 +129,7 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     dd = o.data_dir or None
     cal = calibration_prompts(tok, read_text(corpus, "valid", data_dir_flag=dd), n=o.n_cal, prompt_len=o.prompt_len, seed=seed)
     test = calibration_prompts(tok, read_text(corpus, "test", data_dir_flag=dd), n=o.n_test, prompt_len=o.prompt_len, seed=seed + 1)
-    L, dist, pad = model.config.n_layer, DISTANCES[o.distance], pad_id_of(tok)
+    L, pad = model.config.n_layer, pad_id_of(tok)
     kw = dict(max_new_tokens=o.max_new_tokens, pad_id=pad, classifier=clf)
     full_test, oracle = calm_generate(model, test, CalmConfig(measure="oracle"), **kw)   # oracle tokens = full model's
     timed = test[:o.timing_prompts]
@@ -134,24 +139,39 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     full_b8 = n_tok / timed_decode(model, timed, lambda: full_depth_step, batch_size=8, **tps)
     rows = []
     for measure in measures:
-        memo = {}
-        base = CalmConfig(measure=measure, tau=o.tau, every=every)
-        for delta in deltas:
-            print(f"{name}: measure={measure} delta={delta}: calibrating ...", file=sys.stderr, flush=True)
-            res = calibrate_threshold(model, cal, delta=delta, epsilon=o.epsilon, base=base, distance=o.distance,
-                                      memo=memo, batch_size=8, **kw)
-            lam = res["threshold"] if res["threshold"] is not None else 1.0
-            cfg = CalmConfig(measure=measure, threshold=lam, tau=o.tau, every=every, horizon=o.max_new_tokens)
-            early, rec = calm_generate(model, test, cfg, **kw)
-            row = {"model": name, "delta": delta, "measure": measure, "threshold": lam,
-                   "avg_layers": round(rec.mean_layers(), 3), "oracle_layers": round(oracle.mean_layers(), 3),
-                   "consistency": round(1 - sum(dist(e, f) for e, f in zip(early, full_test)) / len(test), 4)}
-            if lam < 1.0:
-                mk = lambda: CalmStep(cfg, o.max_new_tokens, clf)
-                row["speedup_b1"] = round(speedup(model, timed, mk, batch_size=1, **tps), 3)
-                row["speedup_b8"] = round(speedup(model, timed, mk, batch_size=8, **tps), 3)
-            else:
-                row["speedup_b1"] = row["speedup_b8"] = 1.0                  # nothing certified: the full model
-            rows.append(row)
+        for kv in kvs:
+            rows += _measure_rows(model, name, o, (cal, test, full_test, oracle, timed), deltas, measure, kv,
+                                  every=every, clf=clf, pad=pad)
     return rows, {"n_layer": L, "full_tokens_per_s_b1": round(full_b1, 1), "full_tokens_per_s_b8": round(full_b8, 1),
                   "corpus": corpus}
+
+
+def _measure_rows(model, name, o, prompts, deltas, measure, kv, *, every, clf, pad) -> list[dict]:
+    """One row per δ for a confidence measure and K/V policy: the certified λ and what it buys on
+    the test prompts (module docstring). ``prompts``: (calibration, test, the full model's test
+    outputs, the oracle's exit record, the timed test prompts). The calibration decodes are
+    shared by every δ."""
+    cal, test, full_test, oracle, timed = prompts
+    dist = DISTANCES[o.distance]
+    kw = dict(max_new_tokens=o.max_new_tokens, pad_id=pad, classifier=clf)
+    tps = dict(max_new_tokens=o.max_new_tokens, pad_id=pad)
+    memo, rows = {}, []
+    base = CalmConfig(measure=measure, tau=o.tau, every=every, kv=kv)
+    for delta in deltas:
+        print(f"{name}: measure={measure} kv={kv} delta={delta}: calibrating ...", file=sys.stderr, flush=True)
+        res = calibrate_threshold(model, cal, delta=delta, epsilon=o.epsilon, base=base, distance=o.distance,
+                                  memo=memo, batch_size=8, **kw)
+        lam = res["threshold"] if res["threshold"] is not None else 1.0
+        cfg = CalmConfig(measure=measure, threshold=lam, tau=o.tau, every=every, horizon=o.max_new_tokens, kv=kv)
+        early, rec = calm_generate(model, test, cfg, **kw)
+        row = {"model": name, "delta": delta, "measure": measure, "kv": kv, "threshold": lam,
+               "avg_layers": round(rec.mean_layers(), 3), "oracle_layers": round(oracle.mean_layers(), 3),
+               "consistency": round(1 - sum(dist(e, f) for e, f in zip(early, full_test)) / len(test), 4)}
+        if lam < 1.0:
+            mk = lambda: CalmStep(cfg, o.max_new_tokens, clf)
+            row["speedup_b1"] = round(speedup(model, timed, mk, batch_size=1, **tps), 3)
+            row["speedup_b8"] = round(speedup(model, timed, mk, batch_size=8, **tps), 3)
+        else:
+            row["speedup_b1"] = row["speedup_b8"] = 1.0                      # nothing certified: the full model
+        rows.append(row)
+    return rows

@@ -10,6 +10,15 @@ from layer i's logits (the shared final norm + head) and skips the rest: its hid
 copied up and each skipped layer fills ITS OWN K/V from it (CALM §"Skipped layers"; copying projected
 K/V instead degrades quality). λ ≥ 1 never exits: the plain model.
 
+``kv="recompute"`` (the alternative the brief names, as in FREE / EE-LLM) leaves the skipped layers
+empty instead and fills them with their true values later: each step re-runs, together with the
+new token, every earlier token whose upper layers are still missing (a window of the last W
+positions, the cache rewound to its start), through as many layers as the new token needs. The
+cache then holds the full model's K/V at every layer a later token reads, so an early exit can only
+change its own token, never a later one through a perturbed cache. It costs more arithmetic (the
+window, W ≥ 1 rows per layer) but not more layer invocations, which is what a small model's decode
+step is bound by.
+
 Sequences of a batch exit at their own depths within the same step: each layer runs only on the
 sequences still active (``StepContext.select``), so a batch costs what its members need, not
 what its least confident member needs.
@@ -33,6 +42,7 @@ from ..confidence import margin, top1
 from .exits import ExitClassifier, exit_layers
 
 MEASURES = ("margin", "top1", "state", "classifier", "oracle")
+KV_MODES = ("propagate", "recompute")
 
 
 @dataclass
@@ -44,6 +54,7 @@ class CalmConfig:
     every: int = 1                 # try an exit after every k-th layer
     min_layer: int = 1             # no exit below this layer
     horizon: int = 0               # N of λ_t; 0 = the generation budget (calibrate stores the one it used)
+    kv: str = "propagate"          # skipped layers' K/V: propagate (the paper: from the exit state) or recompute (exact, later)
 
 
 def threshold_at(cfg: CalmConfig, t: int, n: int) -> float:
@@ -82,6 +93,8 @@ class CalmStep:
             raise ValueError(f"measure must be one of {MEASURES}, not {cfg.measure!r}")
         if cfg.measure == "classifier" and classifier is None:
             raise ValueError("measure=classifier needs a trained exit classifier")
+        if cfg.kv not in KV_MODES:
+            raise ValueError(f"kv must be one of {KV_MODES}, not {cfg.kv!r}")
         self.cfg, self.n, self.clf = cfg, max_new_tokens, classifier
         self.t = 1                           # index of the next token decoded here (0 = from the prompt)
         self.record = ExitRecord()
@@ -90,12 +103,23 @@ class CalmStep:
         B, T = ids.shape
         if cache is None or cache.length == 0:                            # the prompt: full depth, which
             self.t, self.record = 1, ExitRecord([[m.config.n_layer] for _ in range(B)])   # gives token 0
+            self.ids, self.mask = ids, mask                               # (B, P) what the cache holds
+            self.done = torch.full((B,), T, dtype=torch.long)             # per row: first position missing layers
             return m(ids, attention_mask=mask, cache=cache).logits[:, -1]
         lam = threshold_at(self.cfg, self.t, self.n)
         self.t += 1
         if self.cfg.measure == "oracle":
             return self._oracle(m, ids, mask, cache)
         return self._early_exit(m, ids, mask, cache, lam)
+
+    def _window(self, ids, mask, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv=recompute: (B, W) the step's token preceded by every earlier token some running row
+        still lacks upper layers for; the cache is rewound to the window's start."""
+        self.ids, self.mask = torch.cat([self.ids, ids], 1), torch.cat([self.mask, mask], 1)
+        running = mask[:, 0].bool()
+        s = int(self.done[running].min()) if bool(running.any()) else cache.length
+        cache.rewind(s)
+        return self.ids[:, s:], self.mask[:, s:]
 
     def _confidence(self, m, i: int, h, prev) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(b,) confidence at layer i for hidden states h (b, C); also the logits when computed."""
@@ -108,34 +132,40 @@ class CalmStep:
         return self.clf(i, h), None
 
     def _early_exit(self, m, ids, mask, cache, lam: float) -> torch.Tensor:
-        L = m.config.n_layer
+        L, recompute = m.config.n_layer, self.cfg.kv == "recompute"
+        if recompute:
+            ids, mask = self._window(ids, mask, cache)                    # (B, W)
         ctx = m.prepare(ids, attention_mask=mask, cache=cache)
-        h_all = m.embed(ids, ctx=ctx)[:, 0]                               # (B, C)
+        end = ctx.start + ctx.new_len                                     # cache length after this step
+        h_all = m.embed(ids, ctx=ctx)                                     # (B, W, C); W = 1 unless recompute
         B = h_all.shape[0]
         out = torch.zeros(B, m.config.vocab_size, device=h_all.device, dtype=h_all.dtype)
-        idx = mask[:, 0].bool().nonzero().squeeze(1)                      # rows still running; padding never runs
-        h, sub = (h_all, ctx) if idx.numel() == B else (h_all[idx], ctx.select(idx))   # (b, C), their context
+        idx = mask[:, -1].bool().nonzero().squeeze(1)                     # rows still running; padding never runs
+        h, sub = (h_all, ctx) if idx.numel() == B else (h_all[idx], ctx.select(idx))   # (b, W, C), their context
         exits = set(exit_layers(L, self.cfg.every))
         for i in range(1, L + 1):
             if idx.numel() == 0:
                 break
-            prev, h = h, m.layer(i - 1, h[:, None], sub)[:, 0]
+            prev, h = h, m.layer(i - 1, h, sub)
             if i == L:
-                out[idx] = m.unembed(h).to(out.dtype)
+                out[idx] = m.unembed(h[:, -1]).to(out.dtype)
                 for r in idx.tolist():
                     self.record.layers[r].append(L)
+                if recompute:
+                    self.done[idx] = end                                  # every layer of these rows is filled
                 break
             if i not in exits or i < self.cfg.min_layer or lam == math.inf:
                 continue
-            conf, logits = self._confidence(m, i, h, prev)
+            conf, logits = self._confidence(m, i, h[:, -1], prev[:, -1])
             go = conf >= lam
             if not bool(go.any()):
                 continue
             g = go.nonzero().squeeze(1)
-            out[idx[g]] = (logits[g] if logits is not None else m.unembed(h[g])).to(out.dtype)
-            h_exit, g_ctx = h[g][:, None], sub.select(g)
-            for j in range(i, L):                                          # state propagation
-                m.fill_kv(j, h_exit, g_ctx)
+            out[idx[g]] = (logits[g] if logits is not None else m.unembed(h[g, -1])).to(out.dtype)
+            if not recompute:
+                h_exit, g_ctx = h[g], sub.select(g)
+                for j in range(i, L):                                      # state propagation
+                    m.fill_kv(j, h_exit, g_ctx)
             for r in idx[g].tolist():
                 self.record.layers[r].append(i)
             keep = (~go).nonzero().squeeze(1)

@@ -95,7 +95,7 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
     lam = fixed_sequence_test(candidates, risk_of, n=len(prompts), delta=delta, epsilon=epsilon, on_test=record)
     return {"threshold": lam, "tests": tests, "n": len(prompts), "delta": delta, "epsilon": epsilon,
             "distance": distance, "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every,
-            "horizon": base.horizon, "max_new_tokens": max_new_tokens, "prompt_len": len(prompts[0])}
+            "horizon": base.horizon, "kv": base.kv, "max_new_tokens": max_new_tokens, "prompt_len": len(prompts[0])}
 
 
 def save_calm(path, result: dict) -> Path:
@@ -107,8 +107,8 @@ def save_calm(path, result: dict) -> Path:
 
 def config_from_calm(stored: dict, **overrides) -> CalmConfig:
     """The CalmConfig a calm.json describes (its certified threshold, measure, τ, decay, exit
-    spacing, horizon), defaults where it says nothing, ``overrides`` on top."""
-    keys = ("measure", "threshold", "tau", "decay", "every", "horizon")
+    spacing, horizon, K/V policy), defaults where it says nothing, ``overrides`` on top."""
+    keys = ("measure", "threshold", "tau", "decay", "every", "horizon", "kv")
     vals = {k: stored[k] for k in keys if stored.get(k) is not None}
     vals.setdefault("threshold", 0.9)
     return CalmConfig(**{**vals, **overrides})

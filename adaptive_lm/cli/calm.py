@@ -9,10 +9,11 @@ from ..errors import AdaptiveLMError, UsageError
 from .parser import command
 
 
-def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str = ""):
+def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str = "", kv: str = ""):
     """(CalmConfig, exit classifier or None) from the flags, falling back on the calm.json given or
-    in the model folder, then on the defaults."""
-    from ..calm.decode import MEASURES
+    in the model folder, then on the defaults. The stored threshold is used only for the measure
+    and K/V policy it was certified with."""
+    from ..calm.decode import KV_MODES, MEASURES
     from ..calm.runtime import config_from_calm, load_calm, load_classifier, trained_exit_every
     from ..checkpoint import resolve
     from ..hf_causal import is_hf_spec
@@ -28,15 +29,20 @@ def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str 
     measure = measure or stored.get("measure") or "margin"
     if measure not in MEASURES or measure == "oracle":
         raise UsageError(f"--measure must be one of margin, top1, state, classifier, not {measure!r}")
+    kv = kv or stored.get("kv") or "propagate"
+    if kv not in KV_MODES:
+        raise UsageError(f"--kv must be one of {', '.join(KV_MODES)}, not {kv!r}")
     if threshold < 0:
-        threshold = stored["threshold"] if stored.get("threshold") is not None and stored.get("measure") == measure else 0.9
+        certified = stored.get("threshold") is not None and stored.get("measure") == measure \
+            and stored.get("kv", "propagate") == kv
+        threshold = stored["threshold"] if certified else 0.9
     if not 0 <= threshold <= 1:
         raise UsageError(f"--threshold must be in [0, 1], not {threshold}")
     clf = load_classifier(folder, m) if measure == "classifier" and folder else None
     if measure == "classifier" and clf is None:
         raise UsageError(f"--measure classifier needs an exit classifier next to one of our checkpoints "
                          f"(`adaptive-lm calm-classifier CHECKPOINT`); {model} has none")
-    return config_from_calm({"every": trained_every, **stored}, measure=measure, threshold=threshold), clf
+    return config_from_calm({"every": trained_every, **stored}, measure=measure, threshold=threshold, kv=kv), clf
 
 
 def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples, g, calm=None, show_exits=False) -> int:
@@ -63,7 +69,7 @@ def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples
         if calm is not None:
             lay = step.record.layers[i]
             print(json.dumps({"avg_layers": sum(lay) / max(len(lay), 1), "n_layer": m.config.n_layer,
-                              "threshold": calm.threshold, "measure": calm.measure}), file=sys.stderr)
+                              "threshold": calm.threshold, "measure": calm.measure, "kv": calm.kv}), file=sys.stderr)
     return 0
 
 
@@ -71,7 +77,7 @@ def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples
 def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: str = "margin",
               distance: str = "mismatch", n: int = 64, prompt_len: int = 32, max_new_tokens: int = 32,
               corpus: str = "", split: str = "valid", tau: float = 4.0, seed: int = 0, batch_size: int = 8,
-              data_dir: str = "", out: str = "") -> int:
+              kv: str = "propagate", data_dir: str = "", out: str = "") -> int:
     """Certify a CALM exit threshold by Learn-then-Test and write it next to the model (calm.json).
 
     Args:
@@ -88,11 +94,12 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         tau: decaying-threshold temperature
         seed: which prompts
         batch_size: sequences decoded together
+        kv: skipped layers' K/V: propagate (the paper: computed from the exit state) or recompute (exact, on the next step)
         data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
         out: where to write calm.json (default: inside the model folder)
     """
     from ..calm.calibrate import DISTANCES
-    from ..calm.decode import CalmConfig
+    from ..calm.decode import KV_MODES, CalmConfig
     from ..calm.runtime import CALM_FILE, calibrate_threshold, calibration_prompts, save_calm, trained_exit_every
     from ..checkpoint import read_config, resolve
     from ..data import read_text
@@ -106,6 +113,8 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         raise UsageError("--n, --prompt-len, --max-new-tokens and --batch-size must be >= 1")
     if tau < 0:
         raise UsageError("--tau must be >= 0")
+    if kv not in KV_MODES:
+        raise UsageError(f"--kv must be one of {', '.join(KV_MODES)}, not {kv!r}")
     if out and not Path(out).parent.is_dir():
         raise UsageError(f"--out {out}: folder {Path(out).parent} does not exist")
     from ..hf_causal import is_hf_spec, load_causal_lm, pad_id_of
@@ -133,15 +142,16 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     def show(t):
         print(f"  λ={t['threshold']:.4g}  risk={t['risk']:.4f}  p={t['p_value']:.3g}  layers/token={t['avg_layers']:.2f}",
               file=sys.stderr, flush=True)
-    print(f"calibrating {model}: {n} prompts, δ={delta}, ε={epsilon}, measure={measure}, distance={distance}", file=sys.stderr)
+    print(f"calibrating {model}: {n} prompts, δ={delta}, ε={epsilon}, measure={measure}, kv={kv}, distance={distance}",
+          file=sys.stderr)
     res = calibrate_threshold(m, prompts, delta=delta, epsilon=epsilon, pad_id=pad_id_of(tok), eos_id=tok.eos_id,
-                              base=CalmConfig(measure=measure, tau=tau, every=every), distance=distance,
+                              base=CalmConfig(measure=measure, tau=tau, every=every, kv=kv), distance=distance,
                               max_new_tokens=max_new_tokens, batch_size=batch_size, on_test=show)
     if res["threshold"] is None or res["threshold"] >= 1.0:
         raise AdaptiveLMError(f"no threshold below 1.0 can be certified at delta={delta}, epsilon={epsilon} "
                               f"with {n} prompts (try a larger --delta or --n); nothing written")
     path = save_calm(target / CALM_FILE if target.is_dir() else target, res)
-    print(json.dumps({"threshold": res["threshold"], "measure": measure, "delta": delta, "epsilon": epsilon,
+    print(json.dumps({"threshold": res["threshold"], "measure": measure, "kv": kv, "delta": delta, "epsilon": epsilon,
                       "written": str(path)}))
     return 0
 

@@ -89,7 +89,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
              max_new_tokens: int = 200, temperature: float = -1.0, top_k: int = 0, num_samples: int = 1,
              seed: int = 0, length: int = 0, max_length: int = 512, block_length: int = 32,
              threshold: float = -1.0, measure: str = "", show_exits: bool = False, calm: str = "",
-             order: str = "confidence") -> int:
+             order: str = "confidence", kv: str = "") -> int:
     """Generate from a checkpoint. The prompt comes from --prompt, or from stdin when piped.
 
     Args:
@@ -109,6 +109,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         measure: calm: confidence measure margin, top1, state, classifier (default: calm.json's, else margin)
         show_exits: calm: print each token with its exit layer, token[layer]
         calm: calm: a calm.json written by `adaptive-lm calibrate --out` (default: the model folder's)
+        kv: calm: skipped layers' K/V, propagate (the paper) or recompute (exact; default: calm.json's, else propagate)
 
     Diffusion methods print each answer on stdout and its stats (NFE, N_token, E_token, hit_max)
     as one JSON line on stderr.
@@ -130,7 +131,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     g = torch.Generator().manual_seed(seed)
     if method in ("ar", "calm"):
         from .calm import _calm_options, _generate_ar
-        calm_cfg = _calm_options(model, m, threshold, measure, calm) if method == "calm" else None
+        calm_cfg = _calm_options(model, m, threshold, measure, calm, kv) if method == "calm" else None
         default_t = 0.0 if method == "calm" else 0.8      # CALM's guarantee is about greedy decoding
         return _generate_ar(m, tok, prompt, max_new_tokens, default_t if temperature < 0 else temperature, top_k,
                             num_samples, g, calm_cfg, show_exits)

@@ -19,3 +19,13 @@ def calm_model():
 def prompts():
     g = torch.Generator().manual_seed(1)
     return [torch.randint(4, 40, (n,), generator=g).tolist() for n in (5, 9, 3, 7)]
+
+
+@pytest.fixture
+def untied_model():
+    """A tiny float64 causal model with its own output head: its greedy tokens vary and its exit
+    depths mix, so a wrong K/V policy shows in the tokens."""
+    torch.manual_seed(0)
+    m = TransformerLM(ModelConfig(vocab_size=40, n_layer=4, n_head=2, d_model=32, max_seq_len=64,
+                                  tie_embeddings=False))
+    return m.double().eval()

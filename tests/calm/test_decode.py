@@ -1,5 +1,6 @@
 """CALM decoding: never-exit equals the plain model; the oracle's tokens equal the full model's;
-early exit with state propagation equals the slow obvious reference; batched equals one at a time."""
+early exit with state propagation, and with the skipped K/V recomputed, each equal their slow
+obvious reference; batched equals one at a time."""
 import math
 
 import pytest
@@ -88,7 +89,9 @@ def reference_calm(model, prompt, cfg, n):
     return toks
 
 
-def test_early_exit_with_state_propagation_matches_slow_reference(calm_model, prompts):
+@pytest.mark.parametrize("which", ["calm_model", "untied_model"])
+def test_early_exit_with_state_propagation_matches_slow_reference(which, prompts, request):
+    calm_model = request.getfixturevalue(which)
     cfg = CalmConfig(measure="margin", threshold=_threshold_for_median_margin(calm_model, prompts), tau=2.0)
     for p in prompts:
         out, layers = _calm(calm_model, [p], cfg)
@@ -97,10 +100,52 @@ def test_early_exit_with_state_propagation_matches_slow_reference(calm_model, pr
     assert 1 <= min(flat) < 4 < max(flat) + 1                           # exits did happen
 
 
+@torch.no_grad()
+def reference_recompute(model, prompt, cfg, n):
+    """kv=recompute, the slow obvious way at batch 1: every step runs the full model on the whole
+    sequence (no cache), so every earlier token has the full model's states; the new token comes
+    from the first exit layer whose margin at the last position reaches λ_t. Returns the tokens
+    and their exit layers."""
+    ids, toks, depths = list(prompt), [], []
+    L = model.config.n_layer
+    for t in range(n):
+        res = model(torch.tensor([ids]), output_hidden_states=True)
+        lam = threshold_at(cfg, t, n) if t > 0 else math.inf          # 1st token: the prompt pass
+        logits, e = res.logits[0, -1], L
+        for i in exit_layers(L, cfg.every)[:-1]:
+            li = model.unembed(res.hidden_states[i][0, -1])
+            if float(margin(li)) >= lam:
+                logits, e = li, i
+                break
+        toks.append(int(logits.argmax()))
+        depths.append(e)
+        ids.append(toks[-1])
+    return toks, depths
+
+
+def test_recomputed_kv_matches_slow_reference(untied_model, prompts):
+    m = untied_model
+    cfg = CalmConfig(measure="margin", threshold=_threshold_for_median_margin(m, prompts), tau=0.0, kv="recompute")
+    all_depths = []
+    for p in prompts:
+        out, layers = _calm(m, [p], cfg)
+        toks, depths = reference_recompute(m, p, cfg, N)
+        assert out[0] == toks
+        assert layers[0] == depths
+        all_depths += depths[1:]
+    exited_then_full = sum(a < 4 and b == 4 for a, b in zip(all_depths, all_depths[1:]))
+    assert exited_then_full >= 3                                        # full-depth tokens read recomputed K/V
+    batch, _ = _calm(m, prompts, cfg)
+    assert batch == [reference_recompute(m, p, cfg, N)[0] for p in prompts]
+    prop, _ = _calm(m, prompts, CalmConfig(**{**cfg.__dict__, "kv": "propagate"}))
+    assert prop != batch                                                # the two K/V policies differ on this model
+
+
+@pytest.mark.parametrize("kv", ["propagate", "recompute"])
 @pytest.mark.parametrize("measure", ["margin", "top1", "state"])
-def test_batched_equals_one_at_a_time(calm_model, prompts, measure):
+def test_batched_equals_one_at_a_time(calm_model, prompts, measure, kv):
     lam = _threshold_for_median_margin(calm_model, prompts) if measure != "state" else 0.5
-    cfg = CalmConfig(measure=measure, threshold=lam, tau=2.0)
+    cfg = CalmConfig(measure=measure, threshold=lam, tau=2.0, kv=kv)
     batch, blayers = _calm(calm_model, prompts, cfg)
     for i, p in enumerate(prompts):
         one, olayers = _calm(calm_model, [p], cfg)
@@ -138,6 +183,8 @@ def test_bad_measure_and_missing_classifier_are_refused():
         CalmStep(CalmConfig(measure="entropy"), 4)
     with pytest.raises(ValueError, match="classifier"):
         CalmStep(CalmConfig(measure="classifier"), 4)
+    with pytest.raises(ValueError, match="kv"):
+        CalmStep(CalmConfig(kv="copy"), 4)
 
 
 def test_one_token_prompt_and_reused_step(calm_model):

@@ -15,7 +15,7 @@ model's logits (tests/test_hf_causal.py).
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -209,10 +209,12 @@ def load_causal_lm(spec: str):
         raise CheckpointError(str(e)) from None
 
 
-def save_hf_causal(model: HFCausalLM, tok, folder, *, extra: Optional[dict] = None):
+def save_hf_causal(model: HFCausalLM, tok, folder, *, extra: Optional[dict] = None,
+                   files: Optional[Callable] = None):
     """Write a (fine-tuned) HFCausalLM and its tokenizer as a transformers folder (safetensors),
-    loadable as ``hf:FOLDER``; ``extra`` goes into FOLDER/adaptive_lm.json (how it was made). The
-    folder appears whole or not at all (io.atomic_folder)."""
+    loadable as ``hf:FOLDER``; ``extra`` goes into FOLDER/adaptive_lm.json (how it was made),
+    ``files(tmp)`` may add more (a resumable trainer state). The folder appears whole or not at
+    all (io.atomic_folder)."""
     import json
     from .io import atomic_folder
     inner = getattr(tok, "tok", None)
@@ -231,6 +233,8 @@ def save_hf_causal(model: HFCausalLM, tok, folder, *, extra: Optional[dict] = No
         inner.save_pretrained(tmp)
         if extra:
             (tmp / "adaptive_lm.json").write_text(json.dumps(extra, indent=2) + "\n")
+        if files is not None:
+            files(tmp)
 
 
 def pad_id_of(tok) -> int:

@@ -161,21 +161,24 @@ def train_classifier(model, batches: Callable, *, steps: int = 300, lr: float = 
 
 
 def finetune_exits(model, batches: Callable, *, cfg, layers: Sequence[int], weights: torch.Tensor,
-                   progress: Optional[Callable] = None) -> list[dict]:
+                   progress: Optional[Callable] = None, start: int = 0, opt=None,
+                   on_step: Optional[Callable] = None) -> list[dict]:
     """CALM's first training step on an existing causal LM (ours or a Hugging Face one through
     hf_causal.HFCausalLM): every weight trained on the weighted per-layer loss
-    (exits.early_exit_loss) for ``cfg.steps`` steps with the trainer's optimiser and schedule
-    (train.make_optimizer, train.lr_at; ``cfg`` a TrainConfig) and gradient clipping.
-    ``batches(step)`` -> (x, y) causal-LM batches. Returns each step's metrics; the model is left
-    in eval mode."""
+    (exits.early_exit_loss) for steps ``start`` .. ``cfg.steps`` − 1 with the trainer's optimiser
+    and schedule (train.make_optimizer, train.lr_at; ``cfg`` a TrainConfig) and gradient clipping.
+    ``batches(step)`` -> (x, y) causal-LM batches, a function of the step alone, so a run resumed
+    at ``start`` with the optimiser ``opt`` it saved continues exactly. ``on_step(done, opt)``
+    after every step (saves); returning True stops the run there. Returns each step's metrics;
+    the model is left in eval mode."""
     from ..train import lr_at, make_optimizer
     from .exits import early_exit_loss
-    opt = make_optimizer(model, cfg)
+    opt = opt if opt is not None else make_optimizer(model, cfg)
     params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
     history = []
     try:
-        for step in range(cfg.steps):
+        for step in range(start, cfg.steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             loss, mets = early_exit_loss(model, batches(step), layers=list(layers), weights=weights)
@@ -187,6 +190,8 @@ def finetune_exits(model, batches: Callable, *, cfg, layers: Sequence[int], weig
             history.append({k: float(v) for k, v in mets.items()})
             if progress is not None:
                 progress(step + 1, history[-1])
+            if on_step is not None and on_step(step + 1, opt):
+                break
     finally:
         model.eval()
     return history

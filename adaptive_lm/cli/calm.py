@@ -210,11 +210,12 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
 @command
 def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5, batch_size: int = 8,
                   seq_len: int = 64, every: int = 3, weights: str = "linear", seed: int = 0, corpus: str = "pydocs",
-                  data_dir: str = "") -> int:
+                  data_dir: str = "", save_every: int = 25, stop_at: int = 0, resume: bool = False) -> int:
     """Fine-tune a Hugging Face causal LM with CALM's weighted per-layer loss (its first training
     step; our own checkpoints get it from scratch: `adaptive-lm train calm-pydocs`) and write it as
     a transformers folder, usable afterwards as hf:OUT by calibrate, calm-classifier, generate and
-    bench calm.
+    bench calm. Every --save-every steps the run leaves OUT.resume/ (weights, optimiser moments,
+    step); a run cut off or stopped with --stop-at continues exactly with --resume.
 
     Args:
         model: a Hugging Face spec: smollm2, hf:DIR or gguf:FILE
@@ -228,6 +229,9 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
         seed: data order
         corpus: training text (its train split)
         data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
+        save_every: write the resumable state OUT.resume/ every this many steps (0: only at --stop-at)
+        stop_at: stop after this step with the resumable state written (0: run all --steps)
+        resume: continue the run whose state is in OUT.resume/ (same settings)
     """
     import time
     from ..calm.exits import WEIGHT_SCHEMES, exit_layers, exit_weights
@@ -242,11 +246,15 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
         raise UsageError("--out FOLDER is required")
     if not Path(out).resolve().parent.is_dir():
         raise UsageError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")
-    if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1 or lr <= 0:
-        raise UsageError("--steps, --batch-size and --every must be >= 1, --seq-len >= 2, --lr > 0")
+    if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1 or lr <= 0 or save_every < 0 or stop_at < 0:
+        raise UsageError("--steps, --batch-size and --every must be >= 1, --seq-len >= 2, --lr > 0, "
+                         "--save-every and --stop-at >= 0")
     if weights not in WEIGHT_SCHEMES:
         raise UsageError(f"--weights must be one of {', '.join(WEIGHT_SCHEMES)}, not {weights!r}")
-    m, tok = load_causal_lm(model)
+    settings = {"from": model, "steps": steps, "lr": lr, "batch_size": batch_size, "seq_len": seq_len,
+                "exit_every": every, "exit_weights": weights, "corpus": corpus, "seed": seed}
+    state_dir = Path(str(Path(out)) + ".resume")
+    m, tok, start, opt_state = _finetune_start(model, state_dir, settings, resume)
     if every >= m.config.n_layer:
         raise UsageError(f"--every {every} leaves no exit below the top of a {m.config.n_layer}-layer model")
     layers = exit_layers(m.config.n_layer, every)
@@ -256,20 +264,87 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
     t0 = time.time()
 
     def show(step, mets):
-        if step % 10 == 0 or step in (1, steps):
+        if step % 10 == 0 or step in (1, start + 1, steps):
             ces = " ".join(f"{i}:{mets[f'ce_l{i}']:.2f}" for i in layers)
             print(f"step {step}/{steps} loss {mets['loss']:.4f} ({time.time() - t0:.0f}s) CE by layer {ces}",
                   file=sys.stderr, flush=True)
+
+    def on_step(done, opt):
+        stop = done == stop_at
+        if done < steps and (stop or (save_every and done % save_every == 0)):
+            _save_finetune_state(m, tok, opt, state_dir, settings, done)
+            if stop:
+                print(f"stopped after step {done}; continue with --resume (state in {state_dir})", file=sys.stderr)
+        return stop
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(10, steps), min_lr_ratio=0.0,
                       weight_decay=0.0, beta2=0.999, seed=seed)
+    opt = None
+    if opt_state is not None:
+        from ..train import make_optimizer, restore_state
+        opt = make_optimizer(m, cfg)
+        restore_state(opt, *opt_state)
     hist = finetune_exits(m, lambda step: stream.batch(batch_size, step_generator(seed, step))[:2], cfg=cfg,
-                          layers=layers, weights=w, progress=show)
-    info = {"calm_finetune": {"from": model, "steps": steps, "lr": lr, "batch_size": batch_size, "seq_len": seq_len,
-                              "exit_every": every, "exit_layers": layers, "exit_weights": weights, "corpus": corpus,
-                              "seed": seed, "seconds": round(time.time() - t0, 1), "last": hist[-1]}}
+                          layers=layers, weights=w, progress=show, start=start, opt=opt, on_step=on_step)
+    if stop_at and start + len(hist) == stop_at < steps:
+        return 0
+    info = {"calm_finetune": {**settings, "exit_layers": layers, "seconds": round(time.time() - t0, 1),
+                              "resumed_at": start, "last": hist[-1] if hist else None}}
     try:
         save_hf_causal(m, tok, out, extra=info)
     except (ValueError, OSError) as e:
         raise AdaptiveLMError(f"cannot write {out}: {str(e).splitlines()[0]}") from None
-    print(json.dumps({"written": out, "exit_layers": layers, "ce_top": hist[-1]["ce_top"]}))
+    import shutil
+    shutil.rmtree(state_dir, ignore_errors=True)
+    print(json.dumps({"written": out, "exit_layers": layers, "ce_top": hist[-1]["ce_top"] if hist else None}))
     return 0
+
+
+FINETUNE_STATE = "calm_finetune_state"
+
+
+def _finetune_start(model: str, state_dir: Path, settings: dict, resume: bool):
+    """(model, tokenizer, first step, (optimiser tensors, param groups) or None): a fresh start from
+    ``model``, or with --resume the weights and optimiser state saved in ``state_dir``."""
+    from ..hf_causal import load_causal_lm
+    if not resume:
+        if state_dir.exists():
+            raise UsageError(f"{state_dir} holds an interrupted run: pass --resume to continue it, "
+                             "or remove it to start again")
+        m, tok = load_causal_lm(model)
+        return m, tok, 0, None
+    from safetensors.torch import load_file
+    meta = state_dir / f"{FINETUNE_STATE}.json"
+    if not meta.exists():
+        raise UsageError(f"nothing to resume: {meta} does not exist")
+    try:
+        state = json.loads(meta.read_text())
+        tensors = load_file(str(state_dir / f"{FINETUNE_STATE}.safetensors"))
+    except Exception as e:  # corrupt JSON or safetensors: one clear line
+        raise AdaptiveLMError(f"cannot resume from {state_dir}: corrupt state ({e.__class__.__name__})") from None
+    changed = sorted(k for k, v in settings.items() if k != "steps" and state["settings"].get(k) != v)
+    if changed:
+        was = ", ".join(f"{k}={state['settings'].get(k)}" for k in changed)
+        raise UsageError(f"--resume with other settings than the interrupted run: {', '.join(changed)} (it used {was})")
+    m, tok = load_causal_lm(f"hf:{state_dir}")
+    print(f"resuming {state_dir} at step {state['step']}", file=sys.stderr)
+    return m, tok, int(state["step"]), (tensors, state["param_groups"])
+
+
+def _save_finetune_state(m, tok, opt, state_dir: Path, settings: dict, step: int) -> None:
+    """The resumable state of calm-finetune, atomically: the model as a transformers folder plus the
+    optimiser moments and RNG (train.state_tensors) and the step."""
+    from safetensors.torch import save_file
+    from ..distributed import DistInfo
+    from ..hf_causal import save_hf_causal
+    from ..train import state_tensors
+    tensors = state_tensors(opt, DistInfo())
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
+
+    def files(tmp: Path):
+        save_file(tensors, str(tmp / f"{FINETUNE_STATE}.safetensors"))
+        (tmp / f"{FINETUNE_STATE}.json").write_text(json.dumps({"step": step, "settings": settings,
+                                                                "param_groups": groups}, indent=2))
+    try:
+        save_hf_causal(m, tok, state_dir, files=files)
+    except (ValueError, OSError) as e:
+        raise AdaptiveLMError(f"cannot write {state_dir}: {str(e).splitlines()[0]}") from None

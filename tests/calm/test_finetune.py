@@ -89,3 +89,32 @@ def test_calm_finetune_bad_input_is_one_line(hf_folder, tmp_path, args, words):
     rc, so, se = run(*args, "--corpus", str(hf_folder / "text.txt"))
     assert_one_line_error(rc, se, 2, *words)
     assert not (tmp_path / "o").exists()
+
+
+def _weights(folder):
+    m, _ = load_hf_causal(f"hf:{folder}")
+    return m.hf.state_dict()
+
+
+def test_calm_finetune_stopped_and_resumed_equals_one_run(hf_folder, tmp_path):
+    common = ["--steps", "4", "--batch-size", "2", "--seq-len", "16", "--every", "2", "--lr", "1e-3",
+              "--corpus", str(hf_folder / "text.txt")]
+    model = f"hf:{hf_folder / 'model'}"
+    rc, so, se = run("calm-finetune", model, "--out", str(tmp_path / "one"), *common)
+    assert rc == 0, se
+    part = tmp_path / "two"
+    rc, so, se = run("calm-finetune", model, "--out", str(part), "--stop-at", "2", *common)
+    assert rc == 0, se
+    assert not part.exists() and (tmp_path / "two.resume").is_dir()
+    rc, so, se = run("calm-finetune", model, "--out", str(part), *common)      # forgot --resume
+    assert_one_line_error(rc, se, 2, "--resume")
+    rc, so, se = run("calm-finetune", model, "--out", str(part), *common[:-4], "--lr", "2e-3", *common[-2:], "--resume")
+    assert_one_line_error(rc, se, 2, "lr")
+    rc, so, se = run("calm-finetune", model, "--out", str(part), "--resume", *common)
+    assert rc == 0, se
+    assert "resuming" in se and not (tmp_path / "two.resume").exists()
+    assert json.loads((part / "adaptive_lm.json").read_text())["calm_finetune"]["resumed_at"] == 2
+    a, b = _weights(tmp_path / "one"), _weights(part)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rc, so, se = run("calm-finetune", model, "--out", str(tmp_path / "three"), "--resume", *common)
+    assert_one_line_error(rc, se, 2, "nothing to resume")

@@ -41,7 +41,7 @@ class VMDToyOptions:
     blocks: str = "1,2"                        # block counts B (the 2-token sets use B = 1 only)
     samples: int = 10000                       # samples per (model, setting)
     steps: int = 6000                          # training steps per model (recipes mdm-toy / vmd-toy)
-    latent_dim: int = 16                       # VMD's z width
+    latent_dim: int = 1                        # VMD's z width (the vmd-toy recipe's; 16 before 2026-12-03)
     redraw: bool = False                       # VMD: a fresh z before every step (default: once per block)
     temperature: float = 1.0                   # sampling temperature (1: draws from the model's conditionals)
     cond_mode: str = "add"                     # how z enters the denoiser: add (embedding addition) | adaln

@@ -13,15 +13,18 @@ K/V instead degrades quality). λ ≥ 1 never exits: the plain model.
 ``kv="recompute"`` (the alternative the brief names, as in FREE / EE-LLM) leaves the skipped layers
 empty instead and fills them with their true values later: each step re-runs, together with the
 new token, every earlier token whose upper layers are still missing (a window of the last W
-positions, the cache rewound to its start), through as many layers as the new token needs. The
+positions, the cache rewound to its start), through as many layers as the new token needs. In a
+batch, a row whose token is decided rides along until every row's is (its upper layers then come
+out exact too, and a small model's layer costs about the same for all rows as for a subset). The
 cache then holds the full model's K/V at every layer a later token reads, so an early exit can only
 change its own token, never a later one through a perturbed cache. It costs more arithmetic (the
 window, W ≥ 1 rows per layer) but not more layer invocations, which is what a small model's decode
 step is bound by.
 
-Sequences of a batch exit at their own depths within the same step: each layer runs only on the
-sequences still active (``StepContext.select``), so a batch costs what its members need, not
-what its least confident member needs.
+Sequences of a batch exit at their own depths within the same step: each emits its token from its
+own exit layer. With state propagation each layer runs only on the sequences still active
+(``StepContext.select``); with recompute the decided rows ride along (above), and the step ends
+when every row's token is decided.
 
 Measures: ``margin`` (softmax top-1 − top-2, the paper's default), ``top1``, ``state`` (cosine
 between h_i and h_{i−1}, per example), ``classifier`` (the trained exit classifier), and
@@ -143,13 +146,14 @@ class CalmStep:
         idx = mask[:, -1].bool().nonzero().squeeze(1)                     # rows still running; padding never runs
         h, sub = (h_all, ctx) if idx.numel() == B else (h_all[idx], ctx.select(idx))   # (b, W, C), their context
         exits = set(exit_layers(L, self.cfg.every))
+        open_ = torch.ones(idx.numel(), dtype=torch.bool, device=h.device)   # (b,) rows whose token is undecided
         for i in range(1, L + 1):
             if idx.numel() == 0:
                 break
             prev, h = h, m.layer(i - 1, h, sub)
             if i == L:
-                out[idx] = m.unembed(h[:, -1]).to(out.dtype)
-                for r in idx.tolist():
+                out[idx[open_]] = m.unembed(h[open_, -1]).to(out.dtype)
+                for r in idx[open_].tolist():
                     self.record.layers[r].append(L)
                 if recompute:
                     self.done[idx] = end                                  # every layer of these rows is filled
@@ -157,19 +161,23 @@ class CalmStep:
             if i not in exits or i < self.cfg.min_layer or lam == math.inf:
                 continue
             conf, logits = self._confidence(m, i, h[:, -1], prev[:, -1])
-            go = conf >= lam
+            go = (conf >= lam) & open_
             if not bool(go.any()):
                 continue
             g = go.nonzero().squeeze(1)
             out[idx[g]] = (logits[g] if logits is not None else m.unembed(h[g, -1])).to(out.dtype)
-            if not recompute:
-                h_exit, g_ctx = h[g], sub.select(g)
-                for j in range(i, L):                                      # state propagation
-                    m.fill_kv(j, h_exit, g_ctx)
             for r in idx[g].tolist():
                 self.record.layers[r].append(i)
+            if recompute:                   # decided rows ride along (their upper K/V come out exact, and
+                open_ = open_ & ~go         # a layer costs about the same for b rows as for fewer)
+                if not bool(open_.any()):
+                    break
+                continue
+            h_exit, g_ctx = h[g], sub.select(g)
+            for j in range(i, L):                                          # state propagation
+                m.fill_kv(j, h_exit, g_ctx)
             keep = (~go).nonzero().squeeze(1)
-            idx, h, sub = idx[keep], h[keep], sub.select(keep)
+            idx, h, sub, open_ = idx[keep], h[keep], sub.select(keep), open_[keep]
         m.commit(ctx)
         return out
 

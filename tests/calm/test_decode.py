@@ -195,3 +195,26 @@ def test_one_token_prompt_and_reused_step(calm_model):
     for _ in range(2):
         assert generate(calm_model, [[7]], max_new_tokens=N, pad_id=PAD, temperature=0, step=step) == plain
         assert step.record.layers == [[4] * N] and step.t == N
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_recomputed_kv_on_hugging_face_models_matches_slow_reference(family, prompts):
+    """The window-and-rewind path through the Hugging Face adapter (its own embeddings, positions
+    and per-layer K/V), one at a time and batched."""
+    transformers = pytest.importorskip("transformers")
+    from adaptive_lm.hf_causal import HFCausalLM
+    torch.manual_seed(0)
+    c = (transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                  tie_word_embeddings=False) if family == "llama" else
+         transformers.GPT2Config(vocab_size=40, n_embd=32, n_layer=4, n_head=4, n_positions=64, bos_token_id=0,
+                                 eos_token_id=0, tie_word_embeddings=False))
+    m = HFCausalLM(transformers.AutoModelForCausalLM.from_config(c).double().eval())
+    cfg = CalmConfig(measure="margin", threshold=_threshold_for_median_margin(m, prompts), tau=0.0, kv="recompute")
+    refs = [reference_recompute(m, p, cfg, N) for p in prompts]
+    for p, (toks, depths) in zip(prompts, refs):
+        out, layers = _calm(m, [p], cfg)
+        assert out[0] == toks and layers[0] == depths
+    assert sum(d < 4 for _, depths in refs for d in depths) >= 10         # exits did happen
+    batch, _ = _calm(m, prompts, cfg)
+    assert batch == [toks for toks, _ in refs]

@@ -107,7 +107,7 @@ class CalmStep:
         if cache is None or cache.length == 0:                            # the prompt: full depth, which
             self.t, self.record = 1, ExitRecord([[m.config.n_layer] for _ in range(B)])   # gives token 0
             self.ids, self.mask = ids, mask                               # (B, P) what the cache holds
-            self.done = torch.full((B,), T, dtype=torch.long)             # per row: first position missing layers
+            self.done = torch.full((B,), T, dtype=torch.long, device=ids.device)             # per row: first position missing layers
             return m(ids, attention_mask=mask, cache=cache).logits[:, -1]
         lam = threshold_at(self.cfg, self.t, self.n)
         self.t += 1

@@ -319,15 +319,16 @@ def _finetune_start(model: str, state_dir: Path, settings: dict, resume: bool):
     try:
         state = json.loads(meta.read_text())
         tensors = load_file(str(state_dir / f"{FINETUNE_STATE}.safetensors"))
-    except Exception as e:  # corrupt JSON or safetensors: one clear line
+        saved, step, groups = dict(state["settings"]), int(state["step"]), list(state["param_groups"])
+    except Exception as e:  # corrupt JSON or safetensors, missing fields: one clear line
         raise AdaptiveLMError(f"cannot resume from {state_dir}: corrupt state ({e.__class__.__name__})") from None
-    changed = sorted(k for k, v in settings.items() if k != "steps" and state["settings"].get(k) != v)
+    changed = sorted(k for k, v in settings.items() if saved.get(k) != v)     # --steps too: it shapes the schedule
     if changed:
-        was = ", ".join(f"{k}={state['settings'].get(k)}" for k in changed)
+        was = ", ".join(f"{k}={saved.get(k)}" for k in changed)
         raise UsageError(f"--resume with other settings than the interrupted run: {', '.join(changed)} (it used {was})")
     m, tok = load_causal_lm(f"hf:{state_dir}")
-    print(f"resuming {state_dir} at step {state['step']}", file=sys.stderr)
-    return m, tok, int(state["step"]), (tensors, state["param_groups"])
+    print(f"resuming {state_dir} at step {step}", file=sys.stderr)
+    return m, tok, step, (tensors, groups)
 
 
 def _save_finetune_state(m, tok, opt, state_dir: Path, settings: dict, step: int) -> None:

@@ -110,6 +110,14 @@ def test_calm_finetune_stopped_and_resumed_equals_one_run(hf_folder, tmp_path):
     assert_one_line_error(rc, se, 2, "--resume")
     rc, so, se = run("calm-finetune", model, "--out", str(part), *common[:-4], "--lr", "2e-3", *common[-2:], "--resume")
     assert_one_line_error(rc, se, 2, "lr")
+    rc, so, se = run("calm-finetune", model, "--out", str(part), "--resume", "--steps", "5", *common[2:])
+    assert_one_line_error(rc, se, 2, "steps")                              # the schedule depends on --steps
+    state = tmp_path / "two.resume" / "calm_finetune_state.json"
+    kept = state.read_text()
+    state.write_text("{}")
+    rc, so, se = run("calm-finetune", model, "--out", str(part), "--resume", *common)
+    assert_one_line_error(rc, se, 1, "corrupt")
+    state.write_text(kept)
     rc, so, se = run("calm-finetune", model, "--out", str(part), "--resume", *common)
     assert rc == 0, se
     assert "resuming" in se and not (tmp_path / "two.resume").exists()

@@ -13,9 +13,7 @@ K/V instead degrades quality). λ ≥ 1 never exits: the plain model.
 ``kv="recompute"`` (the alternative the brief names, as in FREE / EE-LLM) leaves the skipped layers
 empty instead and fills them with their true values later: each step re-runs, together with the
 new token, every earlier token whose upper layers are still missing (a window of the last W
-positions, the cache rewound to its start), through as many layers as the new token needs. In a
-batch, a row whose token is decided rides along until every row's is (its upper layers then come
-out exact too, and a small model's layer costs about the same for all rows as for a subset). The
+positions, the cache rewound to its start), through as many layers as the new token needs. The
 cache then holds the full model's K/V at every layer a later token reads, so an early exit can only
 change its own token, never a later one through a perturbed cache. It costs more arithmetic (the
 window, W ≥ 1 rows per layer) but not more layer invocations, which is what a small model's decode
@@ -23,8 +21,9 @@ step is bound by.
 
 Sequences of a batch exit at their own depths within the same step: each emits its token from its
 own exit layer. With state propagation each layer runs only on the sequences still active
-(``StepContext.select``); with recompute the decided rows ride along (above), and the step ends
-when every row's token is decided.
+(``StepContext.select``). With recompute a decided row rides along until every row's token is
+decided (its upper K/V then come out exact too, and a small model's layer costs about the same for
+all rows as for a subset).
 
 Measures: ``margin`` (softmax top-1 − top-2, the paper's default), ``top1``, ``state`` (cosine
 between h_i and h_{i−1}, per example), ``classifier`` (the trained exit classifier), and

@@ -1,7 +1,8 @@
-"""`adaptive-lm` CALM commands (calibrate, calm-classifier) and the CALM options of `generate`."""
+"""`adaptive-lm` CALM commands (calibrate, calm-classifier, calm-finetune) and the CALM options of `generate`."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -293,7 +294,6 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
         save_hf_causal(m, tok, out, extra=info)
     except (ValueError, OSError) as e:
         raise AdaptiveLMError(f"cannot write {out}: {str(e).splitlines()[0]}") from None
-    import shutil
     shutil.rmtree(state_dir, ignore_errors=True)
     print(json.dumps({"written": out, "exit_layers": layers, "ce_top": hist[-1]["ce_top"] if hist else None}))
     return 0

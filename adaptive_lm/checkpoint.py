@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError
 from .model import ModelConfig, TransformerLM
 from .tokenizer import TokenizerError, load_tokenizer
 from .io import atomic_folder, read_json, recover_folder
@@ -133,6 +133,16 @@ def _is_alias(model, key, sd) -> bool:
     """A tied weight stored under its first name (e.g. head.weight tied to tok_emb.weight)."""
     t = model.state_dict()[key]
     return any(t.data_ptr() == model.state_dict()[k].data_ptr() for k in sd if k in model.state_dict())
+
+
+def load_lm(path_or_name, *, device="cpu"):
+    """``from_pretrained`` for commands that need a language model of the backbone (causal or
+    masked diffusion): a VMD, an EEM or another architecture is one clear error."""
+    model, tok = from_pretrained(path_or_name, device=device)
+    if not isinstance(getattr(model.config, "causal", None), bool):
+        arch = read_config(resolve(path_or_name)).get("architecture", type(model).__name__)
+        raise UsageError(f"{path_or_name} ({arch}) is not a causal or masked diffusion LM")
+    return model, tok
 
 
 def from_pretrained(path_or_name, *, device="cpu", with_tokenizer: bool = True):

@@ -199,10 +199,10 @@ def load_hf_causal(spec: str, *, dtype=torch.float32):
 def load_causal_lm(spec: str):
     """Any causal LM the CLI and benches accept: our checkpoints (folder or builtin:NAME) or a
     Hugging Face spec (is_hf_spec). Returns (model, tokenizer); errors are CheckpointError."""
-    from .checkpoint import from_pretrained
+    from .checkpoint import load_lm
     from .errors import CheckpointError
     if not is_hf_spec(spec):
-        return from_pretrained(spec)
+        return load_lm(spec)
     try:
         return load_hf_causal(spec)
     except ValueError as e:

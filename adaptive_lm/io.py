@@ -20,8 +20,54 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def check_output(path, *, force: bool = False, inputs=(), flag: str = "-o") -> Path:
+    """Refuse, before any work, an output file that cannot or must not be written: its folder is
+    missing or not a folder, it is a folder, it is one of ``inputs``, or it exists and not
+    ``force`` (pass ``force=True`` for commands that overwrite by design). Returns it as a Path."""
+    from .errors import UsageError
     path = Path(path)
+    parent = path.resolve().parent
+    if not parent.exists():
+        raise UsageError(f"{flag} {path}: no such folder {parent}")
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is not a folder")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: give a file name")
+    if any(path.resolve() == Path(i).resolve() for i in inputs):
+        raise UsageError(f"{flag} {path}: the output would overwrite the input")
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists: pass --force to overwrite it, or choose another {flag}")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {parent} is not writable")
+    return path
+
+
+def check_output_folder(path, *, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that is an existing file or whose parent is not a folder."""
+    from .errors import UsageError
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file: give a folder")
+    for up in path.resolve().parents:
+        if up.exists():
+            if not up.is_dir():
+                raise UsageError(f"{flag} {path}: {up} is not a folder")
+            break
+    return path
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; an OS failure (unwritable place, a folder in the way)
+    is one error line (AdaptiveLMError), with nothing left behind."""
+    from .errors import AdaptiveLMError
+    path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except OSError as e:
+        raise AdaptiveLMError(f"cannot write {path} ({e.strerror or e})") from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -80,6 +126,8 @@ def read_json(path, error: type, *, missing: str = "no such file", bad: str = "i
     """The JSON in a file, or ``error`` (an exception class) with one clear line: missing file, or
     not JSON (the parser's reason appended)."""
     p = Path(path)
+    if p.is_dir():
+        raise error(f"{p} is a folder, not a file")
     if not p.is_file():
         raise error(f"{p}: {missing}")
     try:

@@ -54,7 +54,7 @@ def test_second_train_into_an_existing_run_is_refused(tmp_path, corpus):
 @pytest.mark.parametrize("args,code,word", [
     (["train", "no-such-recipe"], 2, "unknown recipe"),
     (["train", "tiny-test", "model.nope=3"], 2, "unknown key"),
-    (["train", "tiny-test", "train.steps=abc"], 2, "expected a int"),
+    (["train", "tiny-test", "train.steps=abc"], 2, "expected an integer"),
     (["train", "tiny-test", "model.n_head=0"], 2, "n_head must be positive"),
     (["train", "tiny-test", "train.log_every=0"], 2, "log_every"),
     (["train", "tiny-test", "data.seq_len=100"], 2, "exceeds model.max_seq_len"),

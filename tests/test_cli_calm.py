@@ -113,10 +113,11 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
     assert {(r["measure"], r["kv"]) for r in res["rows"]} == {(m, k) for m in ("margin", "state")
                                                               for k in ("propagate", "recompute")}
     for r in res["rows"]:
-        assert set(r) == {"model", "delta", "measure", "kv", "threshold", "avg_layers", "oracle_layers", "consistency",
-                          "speedup_b1", "speedup_b8"}
+        assert set(r) == {"model", "delta", "measure", "kv", "threshold", "avg_layers", "oracle_layers", "risk",
+                          "consistency", "speedup_b1", "speedup_b8"}
         assert 1 <= r["oracle_layers"] <= 4 and 1 <= r["avg_layers"] <= 4
         assert 0 <= r["consistency"] <= 1 and r["speedup_b1"] > 0 and r["speedup_b8"] > 0
+        assert abs(r["risk"] + r["consistency"] - 1) < 1e-9                # risk: what Learn-then-Test bounds by δ
         if r["threshold"] == 1.0:                                      # nothing certified: the full model
             assert r["avg_layers"] == 4 and r["consistency"] == 1
     rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "n_cal=0")

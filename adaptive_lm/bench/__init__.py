@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..errors import UsageError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, check_output
 from ..recipes import coerce
 
 BENCHES: dict[str, tuple[Callable, type]] = {}   # name -> (function, options dataclass)
@@ -67,6 +67,41 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def number_list(name: str, text: str, *, typ: type = int, lo=None, hi=None, open_interval: bool = False) -> list:
+    """A bench option of comma-separated numbers, each in [lo, hi] ((lo, hi) if ``open_interval``;
+    None = unbounded), or one UsageError naming the option."""
+    try:
+        vals = [typ(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{name}={text}: expected comma-separated {'integers' if typ is int else 'numbers'}") from None
+
+    def ok(v):
+        above = lo is None or (v > lo if open_interval else v >= lo)
+        below = hi is None or (v < hi if open_interval else v <= hi)
+        return above and below
+    if not vals or not all(ok(v) for v in vals):
+        lb, rb = "()" if open_interval else "[]"
+        span = f"in {lb}{lo}, {hi}{rb}" if lo is not None and hi is not None else \
+            (f"{'>' if open_interval else '>='} {lo}" if lo is not None else f"{'<' if open_interval else '<='} {hi}")
+        raise UsageError(f"{name}={text}: give one or more values, each {span}")
+    return vals
+
+
+def name_list(name: str, text: str, allowed) -> list[str]:
+    """A bench option of comma-separated names from ``allowed``, or one UsageError."""
+    vals = [x.strip() for x in text.split(",") if x.strip()]
+    if not vals or any(v not in allowed for v in vals):
+        raise UsageError(f"{name}={text}: use a comma-separated subset of {', '.join(allowed)}")
+    return vals
+
+
+def at_least(lo, **values) -> None:
+    """One UsageError naming every option below ``lo``."""
+    low = [k for k, v in values.items() if v < lo]
+    if low:
+        raise UsageError(f"{', '.join(low)} must be >= {lo}")
+
+
 def parse_options(options_cls: type, items: list[str]):
     known = {f.name: f for f in dataclasses.fields(options_cls)}
     kw = {}
@@ -90,8 +125,8 @@ def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = 
         return 0
     if name not in BENCHES:
         raise UsageError(f"unknown bench {name!r}; available: {', '.join(sorted(BENCHES))}")
-    if json_path and not Path(json_path).resolve().parent.is_dir():
-        raise UsageError(f"--json {json_path}: folder {Path(json_path).parent} does not exist")
+    if json_path:
+        check_output(json_path, force=True, flag="--json")               # a bench result is replaced by design
     fn, opt_cls = BENCHES[name]
     opts = parse_options(opt_cls, list(options))
     torch.manual_seed(seed)

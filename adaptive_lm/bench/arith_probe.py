@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checkpoint import from_pretrained
+from ..checkpoint import load_lm
 from ..errors import UsageError
 from ..tasks.arith import make_split
 from ..tasks.metrics import wilson_interval
@@ -102,7 +102,7 @@ def bench_arith_probe(seed: int, o: ArithProbeOptions) -> dict:
     """Teacher-forced probes of a masked diffusion LM on held-out arithmetic (digits, stop, length)."""
     if o.n < 1 or o.tail < 1 or o.guess_canvas < 1:
         raise UsageError("n, tail and guess_canvas must be >= 1")
-    model, tok = from_pretrained(o.model)
+    model, tok = load_lm(o.model)
     if model.config.causal:
         raise UsageError(f"{o.model} is a causal LM; the probes read a masked diffusion model")
     model.eval()

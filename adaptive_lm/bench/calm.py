@@ -5,8 +5,8 @@ propagation, and recomputing them exactly on the next step) and each δ (at one 
 calibration prompts (the corpus' valid split); then, on test prompts (the test split, never used
 in calibration), the early-exit decode is compared with the full model: average layers per token,
 the oracle's (exit at the first layer whose argmax equals the top layer's — the floor), the
-consistency achieved (1 − the mean dissimilarity to the full model's output: token mismatch rate
-or 1 − ROUGE-L), and the wall-clock decode speed of CALM over the same model at full depth with
+risk achieved (the mean dissimilarity to the full model's output: token mismatch rate or
+1 − ROUGE-L — the quantity certified ≤ δ) and the consistency (1 − risk), and the wall-clock decode speed of CALM over the same model at full depth with
 its KV cache, greedy, at batch 1 and batch 8 (median of 3 interleaved timings after a warm-up;
 the prompt pass is included on both sides; for a Hugging Face model both sides run through our
 adapter). avg_layers counts every generated token, the first one (from the full-depth prompt
@@ -27,7 +27,7 @@ from ..data import read_text
 from ..errors import UsageError
 from ..hf_causal import is_hf_spec, load_causal_lm, pad_id_of
 from ..lm import full_depth_step, generate
-from . import register
+from . import name_list, number_list, register
 
 
 @dataclass
@@ -47,16 +47,6 @@ class CalmBenchOptions:
     corpus: str = ""                     # default: the corpus the checkpoint was trained on (pydocs for HF models)
     hf_classifier: str = ""              # a folder with the exit classifier of the Hugging Face model(s) (`calm-classifier smollm2 --out DIR`)
     data_dir: str = ""                   # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
-
-
-def _floats(name: str, s: str) -> list[float]:
-    try:
-        vals = [float(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"{name}={s!r}: expected comma-separated numbers") from None
-    if not vals or not all(0 < v < 1 for v in vals):
-        raise UsageError(f"{name}: every value must be in (0, 1)")
-    return vals
 
 
 def timed_decode(model, prompts, step_factory, *, batch_size: int, max_new_tokens: int, pad_id: int) -> float:
@@ -83,7 +73,7 @@ def speedup(model, prompts, calm_factory, *, batch_size: int, repeats: int = 3, 
 @register("calm", CalmBenchOptions)
 def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     """CALM thresholds certified by Learn-then-Test, and their layers, consistency and speed-up."""
-    deltas = _floats("deltas", o.deltas)
+    deltas = number_list("deltas", o.deltas, typ=float, lo=0, hi=1, open_interval=True)
     if not 0 < o.epsilon < 1:
         raise UsageError("epsilon must be in (0, 1)")
     if o.distance not in DISTANCES:
@@ -92,9 +82,7 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     bad = [x for x in measures if x not in MEASURES or x == "oracle"]
     if bad or not measures:
         raise UsageError(f"measures: unknown {bad}; use margin, top1, state, classifier")
-    kvs = [x.strip() for x in o.kvs.split(",") if x.strip()]
-    if not kvs or any(x not in KV_MODES for x in kvs):
-        raise UsageError(f"kvs: use a comma-separated subset of {', '.join(KV_MODES)}")
+    kvs = name_list("kvs", o.kvs, KV_MODES)
     names = [x.strip() for x in o.models.split(",") if x.strip()]
     if not names:
         raise UsageError("models: give at least one model")
@@ -166,7 +154,8 @@ def _measure_rows(model, name, o, prompts, deltas, measure, kv, *, every, clf, p
         early, rec = calm_generate(model, test, cfg, **kw)
         row = {"model": name, "delta": delta, "measure": measure, "kv": kv, "threshold": lam,
                "avg_layers": round(rec.mean_layers(), 3), "oracle_layers": round(oracle.mean_layers(), 3),
-               "consistency": round(1 - sum(dist(e, f) for e, f in zip(early, full_test)) / len(test), 4)}
+               "risk": round(sum(dist(e, f) for e, f in zip(early, full_test)) / len(test), 4)}
+        row["consistency"] = round(1 - row["risk"], 4)
         if lam < 1.0:
             mk = lambda: CalmStep(cfg, o.max_new_tokens, clf)
             row["speedup_b1"] = round(speedup(model, timed, mk, batch_size=1, **tps), 3)

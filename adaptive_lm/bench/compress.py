@@ -69,6 +69,8 @@ def _timed(fn, *args):
 @register("compress", CompressBenchOptions)
 def bench_compress(seed: int, o: CompressBenchOptions) -> dict:
     """The LM compressor vs gzip/bz2/xz/zstd/brotli: bits per byte, KB/s both ways, round trip."""
+    if o.max_bytes < 0:
+        raise UsageError(f"max_bytes must be >= 0 (0 = all), not {o.max_bytes}")
     path = Path(o.input) if o.input else corpus_path("pydocs", "test", o.data_dir or None)[0]
     if not path.is_file():
         raise UsageError(f"input={path}: no such file")

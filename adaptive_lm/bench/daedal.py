@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import from_pretrained, read_config, resolve
+from ..checkpoint import load_lm, read_config, resolve
 from ..diffusion.daedal import Daedal
 from ..diffusion.sampler import FixedLength, SpecialIds, Threshold, denoise, model_logits_fn
 from ..errors import UsageError
@@ -99,7 +99,7 @@ def split_counts(keys: list, solved: list[bool], top: Optional[int] = None) -> d
 def ar_row(spec: str, problems, batch_size: int, device: str) -> dict:
     """The reference row: a causal LM answering the same problems greedily (one token per NFE)."""
     from ..recipes.mdlm import ar_answers
-    m, tok = from_pretrained(spec)
+    m, tok = load_lm(spec)
     if not m.config.causal:
         raise UsageError(f"ar_model={spec} is not a causal LM")
     m.to(device)
@@ -139,9 +139,13 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
         raise UsageError("n and batch_size must be >= 1")
     lengths, inits = _ints("lengths", o.lengths), _ints("init_lengths", o.init_lengths)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if o.device == "auto" else o.device
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"device={o.device}: use cpu, cuda, cuda:N or auto") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("device=cuda but no CUDA device is available")
-    model, tok = from_pretrained(o.model)
+    model, tok = load_lm(o.model)
     model.to(device)
     if model.config.causal:
         raise UsageError(f"{o.model} is a causal LM; DAEDAL needs a masked diffusion model")

@@ -21,9 +21,10 @@ from ..recipes import get_recipe
 from ..recipes.eem import EEMSpec, build_eem
 from ..recipes.lm import build_lm, lm_data
 from ..train import train
-from ..entropy.eem import FORMATS, evaluate_eem
+from ..entropy.eem import FORMATS, INJECTIONS, evaluate_eem
+from ..model import MIXERS
 from ..lm import evaluate_lm
-from . import register
+from . import at_least, name_list, register
 
 
 @dataclass
@@ -75,11 +76,15 @@ def _train(recipe, data, label: str):
 @register("eem", EEMBenchOptions)
 def bench_eem(seed: int, o: EEMBenchOptions) -> dict:
     """EEM vs a same-size causal LM: held-out CE, charged CE, bits per byte; the quantisation table."""
-    injections = [s.strip() for s in o.injections.split(",") if s.strip()]
-    formats = [s.strip() for s in o.formats.split(",") if s.strip()]
-    unknown = [f for f in formats + [o.eval_format] if f not in FORMATS]
-    if unknown or not injections:
-        raise UsageError(f"formats must be among {', '.join(FORMATS)} and injections non-empty")
+    injections = name_list("injections", o.injections, INJECTIONS)
+    formats = name_list("formats", o.formats, FORMATS)
+    name_list("eval_format", o.eval_format, FORMATS)
+    if o.mixer not in MIXERS:
+        raise UsageError(f"mixer must be one of {', '.join(MIXERS)}, not {o.mixer!r}")
+    at_least(1, compression=o.compression, d_model=o.d_model, steps=o.steps, batch_size=o.batch_size, seq_len=o.seq_len,
+             enc_layers=o.enc_layers, dec_layers=o.dec_layers, baseline_layers=o.baseline_layers)
+    if o.d_model % o.compression:
+        raise UsageError(f"compression={o.compression} must divide d_model={o.d_model}")
     base = _recipe("eem-baseline-pydocs", o, seed)
     data = lm_data(base.data, o.data_dir or None)
     rows = []

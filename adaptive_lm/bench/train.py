@@ -19,7 +19,7 @@ from ..lm import lm_objective
 from ..model import ModelConfig, TransformerLM
 from ..train import TrainConfig, cpu_has_fast_bf16, make_optimizer, optimizer_step
 from ..errors import UsageError
-from . import register
+from . import at_least, register
 
 
 @dataclass
@@ -54,10 +54,15 @@ def bench_train(seed: int, o: TrainBenchOptions) -> dict:
     """Training tokens/s and MFU of a small transformer against the measured matmul peak."""
     if o.steps < 1 or o.warmup < 0 or o.batch_size < 1 or o.seq_len < 1:
         raise UsageError("steps, batch_size and seq_len must be >= 1 and warmup >= 0")
+    at_least(1, vocab_size=o.vocab_size, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model, peak_size=o.peak_size)
+    at_least(0, threads=o.threads)
+    try:
+        cfg = ModelConfig(vocab_size=o.vocab_size, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model,
+                          max_seq_len=o.seq_len)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if o.threads:
         torch.set_num_threads(o.threads)
-    cfg = ModelConfig(vocab_size=o.vocab_size, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model,
-                      max_seq_len=o.seq_len)
     g = torch.Generator().manual_seed(seed)
     rows = []
     precs = [p.strip() for p in o.precisions.split(",") if p.strip()]

@@ -24,11 +24,12 @@ from ..checkpoint import from_pretrained
 from ..errors import UsageError
 from ..recipes import apply_overrides, get_recipe
 from ..recipes.vmd import toy_metrics
+from ..vmd.sample import POLICIES
 from ..vmd.sudoku import sudoku_accuracy
 from ..tasks import sudoku as S
 from ..tasks import toys
 from ..train import train
-from . import register
+from . import at_least, name_list, number_list, register
 
 # the brief's table: (dataset, blocks) -> NFE settings; the 2-token sets at one and two steps
 TOY_SETTINGS = {("pair", 1): (1, 2), ("pair-skewed", 1): (1, 2),
@@ -63,7 +64,8 @@ def bench_vmd_toy(seed: int, o: VMDToyOptions) -> dict:
     datasets = [d.strip() for d in o.datasets.split(",") if d.strip()]
     for d in datasets:
         toys.support(d)                                   # clear error for an unknown name
-    blocks = [int(b) for b in o.blocks.split(",") if b.strip()]
+    blocks = number_list("blocks", o.blocks, lo=1)
+    at_least(1, samples=o.samples, steps=o.steps)
     rows = []
     for d in datasets:
         L = toys.length(d)
@@ -102,17 +104,22 @@ class VMDSudokuOptions:
 @register("vmd-sudoku", VMDSudokuOptions)
 def bench_vmd_sudoku(seed: int, o: VMDSudokuOptions) -> dict:
     """Whole-grid Sudoku accuracy and rule violations: MDM vs VMD x policy x NFE."""
+    policies = name_list("policies", o.policies, POLICIES)
+    nfes = number_list("nfes", o.nfes, lo=1)
+    nets = {label: from_pretrained(path) for label, path in (("MDM", o.mdm), ("VMD", o.vmd))}   # bad models fail first
+    for label, (net, _) in nets.items():
+        if getattr(net.config, "features", "") != "sudoku":
+            raise UsageError(f"{label.lower()}={getattr(o, label.lower())} is not a Sudoku model (vmd-sudoku / mdm-sudoku)")
+    if not o.puzzles and o.generator not in ("A", "B"):
+        raise UsageError(f"generator must be A or B, not {o.generator!r}")
     if o.puzzles:
         pairs, source = S.read_csv(o.puzzles), o.puzzles
     else:
         print(f"[bench] generating {o.n} generator-{o.generator} puzzles", file=sys.stderr)
         pairs = S.puzzles(o.n, split="test", seed=10_000 + seed, blanks=o.blanks, generator=o.generator, level=o.level)
         source = f"generator {o.generator}, {o.level}" + (" (test split)" if o.generator == "A" else "")
-    policies = [p.strip() for p in o.policies.split(",") if p.strip()]
-    nfes = [int(n) for n in o.nfes.split(",") if n.strip()]
     rows = []
-    for label, path in (("MDM", o.mdm), ("VMD", o.vmd)):
-        model, tok = from_pretrained(path)
+    for label, (model, tok) in nets.items():
         for pol in policies:
             for nfe in nfes:
                 g = torch.Generator().manual_seed(seed)
@@ -174,14 +181,17 @@ def bench_vmd_text(seed: int, o: VMDTextOptions) -> dict:
     from ..data import TokenStream
     from ..recipes.vmd import VMDSpec, text_windows, vmd_tokenizer
     from ..vmd.objective import elbo
+    at_least(2, seq_len=o.seq_len)
+    at_least(1, steps=o.steps, batch_size=o.batch_size, test_windows=o.test_windows, mc_samples=o.mc_samples)
+    at_least(0, latent_dim=o.latent_dim)
     spec = VMDSpec(task="text", corpus=o.corpus, seq_len=o.seq_len)
     dd = o.data_dir or None
     tok = vmd_tokenizer(spec, dd)
     from ..data import read_text
     train_text, test_text = read_text(o.corpus, "train", data_dir_flag=dd), read_text(o.corpus, "test", data_dir_flag=dd)
     test = text_windows(tok, test_text, o.seq_len, o.test_windows)
-    sizes = [int(b) for b in o.blocks.split(",") if b.strip()]
-    bad = [b for b in sizes if b < 0 or (b and o.seq_len % b)]
+    sizes = number_list("blocks", o.blocks, lo=0)
+    bad = [b for b in sizes if b and o.seq_len % b]
     if bad:
         raise UsageError(f"block sizes {bad} must divide seq_len {o.seq_len} (0 = no blocks)")
     rows = []

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..errors import UsageError
 from ..io import atomic_write_text
 from ..lm import generate
 from .calibrate import DISTANCES, fixed_sequence_test
@@ -103,6 +104,23 @@ def save_calm(path, result: dict) -> Path:
     path = Path(path)
     atomic_write_text(path, json.dumps({**result, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
     return path
+
+
+def check_calm(stored, source: str) -> dict:
+    """``stored`` if it has the shape of a calm.json (calibrate's output), else one clear UsageError."""
+    def bad(why):
+        return UsageError(f"{source}: not a calm.json ({why})")
+    if not isinstance(stored, dict):
+        raise bad(f"a JSON {type(stored).__name__}, not an object")
+    num = (int, float)
+    for key, ok in (("threshold", lambda v: isinstance(v, num) and 0 <= v <= 1), ("tau", lambda v: isinstance(v, num) and v >= 0),
+                    ("every", lambda v: isinstance(v, int) and v >= 1), ("horizon", lambda v: isinstance(v, int) and v >= 1),
+                    ("measure", lambda v: isinstance(v, str)), ("kv", lambda v: isinstance(v, str)),
+                    ("decay", lambda v: isinstance(v, str))):
+        v = stored.get(key)
+        if v is not None and (isinstance(v, bool) or not ok(v)):
+            raise bad(f"{key} = {v!r}")
+    return stored
 
 
 def config_from_calm(stored: dict, **overrides) -> CalmConfig:

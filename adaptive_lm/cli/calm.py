@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import AdaptiveLMError, UsageError
+from ..io import check_output, check_output_folder
 from .parser import command
 
 
@@ -15,7 +16,7 @@ def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str 
     in the model folder, then on the defaults. The stored threshold is used only for the measure
     and K/V policy it was certified with."""
     from ..calm.decode import KV_MODES, MEASURES
-    from ..calm.runtime import config_from_calm, load_calm, load_classifier, trained_exit_every
+    from ..calm.runtime import check_calm, config_from_calm, load_calm, load_classifier, trained_exit_every
     from ..checkpoint import resolve
     from ..hf_causal import is_hf_spec
     folder = None if is_hf_spec(model) else resolve(model)
@@ -26,6 +27,7 @@ def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str 
             raise UsageError(f"--calm {calm_file}: cannot read it ({e.__class__.__name__})") from None
     else:
         stored = load_calm(folder) if folder else {}
+    stored = check_calm(stored, f"--calm {calm_file}" if calm_file else f"{folder}/calm.json")
     trained_every = trained_exit_every(model)
     measure = measure or stored.get("measure") or "margin"
     if measure not in MEASURES or measure == "oracle":
@@ -116,8 +118,8 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         raise UsageError("--tau must be >= 0")
     if kv not in KV_MODES:
         raise UsageError(f"--kv must be one of {', '.join(KV_MODES)}, not {kv!r}")
-    if out and not Path(out).parent.is_dir():
-        raise UsageError(f"--out {out}: folder {Path(out).parent} does not exist")
+    if out:
+        check_output(out, force=True, flag="--out")                      # calm.json is replaced by design
     from ..hf_causal import is_hf_spec, load_causal_lm, pad_id_of
     hf = is_hf_spec(model)
     if (hf or model.startswith("builtin:")) and not out:
@@ -185,6 +187,8 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
     hf = is_hf_spec(model)
     if (hf or model.startswith("builtin:")) and not out:
         raise UsageError(f"{model} has no folder of ours to write into: pass --out FOLDER")
+    if out:
+        check_output_folder(out)
     folder = None if hf else resolve(model)
     m, tok = load_causal_lm(model)
     if not m.config.causal:
@@ -245,6 +249,7 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
                          "train our checkpoints with `adaptive-lm train calm-pydocs`")
     if not out:
         raise UsageError("--out FOLDER is required")
+    check_output_folder(out)
     if not Path(out).resolve().parent.is_dir():
         raise UsageError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")
     if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1 or lr <= 0 or save_every < 0 or stop_at < 0:

@@ -68,11 +68,11 @@ def entropy(file: str, model: str = "builtin:eem-pydocs", short_model: str = "",
     """
     from ..entropy.runtime import estimate_file
     from ..report import entropy_heatmap
-    from ..io import atomic_write_text
-    outs = [Path(output or file + ".entropy.json"), Path(html or file + ".entropy.html")]
-    for o in outs:
-        if o.exists() and not force:
-            raise UsageError(f"{o} exists: pass --force to overwrite it")
+    from ..io import atomic_write_text, check_output
+    outs = [check_output(output or file + ".entropy.json", force=force, inputs=[file], flag="-o"),
+            check_output(html or file + ".entropy.html", force=force, inputs=[file], flag="--html")]
+    if outs[0].resolve() == outs[1].resolve():
+        raise UsageError(f"-o and --html name the same file {outs[0]}: give two")
     res = estimate_file(file, model=model, short_model=short_model, window=window, progress=not quiet)
     atomic_write_text(outs[0], json.dumps(res, indent=1))
     atomic_write_text(outs[1], entropy_heatmap([t["text"] for t in res["tokens"]], [t["bits"] for t in res["tokens"]],

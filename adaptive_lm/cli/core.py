@@ -26,7 +26,8 @@ def train(recipe: str, overrides: list[str] = (), out: str = "", resume: bool = 
     from ..recipes import apply_overrides, get_recipe
     from ..train import train as run_train
     r = apply_overrides(get_recipe(recipe), list(overrides))
-    out_dir = Path(out or f"runs/{r.name}")
+    from ..io import check_output_folder
+    out_dir = check_output_folder(out or f"runs/{r.name}")
     if not resume and (out_dir / "checkpoint" / "trainer_state.json").exists():
         raise UsageError(f"{out_dir} already holds a training run: pass --resume to continue it, or choose another --out")
     info = D.setup()
@@ -59,16 +60,19 @@ def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 
         batch_size: windows per forward pass
         data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
     """
-    from ..checkpoint import from_pretrained, read_config, resolve
+    from ..checkpoint import load_lm, read_config, resolve
     from ..data import TokenStream, pack, read_text
     from ..lm import evaluate_lm
     if batch_size < 1 or max_windows < 0:
         raise UsageError("--batch-size must be >= 1 and --max-windows >= 0")
     meta = read_config(resolve(model)).get("meta", {})
-    m, tok = from_pretrained(model)
+    m, tok = load_lm(model)
     if not m.config.causal:
         if meta.get("task") != "arith":
             raise UsageError(f"{model} is a masked diffusion model without a known task; eval supports task=arith")
+        if corpus or data_dir or split != "test":
+            raise UsageError(f"{model} is scored on held-out arithmetic problems: --corpus, --data-dir and "
+                             "--split do not apply")
         from ..recipes.mdlm import eval_arith_nll
         res = eval_arith_nll(m, tok, n=max_windows or 64, batch_size=batch_size)
         print(json.dumps({"model": model, "task": "arith", "split": "test", **res}))
@@ -117,6 +121,8 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     import torch
     if max_new_tokens < 1 or num_samples < 1 or top_k < 0 or length < 0:
         raise UsageError("max_new_tokens and num_samples must be >= 1; top_k and length >= 0")
+    if temperature < 0 and temperature != -1.0:                     # -1: the method's default
+        raise UsageError(f"--temperature must be >= 0, not {temperature}")
     if not prompt and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     from ..hf_causal import load_causal_lm
@@ -199,7 +205,8 @@ def demo(seed: int = 0, out: str = "runs/demo") -> int:
         out: folder for the demo's outputs
     """
     from ..demo import run_demo
-    return run_demo(seed=seed, out=out)
+    from ..io import check_output_folder
+    return run_demo(seed=seed, out=str(check_output_folder(out)))
 
 
 @command
@@ -213,13 +220,9 @@ def report(files: list[str], output: str = "", title: str = "adaptive_lm benchma
         title: the page title
         force: overwrite an existing output
     """
-    from ..io import atomic_write_text
+    from ..io import atomic_write_text, check_output
     from ..report import bench_report, load_bench
-    out = Path(output or Path(files[0]).with_suffix(".html"))
-    if any(out.resolve() == Path(f).resolve() for f in files):
-        raise UsageError(f"the output {out} is one of the inputs")
-    if out.exists() and not force:
-        raise UsageError(f"{out} exists: pass --force to overwrite it")
+    out = check_output(output or Path(files[0]).with_suffix(".html"), force=force, inputs=files)
     benches = [(f, load_bench(f)) for f in files]
     atomic_write_text(out, bench_report(benches, title=title))
     print(f"{len(benches)} bench result(s) -> {out}")

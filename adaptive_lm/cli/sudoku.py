@@ -34,11 +34,10 @@ def sudoku(action: str, puzzle: str = "", model: str = "builtin:mdm-sudoku", nfe
     import torch
     from ..tasks import sudoku as S
     if action == "generate":
-        from ..io import atomic_write_text
+        from ..io import atomic_write_text, check_output
         if not output:
             raise UsageError("sudoku generate needs -o FILE.csv")
-        if Path(output).exists() and not force:
-            raise UsageError(f"{output} exists: pass --force to overwrite it")
+        check_output(output, force=force)
         if n < 1 or not 17 <= blanks <= 64:
             raise UsageError("generate needs --n >= 1 and 17 <= --blanks <= 64")
         pairs = S.puzzles(n, split="test", seed=seed, generator=generator, level=level, blanks=blanks)

@@ -397,7 +397,8 @@ def read_header(blob: bytes) -> tuple[dict, int]:
         ints = ("length", "tokens", "chunk", "batch", "precision")
         if not (checksum and all(isinstance(header.get(k), str) for k in ("model", "fingerprint"))
                 and all(isinstance(header.get(k), int) and header[k] >= 0 for k in ints)
-                and header["chunk"] >= 1 and header["batch"] >= 1 and pos <= len(blob) - 4):
+                and header["chunk"] >= 1 and header["batch"] >= 1 and pos <= len(blob) - 4
+                and header["tokens"] <= header["length"]):               # a byte-level token covers >= 1 byte
             raise ValueError
     except (ValueError, UnicodeDecodeError):
         raise CodecError("the file's header is unreadable") from None
@@ -421,6 +422,9 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
     model.eval()
     family = cs.stream.model.Categorical(perfect=False)
     end, segments, version, bos = len(blob) - 4, [], header["version"], _bos(tok)
+    n_batches = -(-(-(-header["tokens"] // header["chunk"])) // header["batch"])
+    if n_batches > end - pos:                                         # each batch's size takes >= 1 byte
+        raise CodecError("the file is truncated (payload ends early)")
     for _, lengths in _batches(header["tokens"], header["chunk"], header["batch"]):
         if version == 1:
             if pos + 4 > end:

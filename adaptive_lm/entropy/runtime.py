@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from ..errors import AdaptiveLMError, CheckpointError, UsageError
-from ..io import atomic_write_bytes
-from .codec import CodecConfig, compress, decompress, read_header
+from ..io import atomic_write_bytes, check_output
+from .codec import CodecConfig, CodecError, compress, decompress, fingerprint, read_header
 
 DEFAULT_MODEL = "builtin:compress-pydocs-fast"
 SUFFIX = ".almz"
@@ -66,6 +66,8 @@ class Meter:
 
 def _read_input(path: str) -> bytes:
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{path} is a folder, not a file")
     if not p.is_file():
         raise UsageError(f"{path}: no such file")
     try:
@@ -74,21 +76,12 @@ def _read_input(path: str) -> bytes:
         raise AdaptiveLMError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def _check_output(out: Path, force: bool, src: str) -> None:
-    if out.resolve() == Path(src).resolve():
-        raise UsageError(f"{out}: the output would overwrite the input")
-    if out.exists() and not force:
-        raise UsageError(f"{out} exists: pass --force to overwrite it, or choose another -o")
-    if not out.parent.is_dir():
-        raise UsageError(f"{out.parent}: no such folder")
-
-
 def compress_file(src: str, out: str = "", *, model: str = "", cfg: CodecConfig = CodecConfig(),
                   force: bool = False, progress: bool = True) -> dict:
     """Compress ``src`` into ``out`` (default SRC.almz). Returns sizes, bits per byte and speed."""
     data = _read_input(src)
     dst = Path(out or src + SUFFIX)
-    _check_output(dst, force, src)
+    check_output(dst, force=force, inputs=[src])
     spec = model or DEFAULT_MODEL
     m, tok, seq_len = load_codec_model(spec)
     tune_allocator()
@@ -110,8 +103,11 @@ def decompress_file(src: str, out: str = "", *, model: str = "", workers: int = 
     blob = _read_input(src)
     header, _ = read_header(blob)
     dst = Path(out or (src[:-len(SUFFIX)] if src.endswith(SUFFIX) else src + ".out"))
-    _check_output(dst, force, src)
+    check_output(dst, force=force, inputs=[src])
     m, tok, _ = load_codec_model(model or header["model"])
+    if not model and fingerprint(m, tok) != header["fingerprint"]:
+        raise CodecError(f"this file was compressed with {header['model']} (fingerprint {header['fingerprint']}), "
+                         "whose weights here are not the same: pass --model with the exact model it was made with")
     tune_allocator()
     t0 = time.time()
     data = decompress(blob, m, tok, workers=workers, progress=Meter("decompress", header["length"], progress))

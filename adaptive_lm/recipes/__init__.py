@@ -77,7 +77,8 @@ def coerce(value: str, typ, key: str):
             return int(float(value)) if "e" in value.lower() and float(value).is_integer() else int(value)
         return typ(value)
     except ValueError:
-        raise UsageError(f"{key}={value}: expected a {typ.__name__}") from None
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(typ.__name__, typ.__name__)
+        raise UsageError(f"{key}={value}: expected {kind}") from None
 
 
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:

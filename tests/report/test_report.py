@@ -136,7 +136,7 @@ def test_report_cli_writes_and_never_overwrites(tmp_path, capsys):
     before = out.stat().st_mtime_ns
     assert main(["report", str(src)]) == 2 and "--force" in capsys.readouterr().err
     assert out.stat().st_mtime_ns == before
-    assert main(["report", str(src), "-o", str(src)]) == 2 and "one of the inputs" in capsys.readouterr().err
+    assert main(["report", str(src), "-o", str(src)]) == 2 and "would overwrite the input" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nope.json"), "-o", str(tmp_path / "n.html")]) == 2
     assert not (tmp_path / "n.html").exists()
     assert main(["report", str(src), "--force"]) == 0

@@ -1,0 +1,114 @@
+"""Bad input across the command line, run in process (no torch import per case): one error line,
+exit code 2 (usage) or 1, no traceback, and nothing the user had is overwritten or half-written.
+Each case fails before any real work, so the whole file takes seconds."""
+import json
+
+import pytest
+
+from adaptive_lm.cli import main
+
+
+def _run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.err
+
+
+def _one_line(rc, err, code, *words):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert rc == code, err
+    assert len(lines) == 1 and lines[0].startswith("adaptive-lm: error:"), err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    """A working folder with a text file, a folder, and a file where a folder is expected."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.txt").write_text("x = 1\n")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir" / "keep").write_text("keep")
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv,code,words", [
+    # a model of another family where a causal / masked-diffusion LM is needed
+    (["eval", "builtin:mdm-sudoku"], 2, ["(VMD)", "not a causal or masked diffusion LM"]),
+    (["generate", "builtin:eem-pydocs", "--prompt", "x"], 2, ["(EEM)"]),
+    (["calibrate", "builtin:vmd-toy", "--out", "c.json"], 2, ["(VMD)"]),
+    (["bench", "daedal", "model=builtin:mdm-sudoku"], 2, ["(VMD)"]),
+    # options that were ignored or silently replaced
+    (["eval", "builtin:mdlm-arith", "--split", "train"], 2, ["do not apply"]),
+    (["generate", "builtin:shakespeare-char", "--temperature", "-2"], 2, ["--temperature"]),
+    # bench options checked before any work
+    (["bench", "train", "n_layer=-1"], 2, ["n_layer must be >= 1"]),
+    (["bench", "train", "n_head=3", "d_model=16"], 2, ["divisible"]),
+    (["bench", "train", "threads=-1"], 2, ["threads"]),
+    (["bench", "daedal", "device=tpu"], 2, ["device=tpu"]),
+    (["bench", "eem", "mixer=bogus"], 2, ["mixer"]),
+    (["bench", "eem", "compression=0"], 2, ["compression"]),
+    (["bench", "eem", "injections=bogus"], 2, ["injections=bogus"]),
+    (["bench", "vmd-toy", "blocks=0"], 2, ["blocks=0"]),
+    (["bench", "vmd-toy", "samples=0"], 2, ["samples"]),
+    (["bench", "vmd-sudoku", "policies=bogus"], 2, ["policies=bogus"]),
+    (["bench", "vmd-sudoku", "nfes=0"], 2, ["nfes=0"]),
+    (["bench", "vmd-sudoku", "generator=C"], 2, ["generator"]),
+    (["bench", "vmd-sudoku", "mdm=builtin:shakespeare-char"], 2, ["not a Sudoku model"]),
+    (["bench", "vmd-text", "blocks=abc"], 2, ["expected comma-separated integers"]),
+    (["bench", "vmd-text", "seq_len=0"], 2, ["seq_len"]),
+    (["bench", "compress", "max_bytes=-1"], 2, ["max_bytes"]),
+    (["bench", "calm", "deltas=0.1,1.5"], 2, ["deltas", "(0, 1)"]),
+    # outputs that cannot be written: refused up front
+    (["entropy", "in.txt", "-o", "nodir/x.json"], 2, ["no such folder"]),
+    (["entropy", "in.txt", "-o", "same.x", "--html", "same.x"], 2, ["same file"]),
+    (["report", "in.txt", "-o", "adir", "--force"], 2, ["is a folder"]),
+    (["report", "adir"], 2, ["is a folder, not a file"]),
+    (["sudoku", "generate", "-o", "adir", "--n", "1", "--force"], 2, ["is a folder"]),
+    (["sudoku", "generate", "-o", "nodir/g.csv", "--n", "1"], 2, ["no such folder"]),
+    (["compress", "in.txt", "-o", "adir", "--force"], 2, ["is a folder"]),
+    (["compress", "in.txt", "-o", "in.txt/x.almz"], 2, ["is not a folder"]),
+    (["compress", "adir"], 2, ["is a folder, not a file"]),
+    (["bench", "train", "--json", "adir"], 2, ["is a folder"]),
+    (["bench", "train", "--json", "in.txt/b.json"], 2, ["is not a folder"]),
+    (["calibrate", "builtin:calm-pydocs", "--out", "adir"], 2, ["is a folder"]),
+    (["train", "tiny-test", "--out", "in.txt"], 2, ["is a file"]),
+    (["calm-classifier", "builtin:calm-pydocs", "--out", "in.txt", "--steps", "1"], 2, ["is a file"]),
+    (["demo", "--out", "in.txt"], 2, ["is a file"]),
+])
+def test_bad_input_is_one_line_before_any_work(here, capsys, argv, code, words):
+    before = {p: p.read_bytes() for p in here.rglob("*") if p.is_file()}
+    rc, err = _run(capsys, *argv)
+    _one_line(rc, err, code, *words)
+    after = {p: p.read_bytes() for p in here.rglob("*") if p.is_file()}
+    assert after == before                                  # nothing written, nothing changed
+
+
+def test_entropy_never_overwrites_its_input_nor_leaves_half_its_outputs(here, capsys):
+    rc, err = _run(capsys, "entropy", "in.txt", "--html", "in.txt", "--force")
+    _one_line(rc, err, 2, "overwrite the input")
+    assert (here / "in.txt").read_text() == "x = 1\n"
+    rc, err = _run(capsys, "entropy", "in.txt", "-o", "part.json", "--html", "nodir/x.html")
+    _one_line(rc, err, 2, "--html", "no such folder")
+    assert not (here / "part.json").exists()
+
+
+@pytest.mark.parametrize("stored,word", [([1, 2], "a JSON list"), ({"threshold": "abc"}, "threshold"),
+                                         ({"threshold": 0.5, "every": 0}, "every"), ({"kv": 3}, "kv")])
+def test_a_malformed_calm_json_is_one_line(here, capsys, stored, word):
+    (here / "bad.json").write_text(json.dumps(stored))
+    rc, err = _run(capsys, "generate", "builtin:calm-pydocs", "--method", "calm", "--calm", "bad.json",
+                   "--prompt", "The ", "--max-new-tokens", "2")
+    _one_line(rc, err, 2, "not a calm.json", word)
+
+
+def test_an_unwritable_output_is_one_line_and_leaves_nothing(tmp_path):
+    """An OS failure during the write itself (here: the target turned into a folder after the
+    checks) is one AdaptiveLMError naming the file; the temp file is gone."""
+    from adaptive_lm.errors import AdaptiveLMError
+    from adaptive_lm.io import atomic_write_text
+    target = tmp_path / "out.json"
+    target.mkdir()
+    with pytest.raises(AdaptiveLMError, match="cannot write"):
+        atomic_write_text(target, "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

@@ -138,11 +138,10 @@ def _is_alias(model, key, sd) -> bool:
 def load_lm(path_or_name, *, device="cpu"):
     """``from_pretrained`` for commands that need a language model of the backbone (causal or
     masked diffusion): a VMD, an EEM or another architecture is one clear error."""
-    model, tok = from_pretrained(path_or_name, device=device)
-    if not isinstance(getattr(model.config, "causal", None), bool):
-        arch = read_config(resolve(path_or_name)).get("architecture", type(model).__name__)
+    arch = read_config(resolve(path_or_name)).get("architecture", "TransformerLM")
+    if arch != "TransformerLM":
         raise UsageError(f"{path_or_name} ({arch}) is not a causal or masked diffusion LM")
-    return model, tok
+    return from_pretrained(path_or_name, device=device)
 
 
 def from_pretrained(path_or_name, *, device="cpu", with_tokenizer: bool = True):

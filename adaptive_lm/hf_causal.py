@@ -198,7 +198,8 @@ def load_hf_causal(spec: str, *, dtype=torch.float32):
 
 def load_causal_lm(spec: str):
     """Any causal LM the CLI and benches accept: our checkpoints (folder or builtin:NAME) or a
-    Hugging Face spec (is_hf_spec). Returns (model, tokenizer); errors are CheckpointError."""
+    Hugging Face spec (is_hf_spec). Returns (model, tokenizer); errors are CheckpointError (a
+    model that cannot be loaded) or UsageError (a model of another kind)."""
     from .checkpoint import load_lm
     from .errors import CheckpointError
     if not is_hf_spec(spec):

@@ -35,8 +35,10 @@ def check_output(path, *, force: bool = False, inputs=(), flag: str = "-o") -> P
         raise UsageError(f"{flag} {path} is a folder: give a file name")
     if any(path.resolve() == Path(i).resolve() for i in inputs):
         raise UsageError(f"{flag} {path}: the output would overwrite the input")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{flag} {path} is not a regular file: give a file name")
     if path.exists() and not force:
-        raise UsageError(f"{path} exists: pass --force to overwrite it, or choose another {flag}")
+        raise UsageError(f"{flag} {path} exists: pass --force to overwrite it, or choose another")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"{flag} {path}: the folder {parent} is not writable")
     return path
@@ -48,10 +50,12 @@ def check_output_folder(path, *, flag: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file: give a folder")
-    for up in path.resolve().parents:
+    for up in [path.resolve(), *path.resolve().parents]:
         if up.exists():
             if not up.is_dir():
                 raise UsageError(f"{flag} {path}: {up} is not a folder")
+            if not os.access(up, os.W_OK):
+                raise UsageError(f"{flag} {path}: the folder {up} is not writable")
             break
     return path
 

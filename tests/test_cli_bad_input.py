@@ -71,7 +71,14 @@ def here(tmp_path, monkeypatch):
     (["compress", "adir"], 2, ["is a folder, not a file"]),
     (["bench", "train", "--json", "adir"], 2, ["is a folder"]),
     (["bench", "train", "--json", "in.txt/b.json"], 2, ["is not a folder"]),
-    (["calibrate", "builtin:calm-pydocs", "--out", "adir"], 2, ["is a folder"]),
+    (["calibrate", "builtin:calm-pydocs", "--out", "in.txt/c.json"], 2, ["is not a folder"]),
+    (["bench", "train", "--json", "/dev/null"], 2, ["not a regular file"]),
+    (["bench", "compress", "input=in.txt", "--json", "in.txt"], 2, ["overwrite the input"]),
+    (["bench", "eem", "eval_format=fp16,int8"], 2, ["eval_format"]),
+    (["bench", "entropy-aware", "d_model=130"], 2, ["divisible"]),
+    (["bench", "entropy-aware", "objectives=ce,bogus"], 2, ["objectives"]),
+    (["bench", "daedal", "lengths=0"], 2, ["lengths=0"]),
+    (["bench", "calm", "measures=oracle"], 2, ["measures=oracle"]),
     (["train", "tiny-test", "--out", "in.txt"], 2, ["is a file"]),
     (["calm-classifier", "builtin:calm-pydocs", "--out", "in.txt", "--steps", "1"], 2, ["is a file"]),
     (["demo", "--out", "in.txt"], 2, ["is a file"]),
@@ -94,12 +101,22 @@ def test_entropy_never_overwrites_its_input_nor_leaves_half_its_outputs(here, ca
 
 
 @pytest.mark.parametrize("stored,word", [([1, 2], "a JSON list"), ({"threshold": "abc"}, "threshold"),
-                                         ({"threshold": 0.5, "every": 0}, "every"), ({"kv": 3}, "kv")])
+                                         ({"threshold": 0.5, "every": 0}, "every"), ({"kv": 3}, "kv"),
+                                         ({"decay": "bogus"}, "decay"), ({"measure": "bogus"}, "measure")])
 def test_a_malformed_calm_json_is_one_line(here, capsys, stored, word):
     (here / "bad.json").write_text(json.dumps(stored))
     rc, err = _run(capsys, "generate", "builtin:calm-pydocs", "--method", "calm", "--calm", "bad.json",
                    "--prompt", "The ", "--max-new-tokens", "2")
     _one_line(rc, err, 2, "not a calm.json", word)
+
+
+def test_a_broken_calm_json_in_the_model_folder_is_one_line(here, capsys):
+    import shutil
+    from adaptive_lm.checkpoint import resolve
+    shutil.copytree(resolve("builtin:calm-pydocs"), here / "ck")
+    (here / "ck" / "calm.json").write_text('{"threshold": 0.5,')
+    rc, err = _run(capsys, "generate", "ck", "--method", "calm", "--prompt", "The ", "--max-new-tokens", "2")
+    _one_line(rc, err, 2, "calm.json", "is not JSON")
 
 
 def test_an_unwritable_output_is_one_line_and_leaves_nothing(tmp_path):

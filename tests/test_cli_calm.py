@@ -36,11 +36,12 @@ def test_generate_calm_shows_exit_layers(calm_ckpt):
 
 
 def test_calibrate_certifies_and_writes_calm_json(calm_ckpt, tmp_path):
-    out = tmp_path / "calm.json"
+    folder = tmp_path / "calibrations"                                  # --out FOLDER: FOLDER/calm.json
+    folder.mkdir()
     rc, so, se = run("calibrate", str(calm_ckpt), "--delta", "0.5", "--n", "40", "--prompt-len", "8",
-                     "--max-new-tokens", "6", "--split", "train", "--out", str(out))
+                     "--max-new-tokens", "6", "--split", "train", "--out", str(folder))
     assert rc == 0, se
-    res = json.loads(out.read_text())
+    res = json.loads((folder / "calm.json").read_text())
     assert res["threshold"] < 1.0 and res["delta"] == 0.5
     tested = [t["threshold"] for t in res["tests"]]
     assert tested[0] == 1.0 and tested == sorted(tested, reverse=True)

@@ -125,10 +125,11 @@ def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = 
         return 0
     if name not in BENCHES:
         raise UsageError(f"unknown bench {name!r}; available: {', '.join(sorted(BENCHES))}")
-    if json_path:
-        check_output(json_path, force=True, flag="--json")               # a bench result is replaced by design
     fn, opt_cls = BENCHES[name]
     opts = parse_options(opt_cls, list(options))
+    if json_path:                                                    # a bench result is replaced by design, its input never
+        inputs = [getattr(opts, k) for k in ("input", "puzzles") if getattr(opts, k, "")]
+        check_output(json_path, force=True, inputs=inputs, flag="--json")
     torch.manual_seed(seed)
     result = fn(seed, opts)
     cmd = "adaptive-lm bench " + " ".join(shlex.quote(a) for a in [name, "--seed", str(seed), *options] +

@@ -78,10 +78,7 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
         raise UsageError("epsilon must be in (0, 1)")
     if o.distance not in DISTANCES:
         raise UsageError(f"distance must be one of {sorted(DISTANCES)}")
-    measures = [x.strip() for x in o.measures.split(",") if x.strip()]
-    bad = [x for x in measures if x not in MEASURES or x == "oracle"]
-    if bad or not measures:
-        raise UsageError(f"measures: unknown {bad}; use margin, top1, state, classifier")
+    measures = name_list("measures", o.measures, [m for m in MEASURES if m != "oracle"])
     kvs = name_list("kvs", o.kvs, KV_MODES)
     names = [x.strip() for x in o.models.split(",") if x.strip()]
     if not names:

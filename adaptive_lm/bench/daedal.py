@@ -31,7 +31,7 @@ from ..diffusion.sampler import FixedLength, SpecialIds, Threshold, denoise, mod
 from ..errors import UsageError
 from ..tasks.arith import make_split, score
 from ..tasks.metrics import paired_counts, wilson_interval
-from . import register
+from . import number_list, register
 
 
 @dataclass
@@ -122,22 +122,12 @@ def task_options(spec: str) -> dict:
     return {k: opts[k] for k in ("max_steps", "style", "max_delta") if k in opts}
 
 
-def _ints(name: str, s: str) -> list[int]:
-    try:
-        vals = [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"{name}={s!r}: expected comma-separated integers") from None
-    if not vals or min(vals) < 1:
-        raise UsageError(f"{name}: give at least one length >= 1")
-    return vals
-
-
 @register("daedal", DaedalBenchOptions)
 def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     """DAEDAL vs fixed-length and threshold decoding on held-out arithmetic (Table 1's shape)."""
     if o.n < 1 or o.batch_size < 1:
         raise UsageError("n and batch_size must be >= 1")
-    lengths, inits = _ints("lengths", o.lengths), _ints("init_lengths", o.init_lengths)
+    lengths, inits = number_list("lengths", o.lengths, lo=1), number_list("init_lengths", o.init_lengths, lo=1)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if o.device == "auto" else o.device
     try:
         torch.device(device)

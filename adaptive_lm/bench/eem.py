@@ -78,7 +78,8 @@ def bench_eem(seed: int, o: EEMBenchOptions) -> dict:
     """EEM vs a same-size causal LM: held-out CE, charged CE, bits per byte; the quantisation table."""
     injections = name_list("injections", o.injections, INJECTIONS)
     formats = name_list("formats", o.formats, FORMATS)
-    name_list("eval_format", o.eval_format, FORMATS)
+    if o.eval_format not in FORMATS:
+        raise UsageError(f"eval_format must be one of {', '.join(FORMATS)}, not {o.eval_format!r}")
     if o.mixer not in MIXERS:
         raise UsageError(f"mixer must be one of {', '.join(MIXERS)}, not {o.mixer!r}")
     at_least(1, compression=o.compression, d_model=o.d_model, steps=o.steps, batch_size=o.batch_size, seq_len=o.seq_len,

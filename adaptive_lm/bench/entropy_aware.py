@@ -27,7 +27,7 @@ from ..errors import UsageError
 from ..lm import evaluate_lm, lm_objective
 from ..model import ModelConfig, TransformerLM
 from ..train import TrainConfig, train
-from . import register
+from . import at_least, name_list, register
 
 
 @dataclass
@@ -55,9 +55,13 @@ def _ce_objective(model, batch):
 @register("entropy-aware", EntropyAwareOptions)
 def bench_entropy_aware(seed: int, o: EntropyAwareOptions) -> dict:
     """Entropy-aware training (|CE − e|, and with high-entropy tokens dropped) vs plain CE: train and test CE."""
-    objectives = [s.strip() for s in o.objectives.split(",") if s.strip()]
-    if not objectives or any(s != "ce" and s not in MODES for s in objectives):
-        raise UsageError(f"objectives must be among ce, {', '.join(MODES)}")
+    objectives = name_list("objectives", o.objectives, ["ce", *MODES])
+    at_least(1, train_tokens=o.train_tokens, steps=o.steps, batch_size=o.batch_size, seq_len=o.seq_len,
+             n_layer=o.n_layer, d_model=o.d_model, eval_windows=o.eval_windows)
+    try:
+        ModelConfig(vocab_size=2, n_layer=o.n_layer, n_head=4, d_model=o.d_model, max_seq_len=o.seq_len)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     eem, _, tok, window = load_estimator(o.eem)
     text = read_text(o.corpus, o.split, data_dir_flag=o.data_dir or None)
     ids = tok.encode(text[: o.train_tokens * 8])[: o.train_tokens]

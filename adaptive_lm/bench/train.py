@@ -52,10 +52,9 @@ def matmul_peak(dtype: torch.dtype, n: int, repeats: int = 5) -> float:
 @register("train", TrainBenchOptions)
 def bench_train(seed: int, o: TrainBenchOptions) -> dict:
     """Training tokens/s and MFU of a small transformer against the measured matmul peak."""
-    if o.steps < 1 or o.warmup < 0 or o.batch_size < 1 or o.seq_len < 1:
-        raise UsageError("steps, batch_size and seq_len must be >= 1 and warmup >= 0")
-    at_least(1, vocab_size=o.vocab_size, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model, peak_size=o.peak_size)
-    at_least(0, threads=o.threads)
+    at_least(1, steps=o.steps, batch_size=o.batch_size, seq_len=o.seq_len, vocab_size=o.vocab_size,
+             n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model, peak_size=o.peak_size)
+    at_least(0, warmup=o.warmup, threads=o.threads)
     try:
         cfg = ModelConfig(vocab_size=o.vocab_size, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model,
                           max_seq_len=o.seq_len)

@@ -16,10 +16,10 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import UsageError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json
 from ..lm import generate
 from .calibrate import DISTANCES, fixed_sequence_test
-from .decode import CalmConfig, CalmStep, ExitRecord
+from .decode import KV_MODES, MEASURES, CalmConfig, CalmStep, ExitRecord
 
 CALM_FILE = "calm.json"
 CLASSIFIER_FILE = "exit_classifier.safetensors"
@@ -115,8 +115,8 @@ def check_calm(stored, source: str) -> dict:
     num = (int, float)
     for key, ok in (("threshold", lambda v: isinstance(v, num) and 0 <= v <= 1), ("tau", lambda v: isinstance(v, num) and v >= 0),
                     ("every", lambda v: isinstance(v, int) and v >= 1), ("horizon", lambda v: isinstance(v, int) and v >= 1),
-                    ("measure", lambda v: isinstance(v, str)), ("kv", lambda v: isinstance(v, str)),
-                    ("decay", lambda v: isinstance(v, str))):
+                    ("measure", lambda v: v in MEASURES), ("kv", lambda v: v in KV_MODES),
+                    ("decay", lambda v: v in ("paper", "reference"))):
         v = stored.get(key)
         if v is not None and (isinstance(v, bool) or not ok(v)):
             raise bad(f"{key} = {v!r}")
@@ -150,7 +150,7 @@ def trained_exit_every(spec: str, default: int = 1) -> int:
 def load_calm(folder) -> dict:
     """The calibration stored next to a checkpoint, or {} when it has none."""
     path = Path(folder) / CALM_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, UsageError) if path.exists() else {}
 
 
 def train_classifier(model, batches: Callable, *, steps: int = 300, lr: float = 1e-3, layers: Optional[list[int]] = None,

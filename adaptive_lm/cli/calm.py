@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import AdaptiveLMError, UsageError
-from ..io import check_output, check_output_folder
+from ..io import check_output, check_output_folder, read_json
 from .parser import command
 
 
@@ -21,10 +21,7 @@ def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str 
     from ..hf_causal import is_hf_spec
     folder = None if is_hf_spec(model) else resolve(model)
     if calm_file:
-        try:
-            stored = json.loads(Path(calm_file).read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"--calm {calm_file}: cannot read it ({e.__class__.__name__})") from None
+        stored = read_json(calm_file, UsageError)
     else:
         stored = load_calm(folder) if folder else {}
     stored = check_calm(stored, f"--calm {calm_file}" if calm_file else f"{folder}/calm.json")
@@ -118,14 +115,15 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         raise UsageError("--tau must be >= 0")
     if kv not in KV_MODES:
         raise UsageError(f"--kv must be one of {', '.join(KV_MODES)}, not {kv!r}")
-    if out:
-        check_output(out, force=True, flag="--out")                      # calm.json is replaced by design
     from ..hf_causal import is_hf_spec, load_causal_lm, pad_id_of
     hf = is_hf_spec(model)
     if (hf or model.startswith("builtin:")) and not out:
         raise UsageError(f"{model} is read-only here: pass --out FILE for calm.json")
     folder = None if hf else resolve(model)
     target = Path(out) if out else folder
+    if target.is_dir():
+        target = target / CALM_FILE
+    check_output(target, force=True, flag="--out")                      # calm.json is replaced by design
     m, tok = load_causal_lm(model)
     if not m.config.causal:
         raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
@@ -153,7 +151,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     if res["threshold"] is None or res["threshold"] >= 1.0:
         raise AdaptiveLMError(f"no threshold below 1.0 can be certified at delta={delta}, epsilon={epsilon} "
                               f"with {n} prompts (try a larger --delta or --n); nothing written")
-    path = save_calm(target / CALM_FILE if target.is_dir() else target, res)
+    path = save_calm(target, res)
     print(json.dumps({"threshold": res["threshold"], "measure": measure, "kv": kv, "delta": delta, "epsilon": epsilon,
                       "written": str(path)}))
     return 0
@@ -250,8 +248,6 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
     if not out:
         raise UsageError("--out FOLDER is required")
     check_output_folder(out)
-    if not Path(out).resolve().parent.is_dir():
-        raise UsageError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")
     if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1 or lr <= 0 or save_every < 0 or stop_at < 0:
         raise UsageError("--steps, --batch-size and --every must be >= 1, --seq-len >= 2, --lr > 0, "
                          "--save-every and --stop-at >= 0")

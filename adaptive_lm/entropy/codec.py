@@ -52,6 +52,7 @@ PRECISION = 24                      # range coder precision (bits): frequencies 
 BATCH_CACHE_BYTES = 1 << 28         # default batch: at most 256 MiB of KV cache (and MAX_ROWS rows)
 MAX_ROWS = 512                      # default batch: at most this many rows (larger: ~10 % faster per byte)
 MAX_CACHE_BYTES = 1 << 30           # batches in flight at once: at most this much KV cache together
+MAX_FILE_ROWS = 1 << 16             # the largest batch a file may ask for (a crafted header cannot plan more)
 SPLIT = 2                           # default layout: a multiple of SPLIT batches, shared evenly by 1 or 2 workers
 
 
@@ -152,8 +153,8 @@ def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_token
     chunk = cfg.chunk or min(meta_seq_len or 512, 512, c.max_seq_len)
     if not 1 <= chunk <= c.max_seq_len:
         raise AdaptiveLMError(f"chunk must be within 1..{c.max_seq_len} (the model's max_seq_len), not {chunk}")
-    if cfg.batch < 0:
-        raise AdaptiveLMError(f"batch must be >= 1 (or 0 for the default), not {cfg.batch}")
+    if not 0 <= cfg.batch <= MAX_FILE_ROWS:
+        raise AdaptiveLMError(f"batch must be within 1..{MAX_FILE_ROWS} (or 0 for the default), not {cfg.batch}")
     _workers(cfg.workers)
     if cfg.batch:
         return chunk, cfg.batch
@@ -303,6 +304,8 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
     if not exact:
         raise AdaptiveLMError(f"the tokenizer of {model_id} does not reproduce these bytes exactly "
                               "(not byte-level); use a byte-level BPE model such as builtin:compress-pydocs-fast")
+    if len(ids) > len(data):                             # the reader's rule: a token covers >= 1 byte
+        raise AdaptiveLMError(f"the tokenizer of {model_id} makes more tokens than bytes; the compressor cannot code it")
     if version not in (2, VERSION):
         raise AdaptiveLMError(f"can write format versions 2 and {VERSION}, not {version}")
     chunk, batch = resolve_config(model, meta_seq_len, cfg, len(ids))
@@ -404,6 +407,12 @@ def read_header(blob: bytes) -> tuple[dict, int]:
         raise CodecError("the file's header is unreadable") from None
     if header["precision"] != PRECISION:
         raise CodecError(f"precision {header['precision']} is not supported")
+    rows = -(-header["tokens"] // header["chunk"])
+    if -(-rows // header["batch"]) > len(blob) - 4 - pos:               # each batch's size takes >= 1 byte
+        raise CodecError("the file is truncated (payload ends early)")
+    if min(rows, header["batch"]) > MAX_FILE_ROWS:
+        raise CodecError(f"the file's batches of {min(rows, header['batch']):,} rows are beyond what this compressor "
+                         f"writes (<= {MAX_FILE_ROWS:,})")
     header["version"] = blob[4]
     return header, pos
 
@@ -415,16 +424,14 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
     cs = _constriction()
     header, pos = read_header(blob)
     if fingerprint(model, tok) != header["fingerprint"]:
-        raise CodecError(f"this file was compressed with model {header['model']} (fingerprint "
-                         f"{header['fingerprint']}); the model given differs — pass --model {header['model']}")
+        raise CodecError(f"this file was compressed with {header['model']} (fingerprint {header['fingerprint']}); "
+                         f"the model used here is not the same (fingerprint {fingerprint(model, tok)}): pass --model "
+                         "with the exact model it was made with")
     if header["chunk"] > model.config.max_seq_len:
         raise CodecError(f"the file's chunk {header['chunk']} exceeds the model's max_seq_len")
     model.eval()
     family = cs.stream.model.Categorical(perfect=False)
     end, segments, version, bos = len(blob) - 4, [], header["version"], _bos(tok)
-    n_batches = -(-(-(-header["tokens"] // header["chunk"])) // header["batch"])
-    if n_batches > end - pos:                                         # each batch's size takes >= 1 byte
-        raise CodecError("the file is truncated (payload ends early)")
     for _, lengths in _batches(header["tokens"], header["chunk"], header["batch"]):
         if version == 1:
             if pos + 4 > end:

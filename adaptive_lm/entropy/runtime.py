@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import AdaptiveLMError, CheckpointError, UsageError
+from ..errors import AdaptiveLMError, UsageError
 from ..io import atomic_write_bytes, check_output
-from .codec import CodecConfig, CodecError, compress, decompress, fingerprint, read_header
+from .codec import CodecConfig, compress, decompress, read_header
 
 DEFAULT_MODEL = "builtin:compress-pydocs-fast"
 SUFFIX = ".almz"
@@ -39,7 +39,7 @@ def load_codec_model(spec: str):
     from ..hf_causal import is_hf_spec, load_causal_lm
     model, tok = load_causal_lm(spec)
     if not hasattr(model, "new_cache") or not getattr(model.config, "causal", True):
-        raise CheckpointError(f"{spec} is not a causal LM (the compressor needs next-token probabilities)")
+        raise UsageError(f"{spec} is not a causal LM (the compressor needs next-token probabilities)")
     seq_len = None if is_hf_spec(spec) else read_config(spec).get("meta", {}).get("seq_len")
     return model, tok, seq_len
 
@@ -105,9 +105,6 @@ def decompress_file(src: str, out: str = "", *, model: str = "", workers: int = 
     dst = Path(out or (src[:-len(SUFFIX)] if src.endswith(SUFFIX) else src + ".out"))
     check_output(dst, force=force, inputs=[src])
     m, tok, _ = load_codec_model(model or header["model"])
-    if not model and fingerprint(m, tok) != header["fingerprint"]:
-        raise CodecError(f"this file was compressed with {header['model']} (fingerprint {header['fingerprint']}), "
-                         "whose weights here are not the same: pass --model with the exact model it was made with")
     tune_allocator()
     t0 = time.time()
     data = decompress(blob, m, tok, workers=workers, progress=Meter("decompress", header["length"], progress))

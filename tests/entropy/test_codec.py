@@ -154,20 +154,24 @@ def test_truncated_altered_and_foreign_files_are_refused(codec_lm):
             decompress(b, model, tok)
 
 
-@pytest.mark.parametrize("tokens,length,why", [(10**12, 10**12, "payload ends early"), (10**6, 10, "header is unreadable")])
-def test_a_crafted_header_with_a_huge_token_count_is_refused_at_once(codec_lm, tokens, length, why):
+@pytest.mark.parametrize("forge,why", [({"tokens": 10**12, "length": 10**12}, "payload ends early"),
+                                       ({"tokens": 10**6, "length": 10}, "header is unreadable"),
+                                       ({"tokens": 10**12, "length": 10**12, "batch": 10**12}, "batches of")])
+def test_a_crafted_header_with_a_huge_token_count_is_refused_at_once(codec_lm, monkeypatch, forge, why):
     """A hostile header (valid CRC) claiming 10^12 tokens must not make the decoder plan 10^12 rows:
     more batches than payload bytes, or more tokens than bytes, is refused before any work."""
     import struct
     import zlib
+    from adaptive_lm.entropy import codec
     from adaptive_lm.entropy.codec import _pack_header
     _, model, tok = codec_lm
     blob, _ = _rt(SAMPLES["text"], codec_lm)
     header, pos = read_header(blob)
     old = _pack_header(header)
     assert blob[5:pos] == old                                       # the header sits between version and payload
-    forged = blob[:5] + _pack_header({**header, "tokens": tokens, "length": length}) + blob[pos:-4]
+    forged = blob[:5] + _pack_header({**header, **forge}) + blob[pos:-4]
     forged += struct.pack("<I", zlib.crc32(forged))
+    monkeypatch.setattr(codec, "_batches", lambda *a: pytest.fail("the decoder planned the forged file's rows"))
     with pytest.raises(CodecError, match=why):
         decompress(forged, model, tok)
 

@@ -103,7 +103,7 @@ class HFCausalLM(nn.Module):
 
     def layer(self, i: int, h, ctx: StepContext):
         """Block i on h (B, T, C) (or a row subset with ctx.select); writes its K/V to the cache."""
-        blk, cfg = self.blocks[i], self.config
+        blk = self.blocks[i]
         norm1, norm2 = self._norms(blk)
         q, k, v = self._qkv(blk, norm1(h), ctx)
         if ctx.cache is not None:

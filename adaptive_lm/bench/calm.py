@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 from ..calm.calibrate import DISTANCES
 from ..calm.decode import KV_MODES, MEASURES, CalmConfig, CalmStep
-from ..calm.runtime import calibrate_threshold, calibration_prompts, calm_generate, load_classifier, trained_exit_every
-from ..checkpoint import read_config, resolve
+from ..calm.runtime import (calibrate_threshold, calibration_prompts, calm_generate, load_classifier, trained_corpus,
+                             trained_exit_every)
+from ..checkpoint import resolve
 from ..data import read_text
 from ..errors import UsageError
 from ..hf_causal import is_hf_spec, load_causal_lm, pad_id_of
@@ -104,8 +105,7 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     if "classifier" in measures and clf is None:
         print(f"{name}: no exit classifier next to the checkpoint: skipping measure=classifier", file=sys.stderr)
         measures.remove("classifier")
-    meta = read_config(folder).get("meta", {}) if folder else {}
-    corpus = o.corpus or meta.get("corpus", "pydocs")
+    corpus = o.corpus or trained_corpus(name) or ("pydocs" if folder is None else "")
     every = trained_exit_every(name, clf.layers[0] if clf is not None and folder is None else 1)
     if not corpus:
         raise UsageError("corpus= is needed: the checkpoint does not say what it was trained on")

@@ -132,19 +132,36 @@ def config_from_calm(stored: dict, **overrides) -> CalmConfig:
     return CalmConfig(**{**vals, **overrides})
 
 
+def _finetuned(spec: str, key: str):
+    """A setting of the ``calm-finetune`` run that wrote an hf:FOLDER (its adaptive_lm.json), or None."""
+    try:
+        return json.loads((Path(spec[3:]) / "adaptive_lm.json").read_text())["calm_finetune"][key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def trained_exit_every(spec: str, default: int = 1) -> int:
     """The exit spacing a model was trained with: our checkpoint's meta (``calm.exit_every``), or
     the adaptive_lm.json that ``calm-finetune`` writes into an hf:FOLDER; ``default`` otherwise."""
     from ..checkpoint import read_config, resolve
     if spec.startswith("hf:"):
-        path = Path(spec[3:]) / "adaptive_lm.json"
-        try:
-            return int(json.loads(path.read_text())["calm_finetune"]["exit_every"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return default
+        every = _finetuned(spec, "exit_every")
+        return every if isinstance(every, int) and every >= 1 else default
     if spec == "smollm2" or spec.startswith("gguf:"):
         return default
     return int(read_config(resolve(spec)).get("meta", {}).get("calm", {}).get("exit_every", default))
+
+
+def trained_corpus(spec: str) -> str:
+    """The corpus a model was trained (or CALM-fine-tuned) on, from our checkpoint's meta or an
+    hf:FOLDER's adaptive_lm.json; "" when it does not say."""
+    from ..checkpoint import read_config, resolve
+    if spec.startswith("hf:"):
+        corpus = _finetuned(spec, "corpus")
+        return corpus if isinstance(corpus, str) else ""
+    if spec == "smollm2" or spec.startswith("gguf:"):
+        return ""
+    return str(read_config(resolve(spec)).get("meta", {}).get("corpus", ""))
 
 
 def load_calm(folder) -> dict:

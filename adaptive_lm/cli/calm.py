@@ -100,8 +100,9 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     """
     from ..calm.calibrate import DISTANCES
     from ..calm.decode import KV_MODES, CalmConfig
-    from ..calm.runtime import CALM_FILE, calibrate_threshold, calibration_prompts, save_calm, trained_exit_every
-    from ..checkpoint import read_config, resolve
+    from ..calm.runtime import (CALM_FILE, calibrate_threshold, calibration_prompts, save_calm, trained_corpus,
+                                trained_exit_every)
+    from ..checkpoint import resolve
     from ..data import read_text
     if not 0 < delta < 1 or not 0 < epsilon < 1:
         raise UsageError("--delta and --epsilon must be in (0, 1)")
@@ -127,8 +128,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     m, tok = load_causal_lm(model)
     if not m.config.causal:
         raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
-    meta = read_config(folder).get("meta", {}) if folder else {}
-    corpus = corpus or meta.get("corpus", "")
+    corpus = corpus or trained_corpus(model)
     every = trained_exit_every(model)                         # exits where the model was trained to exit
     if not corpus:
         raise UsageError("--corpus is needed: the checkpoint does not say what it was trained on")
@@ -176,8 +176,8 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
         out: folder to write exit_classifier.safetensors into (default: the model folder)
     """
     from ..calm.exits import exit_layers
-    from ..calm.runtime import save_classifier, train_classifier
-    from ..checkpoint import read_config, resolve
+    from ..calm.runtime import save_classifier, train_classifier, trained_corpus
+    from ..checkpoint import resolve
     from ..data import TokenStream, pack, read_text, step_generator
     from ..hf_causal import is_hf_spec, load_causal_lm
     if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1:
@@ -193,7 +193,7 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
         raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
     if m.config.n_layer < 2 or every >= m.config.n_layer:
         raise UsageError(f"an exit classifier needs an exit below the top layer ({m.config.n_layer} layers, --every {every})")
-    corpus = corpus or ("pydocs" if hf else read_config(folder).get("meta", {}).get("corpus"))
+    corpus = corpus or trained_corpus(model) or ("pydocs" if hf else "")
     if not corpus:
         raise UsageError("the checkpoint does not say what corpus it was trained on")
     stream = TokenStream(pack(tok, read_text(corpus, "train", data_dir_flag=data_dir or None)), min(seq_len, m.config.max_seq_len))
@@ -240,7 +240,7 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
     from ..calm.exits import WEIGHT_SCHEMES, exit_layers, exit_weights
     from ..calm.runtime import finetune_exits
     from ..data import TokenStream, pack, read_text, step_generator
-    from ..hf_causal import is_hf_spec, load_causal_lm, save_hf_causal
+    from ..hf_causal import is_hf_spec, save_hf_causal
     from ..train import TrainConfig
     if not is_hf_spec(model):
         raise UsageError(f"{model}: calm-finetune takes a Hugging Face model (smollm2, hf:DIR, gguf:FILE); "

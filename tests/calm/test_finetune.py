@@ -82,7 +82,7 @@ def test_calm_finetune_writes_a_loadable_hf_folder(hf_folder, tmp_path):
     (["calm-finetune", "hf:MODEL"], ["--out"]),
     (["calm-finetune", "hf:MODEL", "--out", "OUT", "--every", "4"], ["--every"]),
     (["calm-finetune", "hf:MODEL", "--out", "OUT", "--weights", "cubic"], ["--weights"]),
-    (["calm-finetune", "hf:MODEL", "--out", "/no/such/folder/x"], ["does not exist"]),
+    (["calm-finetune", "hf:MODEL", "--out", "MODEL/config.json"], ["is a file"]),
 ])
 def test_calm_finetune_bad_input_is_one_line(hf_folder, tmp_path, args, words):
     args = [a.replace("MODEL", str(hf_folder / "model")).replace("OUT", str(tmp_path / "o")) for a in args]
@@ -126,3 +126,14 @@ def test_calm_finetune_stopped_and_resumed_equals_one_run(hf_folder, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rc, so, se = run("calm-finetune", model, "--out", str(tmp_path / "three"), "--resume", *common)
     assert_one_line_error(rc, se, 2, "nothing to resume")
+
+
+def test_a_finetuned_folder_says_its_corpus_and_exit_spacing(tmp_path):
+    """calibrate / calm-classifier / bench calm read what calm-finetune wrote into adaptive_lm.json
+    (no --corpus needed); a folder without it, or with a damaged one, says nothing."""
+    from adaptive_lm.calm.runtime import trained_corpus, trained_exit_every
+    (tmp_path / "adaptive_lm.json").write_text(json.dumps({"calm_finetune": {"corpus": "pydocs", "exit_every": 3}}))
+    assert trained_corpus(f"hf:{tmp_path}") == "pydocs" and trained_exit_every(f"hf:{tmp_path}") == 3
+    (tmp_path / "adaptive_lm.json").write_text('{"calm_finetune": {"exit_every": "x"')
+    assert trained_corpus(f"hf:{tmp_path}") == "" and trained_exit_every(f"hf:{tmp_path}", default=1) == 1
+    assert trained_corpus("smollm2") == "" and trained_corpus("builtin:calm-pydocs") == "pydocs"

@@ -136,7 +136,7 @@ def test_wrong_model_is_refused(codec_lm, other_lm):
     blob, _ = _rt(SAMPLES["text"], codec_lm)
     other, tok = from_pretrained(other_lm)
     assert fingerprint(other, tok) != fingerprint(codec_lm[1], codec_lm[2])
-    with pytest.raises(CodecError, match="compressed with model test"):
+    with pytest.raises(CodecError, match="compressed with test .*not the same"):
         decompress(blob, other, tok)
 
 

@@ -24,8 +24,10 @@ def _one_line(rc, err, code, *words):
 
 @pytest.fixture
 def here(tmp_path, monkeypatch):
-    """A working folder with a text file, a folder, and a file where a folder is expected."""
+    """A working folder with a text file, a folder, and a file where a folder is expected; no data
+    folder, so a case that reads data before checking its options fails on the wrong message."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ADAPTIVE_LM_DATA", str(tmp_path / "no-data"))
     (tmp_path / "in.txt").write_text("x = 1\n")
     (tmp_path / "adir").mkdir()
     (tmp_path / "adir" / "keep").write_text("keep")

@@ -184,16 +184,16 @@ def bench_vmd_text(seed: int, o: VMDTextOptions) -> dict:
     at_least(2, seq_len=o.seq_len)
     at_least(1, steps=o.steps, batch_size=o.batch_size, test_windows=o.test_windows, mc_samples=o.mc_samples)
     at_least(0, latent_dim=o.latent_dim)
+    sizes = number_list("blocks", o.blocks, lo=0)
+    bad = [b for b in sizes if b and o.seq_len % b]
+    if bad:
+        raise UsageError(f"block sizes {bad} must divide seq_len {o.seq_len} (0 = no blocks)")
     spec = VMDSpec(task="text", corpus=o.corpus, seq_len=o.seq_len)
     dd = o.data_dir or None
     tok = vmd_tokenizer(spec, dd)
     from ..data import read_text
     train_text, test_text = read_text(o.corpus, "train", data_dir_flag=dd), read_text(o.corpus, "test", data_dir_flag=dd)
     test = text_windows(tok, test_text, o.seq_len, o.test_windows)
-    sizes = number_list("blocks", o.blocks, lo=0)
-    bad = [b for b in sizes if b and o.seq_len % b]
-    if bad:
-        raise UsageError(f"block sizes {bad} must divide seq_len {o.seq_len} (0 = no blocks)")
     rows = []
     ar = _ar_text(tok, TokenStream(torch.tensor(tok.encode(train_text)), o.seq_len - 1), o, seed, test)
     rows.append({"model": "AR", "blocks": "-", "bpc": ar / math.log(2), "bound": "exact"})

@@ -95,6 +95,15 @@ def name_list(name: str, text: str, allowed) -> list[str]:
     return vals
 
 
+def model_config(**fields):
+    """A backbone ModelConfig from bench options; an impossible shape is one UsageError."""
+    from ..model import ModelConfig
+    try:
+        return ModelConfig(**fields)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def at_least(lo, **values) -> None:
     """One UsageError naming every option below ``lo``."""
     low = [k for k, v in values.items() if v < lo]

@@ -11,6 +11,7 @@ a smaller train–test gap and a better held-out CE than plain CE.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -25,9 +26,9 @@ from ..entropy.estimate import token_entropies
 from ..entropy.runtime import Meter, load_estimator
 from ..errors import UsageError
 from ..lm import evaluate_lm, lm_objective
-from ..model import ModelConfig, TransformerLM
+from ..model import TransformerLM
 from ..train import TrainConfig, train
-from . import at_least, name_list, register
+from . import at_least, model_config, name_list, register
 
 
 @dataclass
@@ -58,10 +59,7 @@ def bench_entropy_aware(seed: int, o: EntropyAwareOptions) -> dict:
     objectives = name_list("objectives", o.objectives, ["ce", *MODES])
     at_least(1, train_tokens=o.train_tokens, steps=o.steps, batch_size=o.batch_size, seq_len=o.seq_len,
              n_layer=o.n_layer, d_model=o.d_model, eval_windows=o.eval_windows)
-    try:
-        ModelConfig(vocab_size=2, n_layer=o.n_layer, n_head=4, d_model=o.d_model, max_seq_len=o.seq_len)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    shape = model_config(vocab_size=2, n_layer=o.n_layer, n_head=4, d_model=o.d_model, max_seq_len=o.seq_len)
     eem, _, tok, window = load_estimator(o.eem)
     text = read_text(o.corpus, o.split, data_dir_flag=o.data_dir or None)
     ids = tok.encode(text[: o.train_tokens * 8])[: o.train_tokens]
@@ -76,7 +74,7 @@ def bench_entropy_aware(seed: int, o: EntropyAwareOptions) -> dict:
     tx, ty = stream.eval_windows(o.eval_windows)
     vx, vy = valid.eval_windows(o.eval_windows)
     mean_e = side[1: tx.numel() + 1].mean().item()                     # the targets of the train windows
-    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=o.n_layer, n_head=4, d_model=o.d_model, max_seq_len=o.seq_len)
+    cfg = dataclasses.replace(shape, vocab_size=tok.vocab_size)
     tcfg = TrainConfig(steps=o.steps, batch_size=o.batch_size, lr=o.lr, warmup_steps=min(50, o.steps // 10 + 1),
                        eval_every=0, save_every=0, log_every=20, seed=seed)
     batches = lambda step, micro, rank, world: lm_batch(stream, o.batch_size, seed=seed, step=step, micro=micro,

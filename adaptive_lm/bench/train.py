@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from ..lm import lm_objective
-from ..model import ModelConfig, TransformerLM
+from ..model import TransformerLM
 from ..train import TrainConfig, cpu_has_fast_bf16, make_optimizer, optimizer_step
 from ..errors import UsageError
-from . import at_least, register
+from . import at_least, model_config, register
 
 
 @dataclass
@@ -55,11 +55,8 @@ def bench_train(seed: int, o: TrainBenchOptions) -> dict:
     at_least(1, steps=o.steps, batch_size=o.batch_size, seq_len=o.seq_len, vocab_size=o.vocab_size,
              n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model, peak_size=o.peak_size)
     at_least(0, warmup=o.warmup, threads=o.threads)
-    try:
-        cfg = ModelConfig(vocab_size=o.vocab_size, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model,
-                          max_seq_len=o.seq_len)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    cfg = model_config(vocab_size=o.vocab_size, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model,
+                       max_seq_len=o.seq_len)
     if o.threads:
         torch.set_num_threads(o.threads)
     g = torch.Generator().manual_seed(seed)

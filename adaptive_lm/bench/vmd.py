@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checkpoint import from_pretrained
 from ..errors import UsageError
 from ..recipes import apply_overrides, get_recipe
 from ..recipes.vmd import toy_metrics
 from ..vmd.sample import POLICIES
-from ..vmd.sudoku import sudoku_accuracy
+from ..vmd.sudoku import load_sudoku_model, sudoku_accuracy
 from ..tasks import sudoku as S
 from ..tasks import toys
 from ..train import train
@@ -106,10 +105,8 @@ def bench_vmd_sudoku(seed: int, o: VMDSudokuOptions) -> dict:
     """Whole-grid Sudoku accuracy and rule violations: MDM vs VMD x policy x NFE."""
     policies = name_list("policies", o.policies, POLICIES)
     nfes = number_list("nfes", o.nfes, lo=1)
-    nets = {label: from_pretrained(path) for label, path in (("MDM", o.mdm), ("VMD", o.vmd))}   # bad models fail first
-    for label, (net, _) in nets.items():
-        if getattr(net.config, "features", "") != "sudoku":
-            raise UsageError(f"{label.lower()}={getattr(o, label.lower())} is not a Sudoku model (vmd-sudoku / mdm-sudoku)")
+    nets = {label: load_sudoku_model(path, what=f"{label.lower()}={path}")            # bad models fail first
+            for label, path in (("MDM", o.mdm), ("VMD", o.vmd))}
     if not o.puzzles and o.generator not in ("A", "B"):
         raise UsageError(f"generator must be A or B, not {o.generator!r}")
     if o.puzzles:

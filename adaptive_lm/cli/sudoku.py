@@ -46,15 +46,12 @@ def sudoku(action: str, puzzle: str = "", model: str = "builtin:mdm-sudoku", nfe
         return 0
     if action != "solve":
         raise UsageError(f"unknown action {action!r}: use solve or generate")
-    from ..checkpoint import from_pretrained
-    from ..vmd.sudoku import solve as solve_grid
+    from ..vmd.sudoku import load_sudoku_model, solve as solve_grid
     grid = S.parse(puzzle)
     exact = S.solve(grid, limit=2)
     if not exact.solutions:
         raise UsageError("this puzzle has no solution (its givens admit no valid completion)")
-    net, tok = from_pretrained(model)
-    if getattr(net.config, "features", "") != "sudoku":
-        raise UsageError(f"{model} is not a Sudoku model (expected a VMD / MDM trained by vmd-sudoku or mdm-sudoku)")
+    net, tok = load_sudoku_model(model)
     res = solve_grid(net, tok, grid, nfe=nfe, policy=policy, tries=tries, generator=torch.Generator().manual_seed(seed))
     if json_:
         print(json.dumps({"puzzle": grid, "valid": res.valid, "grid": res.grid if res.valid else None,

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from ..checkpoint import from_pretrained
 from ..errors import UsageError
 from ..tasks import sudoku as S
 from .sample import sample
@@ -31,6 +32,14 @@ def decode_grids(tok, ids: torch.Tensor) -> list[str]:
         chars = ["." if i == tok.mask_id else tok.itos[i] if 0 <= i < len(tok.itos) else "?" for i in row]
         out.append("".join(c if c in digits or c == "." else "?" for c in chars))
     return out
+
+
+def load_sudoku_model(spec: str, *, what: str = ""):
+    """(model, tokenizer) of a checkpoint trained on Sudoku (vmd-sudoku / mdm-sudoku), or one UsageError."""
+    net, tok = from_pretrained(spec)
+    if getattr(net.config, "features", "") != "sudoku":
+        raise UsageError(f"{what or spec} is not a Sudoku model (expected a VMD / MDM trained by vmd-sudoku or mdm-sudoku)")
+    return net, tok
 
 
 def sudoku_accuracy(model, tok, pairs, *, nfe: int, policy: str, generator=None, redraw: bool = False) -> dict:

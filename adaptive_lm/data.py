@@ -7,6 +7,10 @@ exists. The project never ships or commits corpora.
 Corpus names resolve inside the data folder; a path to a file works everywhere:
     tinyshakespeare   text/tinyshakespeare.txt   (one file: held-out = its last 10%)
     pydocs            text/pydocs/{train,valid,test}.txt (its own splits)
+    gsm8k             benchmarks/gsm8k_{train,test}.jsonl as text: each problem's question, a
+                      newline, its worked answer; problems separated by a blank line (valid = test)
+A ``+`` joins corpora into one (``pydocs+gsm8k+tinyshakespeare``): each part's split by its own
+rule, the parts separated by a blank line.
 
 Held-out convention: a corpus with split files uses them; a single file is split by position —
 the first ``1 - holdout`` fraction trains, the rest is ``valid`` (and ``test`` = ``valid``). Splits
@@ -17,6 +21,7 @@ function of (seed, k), so resuming at step k continues the data exactly (see ``l
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +35,11 @@ ENV_VAR = "ADAPTIVE_LM_DATA"
 CORPORA = {
     "tinyshakespeare": "text/tinyshakespeare.txt",
     "pydocs": "text/pydocs/{split}.txt",
+    "gsm8k": "benchmarks/gsm8k_{split}.jsonl",
 }
 SPLITS = ("train", "valid", "test")
+JSONL_FIELDS = {"gsm8k": ("question", "answer")}   # JSON-lines corpora: the fields that make a record's text
+SPLIT_FILES = {"gsm8k": {"valid": "test"}}          # a split read from another split's file
 
 
 def data_dir(flag: Optional[str] = None) -> Path:
@@ -55,7 +63,7 @@ def corpus_path(name: str, split: str = "train", data_dir_flag: Optional[str] = 
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if name in CORPORA:
         pattern = CORPORA[name]
-        p = data_dir(data_dir_flag) / pattern.format(split=split)
+        p = data_dir(data_dir_flag) / pattern.format(split=SPLIT_FILES.get(name, {}).get(split, split))
         own = "{split}" in pattern
     else:
         p, own = Path(name).expanduser(), False
@@ -69,17 +77,38 @@ def corpus_path(name: str, split: str = "train", data_dir_flag: Optional[str] = 
 
 def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir_flag: Optional[str] = None) -> str:
     """The text of one split of a corpus (see the module docstring for the held-out rule)."""
+    if "+" in name and not Path(name).expanduser().exists():
+        parts = [n.strip() for n in name.split("+")]
+        if not all(parts):
+            raise DataError(f"corpus {name!r}: an empty name between '+' signs")
+        return "\n\n".join(read_text(n, split, holdout=holdout, data_dir_flag=data_dir_flag) for n in parts)
     p, own = corpus_path(name, split, data_dir_flag)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if name in JSONL_FIELDS:
+        text = _jsonl_text(p, text, JSONL_FIELDS[name])
     if not own:
         cut = int(len(text) * (1 - holdout))
         text = text[:cut] if split == "train" else text[cut:]
     if not text.strip():
         raise DataError(f"corpus {p} ({split} split) is empty")
     return text
+
+
+def _jsonl_text(p: Path, text: str, fields: tuple[str, ...]) -> str:
+    """A JSON-lines file as text: per record its ``fields`` joined by newlines, records by blank lines."""
+    records = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            records.append("\n".join(str(row[f]).strip() for f in fields))
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{p} line {i}: not a JSON object with fields {', '.join(fields)}") from None
+    return "\n\n".join(records)
 
 
 def pack(tokenizer, text: str) -> torch.Tensor:

@@ -25,7 +25,7 @@ from .report import demo_report, find_benches
 DEFAULT_LM = "builtin:shakespeare-char"
 DEFAULT_MDM = "builtin:mdlm-arith"
 DEFAULT_CALM = "builtin:calm-pydocs"
-DEFAULT_CODEC = "builtin:compress-pydocs-fast"
+DEFAULT_CODEC = "builtin:compress-mix"
 DEFAULT_EEM = "builtin:eem-pydocs"
 DEFAULT_VMD = "builtin:vmd-sudoku"
 DEFAULT_VMD_BASE = "builtin:mdm-sudoku"

@@ -1,4 +1,6 @@
 """Corpora, splits and batches."""
+import json
+
 import pytest
 import torch
 
@@ -58,3 +60,33 @@ def test_batches_are_a_function_of_seed_and_step_and_shard_the_global_batch():
 def test_stream_shorter_than_a_window_is_refused():
     with pytest.raises(DataError, match="fewer"):
         data.TokenStream(torch.arange(5), 8)
+
+
+def _gsm8k_folder(tmp_path):
+    d = tmp_path / "benchmarks"
+    d.mkdir(parents=True)
+    for split, n in (("train", 3), ("test", 2)):
+        rows = [json.dumps({"question": f"{split} q{i}?", "answer": f"a{i}\n#### {i}"}) for i in range(n)]
+        (d / f"gsm8k_{split}.jsonl").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_jsonl_corpus_is_question_then_answer_and_valid_reads_test(tmp_path):
+    dd = str(_gsm8k_folder(tmp_path))
+    assert data.read_text("gsm8k", "train", data_dir_flag=dd) == \
+        "train q0?\na0\n#### 0\n\ntrain q1?\na1\n#### 1\n\ntrain q2?\na2\n#### 2"
+    assert data.read_text("gsm8k", "valid", data_dir_flag=dd) == data.read_text("gsm8k", "test", data_dir_flag=dd)
+    (tmp_path / "benchmarks" / "gsm8k_test.jsonl").write_text('{"question": "q"}\n')
+    with pytest.raises(DataError, match="line 1: not a JSON object with fields question, answer"):
+        data.read_text("gsm8k", "test", data_dir_flag=dd)
+
+
+def test_plus_joins_corpora_each_split_by_its_own_rule(tmp_path, corpus):
+    dd = str(_gsm8k_folder(tmp_path))
+    for split in data.SPLITS:
+        joined = data.read_text(f"gsm8k+{corpus}", split, data_dir_flag=dd)
+        assert joined == data.read_text("gsm8k", split, data_dir_flag=dd) + "\n\n" + data.read_text(str(corpus), split)
+    with pytest.raises(DataError, match="empty name"):
+        data.read_text("gsm8k++pydocs", data_dir_flag=dd)
+    with pytest.raises(DataError, match="does not exist"):
+        data.read_text("gsm8k+nope.txt", data_dir_flag=dd)

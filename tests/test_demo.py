@@ -48,7 +48,7 @@ def test_demo_summary_has_every_method(demo):
         assert all(1 <= x <= 8 for x in run["exit_layers"]) and run["exit_layers"][0] == 8   # 1st token: prompt pass
         assert len(run["pieces"]) == len(run["tokens"]) == len(run["exit_layers"])
     assert loose["avg_layers"] <= certified["avg_layers"]
-    comp = summary["compress"]                                       # builtin:compress-pydocs-fast is shipped
+    comp = summary["compress"]                                       # builtin:compress-mix is shipped
     assert comp["roundtrip"] is True and comp["compressed"] < comp["bytes"]
     ent = summary["entropy"]                                         # builtin:eem-pydocs is shipped
     assert ent["bits"][0] is None and len(ent["bits"]) == len(ent["tokens"]) > 10

@@ -5,7 +5,8 @@ decompress speed (KB/s of original data, wall clock, as many worker threads as t
 compressor with each model given, and for gzip -9, bz2 -9, xz -9e, zstd -19 and brotli -q 11
 through their own libraries. Every codec's round trip is checked byte for byte (``roundtrip``).
 Default input: the pydocs test split (never seen in training); `input=FILE` for any other file,
-e.g. English prose the model never saw (tinyshakespeare.txt). Targets (issue 6): ours ≤ 0.75 ×
+e.g. English prose the model never saw (tinyshakespeare.txt), or `corpus=NAME split=S` for one
+split of a named corpus (data.py), e.g. `corpus=gsm8k split=test`, as UTF-8. Targets (issue 6): ours ≤ 0.75 ×
 xz on pydocs test, ≤ 0.9 × xz on unseen prose, ≥ 50 KB/s both ways on 2 CPU cores.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import corpus_path
+from ..data import corpus_path, read_text
 from ..entropy.codec import CodecConfig, compress, decompress
 from ..entropy.runtime import DEFAULT_MODEL, Meter, load_codec_model, tune_allocator
 from ..errors import UsageError
@@ -27,6 +28,8 @@ from . import register
 @dataclass
 class CompressBenchOptions:
     input: str = ""               # file to compress (default: the pydocs test split)
+    corpus: str = ""              # instead of input: a named corpus (data.py), its `split` as UTF-8
+    split: str = "test"           # the split of `corpus` to compress
     models: str = DEFAULT_MODEL   # comma-separated causal LMs: builtin:NAME, folders, hf:FOLDER, gguf:FILE, smollm2
     max_bytes: int = 0            # use only the first N bytes of the input (0 = all)
     chunk: int = 0                # tokens per chunk (0 = the model's training window)
@@ -66,15 +69,24 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
+def _input_bytes(o: CompressBenchOptions) -> tuple[bytes, str]:
+    """(the bytes to compress, where they came from) for input=, corpus= or the default."""
+    if o.input and o.corpus:
+        raise UsageError("give input=FILE or corpus=NAME, not both")
+    if o.corpus:
+        return read_text(o.corpus, o.split, data_dir_flag=o.data_dir or None).encode("utf-8"), f"{o.corpus}:{o.split}"
+    path = Path(o.input) if o.input else corpus_path("pydocs", "test", o.data_dir or None)[0]
+    if not path.is_file():
+        raise UsageError(f"input={path}: no such file")
+    return path.read_bytes(), str(path)
+
+
 @register("compress", CompressBenchOptions)
 def bench_compress(seed: int, o: CompressBenchOptions) -> dict:
     """The LM compressor vs gzip/bz2/xz/zstd/brotli: bits per byte, KB/s both ways, round trip."""
     if o.max_bytes < 0:
         raise UsageError(f"max_bytes must be >= 0 (0 = all), not {o.max_bytes}")
-    path = Path(o.input) if o.input else corpus_path("pydocs", "test", o.data_dir or None)[0]
-    if not path.is_file():
-        raise UsageError(f"input={path}: no such file")
-    data = path.read_bytes()
+    data, source = _input_bytes(o)
     if o.max_bytes > 0:
         data = data[:o.max_bytes]
     rows = []
@@ -92,7 +104,7 @@ def bench_compress(seed: int, o: CompressBenchOptions) -> dict:
             blob, t_c = _timed(enc, data)
             back, t_d = _timed(dec, blob)
             rows.append(_row(name, data, blob, back, t_c, t_d))
-    out = {"rows": rows, "input": str(path), "bytes": len(data)}
+    out = {"rows": rows, "input": source, "bytes": len(data)}
     xz = next((r["bpb"] for r in rows if r["codec"] == "xz -9e"), None)
     if xz:
         out["ratio_to_xz"] = {r["codec"]: round(r["bpb"] / xz, 4) for r in rows if r["codec"].startswith("lm ")}

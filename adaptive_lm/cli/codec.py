@@ -16,7 +16,7 @@ def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch
     Args:
         file: the file to compress (any bytes)
         output: the compressed file (default FILE.almz); never overwritten without --force
-        model: the LM: builtin:NAME, a checkpoint folder, hf:FOLDER, gguf:FILE or smollm2 (default builtin:compress-pydocs-fast)
+        model: the LM: builtin:NAME, a checkpoint folder, hf:FOLDER, gguf:FILE or smollm2 (default builtin:compress-mix)
         chunk: tokens per independently coded chunk (0 = the model's training window)
         batch: chunks coded together, one forward per position (0 = automatic)
         workers: batches coded at once, one thread each (0 = one per core torch uses); never changes the output

@@ -303,7 +303,7 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
         exact = False
     if not exact:
         raise AdaptiveLMError(f"the tokenizer of {model_id} does not reproduce these bytes exactly "
-                              "(not byte-level); use a byte-level BPE model such as builtin:compress-pydocs-fast")
+                              "(not byte-level); use a byte-level BPE model such as builtin:compress-mix")
     if len(ids) > len(data):                             # the reader's rule: a token covers >= 1 byte
         raise AdaptiveLMError(f"the tokenizer of {model_id} makes more tokens than bytes; the compressor cannot code it")
     if version not in (2, VERSION):

@@ -12,7 +12,7 @@ from ..errors import AdaptiveLMError, UsageError
 from ..io import atomic_write_bytes, check_output
 from .codec import CodecConfig, compress, decompress, read_header
 
-DEFAULT_MODEL = "builtin:compress-pydocs-fast"
+DEFAULT_MODEL = "builtin:compress-mix"
 SUFFIX = ".almz"
 
 

@@ -113,16 +113,25 @@ register(Recipe(
     budget="<= 60 minutes on 2 CPU cores",
 ))
 
-register(Recipe(
+COMPRESS_FAST = Recipe(
     build=build_lm,
     name="compress-pydocs-fast",
     description="4-layer causal LM with one shared K/V head on pydocs (BPE 4096): ~3x the compressor's "
-                "speed of compress-pydocs; the shipped builtin:compress-pydocs-fast",
+                "speed of compress-pydocs; the shipped builtin:compress-pydocs-fast (the default before builtin:compress-mix)",
     model=ModelConfig(n_layer=4, n_head=4, n_kv_head=1, d_model=128, max_seq_len=512),
     train=TrainConfig(steps=5000, batch_size=16, lr=2e-3, warmup_steps=60, eval_every=500,
                       save_every=100, log_every=20, weight_decay=0.1, min_lr_ratio=0.1),
     data=DataSpec(corpus="pydocs", tokenizer="bpe", bpe_vocab=4096, seq_len=256, eval_windows=64),
     budget="<= 60 minutes on 2 CPU cores",
+)
+register(COMPRESS_FAST)
+
+register(dataclasses.replace(
+    COMPRESS_FAST,
+    name="compress-mix",
+    description="compress-pydocs-fast's shape and settings on pydocs + GSM8K + tinyshakespeare (BPE 4096 fit "
+                "on the mix): a compressor for English prose as well as documentation; the shipped builtin:compress-mix",
+    data=dataclasses.replace(COMPRESS_FAST.data, corpus="pydocs+gsm8k+tinyshakespeare"),
 ))
 
 register(Recipe(

@@ -41,3 +41,15 @@ def test_bench_eem_rows(tmp_path, capsys):
     for r in res["rows"][1:]:
         assert r["ce_charged"] > r["ce"] and abs(r["params"] - res["rows"][0]["params"]) < 0.01 * r["params"]
     assert main(["bench", "eem", "formats=fp4"]) == 2
+
+
+def test_bench_compress_reads_a_named_corpus_split(codec_lm, tmp_path, corpus):
+    out = tmp_path / "b.json"
+    argv = ["bench", "compress", f"corpus={corpus}", "split=test", f"models={codec_lm[0]}", "baselines=false",
+            "--json", str(out)]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    held_out = corpus.read_text()[int(len(corpus.read_text()) * 0.9):]
+    assert res["input"] == f"{corpus}:test" and res["bytes"] == len(held_out.encode())
+    assert [r["roundtrip"] for r in res["rows"]] == [True]
+    assert main(["bench", "compress", f"corpus={corpus}", "--input", str(corpus)]) == 2

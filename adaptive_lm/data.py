@@ -81,7 +81,10 @@ def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir
         parts = [n.strip() for n in name.split("+")]
         if not all(parts):
             raise DataError(f"corpus {name!r}: an empty name between '+' signs")
-        return "\n\n".join(read_text(n, split, holdout=holdout, data_dir_flag=data_dir_flag) for n in parts)
+        try:
+            return "\n\n".join(read_text(n, split, holdout=holdout, data_dir_flag=data_dir_flag) for n in parts)
+        except DataError as e:
+            raise DataError(f"corpus {name!r}: {e}") from None
     p, own = corpus_path(name, split, data_dir_flag)
     try:
         text = p.read_text(encoding="utf-8")

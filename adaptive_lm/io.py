@@ -72,13 +72,15 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    path = Path(os.path.realpath(path))           # a symlink stays a link: its target is replaced
+    mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()   # keep an overwritten file's mode
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; give the usual mode
+        os.chmod(tmp, mode)                       # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -88,5 +88,5 @@ def test_plus_joins_corpora_each_split_by_its_own_rule(tmp_path, corpus):
         assert joined == data.read_text("gsm8k", split, data_dir_flag=dd) + "\n\n" + data.read_text(str(corpus), split)
     with pytest.raises(DataError, match="empty name"):
         data.read_text("gsm8k++pydocs", data_dir_flag=dd)
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="corpus 'gsm8k\\+nope.txt': corpus file nope.txt does not exist"):
         data.read_text("gsm8k+nope.txt", data_dir_flag=dd)

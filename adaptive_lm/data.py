@@ -75,12 +75,21 @@ def corpus_path(name: str, split: str = "train", data_dir_flag: Optional[str] = 
     return p, own
 
 
+def joined_parts(name: str) -> Optional[list[str]]:
+    """The corpora ``A+B+...`` joins, when every part is a known corpus or an existing file and the
+    whole name is not itself a file; else None (one corpus or file, e.g. a missing ``c++.txt``)."""
+    if "+" not in name or Path(name).expanduser().exists():
+        return None
+    parts = [n.strip() for n in name.split("+")]
+    if all(parts) and all(n in CORPORA or Path(n).expanduser().exists() for n in parts):
+        return parts
+    return None
+
+
 def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir_flag: Optional[str] = None) -> str:
     """The text of one split of a corpus (see the module docstring for the held-out rule)."""
-    if "+" in name and not Path(name).expanduser().exists():
-        parts = [n.strip() for n in name.split("+")]
-        if not all(parts):
-            raise DataError(f"corpus {name!r}: an empty name between '+' signs")
+    parts = joined_parts(name)
+    if parts:
         try:
             return "\n\n".join(read_text(n, split, holdout=holdout, data_dir_flag=data_dir_flag) for n in parts)
         except DataError as e:
@@ -103,14 +112,17 @@ def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir
 def _jsonl_text(p: Path, text: str, fields: tuple[str, ...]) -> str:
     """A JSON-lines file as text: per record its ``fields`` joined by newlines, records by blank lines."""
     records = []
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(text.split("\n"), 1):            # not splitlines: JSON strings may hold U+2028
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            records.append("\n".join(str(row[f]).strip() for f in fields))
+            values = [row[f] for f in fields]
+            if not all(isinstance(v, str) for v in values):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
-            raise DataError(f"{p} line {i}: not a JSON object with fields {', '.join(fields)}") from None
+            raise DataError(f"{p} line {i}: not a JSON object with text fields {', '.join(fields)}") from None
+        records.append("\n".join(v.strip() for v in values))
     return "\n\n".join(records)
 
 

@@ -35,6 +35,8 @@ def check_output(path, *, force: bool = False, inputs=(), flag: str = "-o") -> P
         raise UsageError(f"{flag} {path} is a folder: give a file name")
     if any(path.resolve() == Path(i).resolve() for i in inputs):
         raise UsageError(f"{flag} {path}: the output would overwrite the input")
+    if path.is_symlink() and not path.exists():
+        raise UsageError(f"{flag} {path} is a broken symbolic link: remove it or choose another name")
     if path.exists() and not path.is_file():
         raise UsageError(f"{flag} {path} is not a regular file: give a file name")
     if path.exists() and not force:
@@ -72,15 +74,19 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path = Path(os.path.realpath(path))           # a symlink stays a link: its target is replaced
-    mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()   # keep an overwritten file's mode
+    if path.is_symlink() and path.is_file():      # a link to a regular file stays a link: its target is replaced
+        path = Path(os.path.realpath(path))
+    old = path.stat() if path.is_file() else None
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)                       # mkstemp makes 0600
+        os.chmod(tmp, old.st_mode & 0o777 if old else 0o666 & ~_umask())   # mkstemp makes 0600; keep an
+        if old is not None:                                                 # overwritten file's mode (not
+            with contextlib.suppress(OSError):                              # setuid) and, where allowed, group
+                os.chown(tmp, -1, old.st_gid)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

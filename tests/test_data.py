@@ -76,9 +76,13 @@ def test_jsonl_corpus_is_question_then_answer_and_valid_reads_test(tmp_path):
     assert data.read_text("gsm8k", "train", data_dir_flag=dd) == \
         "train q0?\na0\n#### 0\n\ntrain q1?\na1\n#### 1\n\ntrain q2?\na2\n#### 2"
     assert data.read_text("gsm8k", "valid", data_dir_flag=dd) == data.read_text("gsm8k", "test", data_dir_flag=dd)
-    (tmp_path / "benchmarks" / "gsm8k_test.jsonl").write_text('{"question": "q"}\n')
-    with pytest.raises(DataError, match="line 1: not a JSON object with fields question, answer"):
-        data.read_text("gsm8k", "test", data_dir_flag=dd)
+    test_file = tmp_path / "benchmarks" / "gsm8k_test.jsonl"
+    test_file.write_text(json.dumps({"question": "a\u2028b", "answer": "c"}, ensure_ascii=False) + "\n")
+    assert data.read_text("gsm8k", "test", data_dir_flag=dd) == "a\u2028b\nc"      # one record, not two lines
+    for bad in ('{"question": "q"}', '{"question": null, "answer": "a"}', '[1, 2]', 'not json'):
+        test_file.write_text(bad + "\n")
+        with pytest.raises(DataError, match="line 1: not a JSON object with text fields question, answer"):
+            data.read_text("gsm8k", "test", data_dir_flag=dd)
 
 
 def test_plus_joins_corpora_each_split_by_its_own_rule(tmp_path, corpus):
@@ -86,7 +90,12 @@ def test_plus_joins_corpora_each_split_by_its_own_rule(tmp_path, corpus):
     for split in data.SPLITS:
         joined = data.read_text(f"gsm8k+{corpus}", split, data_dir_flag=dd)
         assert joined == data.read_text("gsm8k", split, data_dir_flag=dd) + "\n\n" + data.read_text(str(corpus), split)
-    with pytest.raises(DataError, match="empty name"):
-        data.read_text("gsm8k++pydocs", data_dir_flag=dd)
-    with pytest.raises(DataError, match="corpus 'gsm8k\\+nope.txt': corpus file nope.txt does not exist"):
-        data.read_text("gsm8k+nope.txt", data_dir_flag=dd)
+    for name in ("gsm8k++pydocs", "gsm8k+nope.txt", str(tmp_path / "c++.txt")):   # not a join: one missing file
+        with pytest.raises(DataError, match=f"corpus file .*{name[-8:].replace('+', '[+]')} does not exist"):
+            data.read_text(name, data_dir_flag=dd)
+    plus = tmp_path / "c++.txt"
+    plus.write_text("a file whose name has plus signs\n" * 20)
+    assert data.read_text(str(plus), "train").startswith("a file whose")
+    (tmp_path / "benchmarks" / "gsm8k_test.jsonl").unlink()
+    with pytest.raises(DataError, match=f"corpus 'gsm8k[+].*': corpus file .*gsm8k_test.jsonl does not exist"):
+        data.read_text(f"gsm8k+{corpus}", "test", data_dir_flag=dd)

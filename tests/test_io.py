@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from adaptive_lm.errors import AdaptiveLMError
+from adaptive_lm.errors import AdaptiveLMError, UsageError
 from adaptive_lm.io import atomic_write_bytes, check_output
 
 
@@ -26,12 +26,24 @@ def test_a_symlinked_output_stays_a_link_and_its_target_gets_the_data(tmp_path):
     assert sorted(os.listdir(real.parent)) == ["data.txt"]
 
 
-def test_an_overwritten_file_keeps_its_mode(tmp_path):
+def test_an_overwritten_file_keeps_its_mode_but_not_setuid(tmp_path):
     out = tmp_path / "script.sh"
     out.write_bytes(b"#!/bin/sh\n")
     out.chmod(0o750)
     atomic_write_bytes(out, b"#!/bin/sh\necho hi\n")
-    assert out.stat().st_mode & 0o777 == 0o750
+    assert out.stat().st_mode & 0o7777 == 0o750
+    out.chmod(0o4755)
+    atomic_write_bytes(out, b"#!/bin/sh\n")
+    assert out.stat().st_mode & 0o7777 == 0o755
+
+
+def test_a_broken_link_or_a_link_to_a_device_is_refused_as_an_output(tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone.txt")
+    with pytest.raises(UsageError, match="broken symbolic link"):
+        check_output(tmp_path / "dangling", force=True)
+    (tmp_path / "null").symlink_to("/dev/null")
+    with pytest.raises(UsageError, match="not a regular file"):
+        check_output(tmp_path / "null", force=True)
 
 
 def test_a_write_into_a_missing_folder_is_one_error(tmp_path):

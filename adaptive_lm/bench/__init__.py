@@ -137,7 +137,8 @@ def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = 
     fn, opt_cls = BENCHES[name]
     opts = parse_options(opt_cls, list(options))
     if json_path:                                                    # a bench result is replaced by design, its input never
-        inputs = [getattr(opts, k) for k in ("input", "puzzles") if getattr(opts, k, "")]
+        named = [getattr(opts, k) for k in ("input", "puzzles", "corpus") if getattr(opts, k, "")]
+        inputs = [f for v in named for f in [v, *v.split("+")] if Path(f).expanduser().is_file()]
         check_output(json_path, force=True, inputs=inputs, flag="--json")
     torch.manual_seed(seed)
     result = fn(seed, opts)

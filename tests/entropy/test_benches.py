@@ -43,7 +43,7 @@ def test_bench_eem_rows(tmp_path, capsys):
     assert main(["bench", "eem", "formats=fp4"]) == 2
 
 
-def test_bench_compress_reads_a_named_corpus_split(codec_lm, tmp_path, corpus):
+def test_bench_compress_reads_a_named_corpus_split(codec_lm, tmp_path, corpus, capsys):
     out = tmp_path / "b.json"
     argv = ["bench", "compress", f"corpus={corpus}", "split=test", f"models={codec_lm[0]}", "baselines=false",
             "--json", str(out)]
@@ -52,4 +52,9 @@ def test_bench_compress_reads_a_named_corpus_split(codec_lm, tmp_path, corpus):
     held_out = corpus.read_text()[int(len(corpus.read_text()) * 0.9):]
     assert res["input"] == f"{corpus}:test" and res["bytes"] == len(held_out.encode())
     assert [r["roundtrip"] for r in res["rows"]] == [True]
+    capsys.readouterr()
     assert main(["bench", "compress", f"corpus={corpus}", "--input", str(corpus)]) == 2
+    assert "give input=FILE or corpus=NAME, not both" in capsys.readouterr().err
+    before = corpus.read_bytes()
+    assert main(["bench", "compress", f"corpus={corpus}", "--json", str(corpus)]) == 2    # never the corpus itself
+    assert "would overwrite the input" in capsys.readouterr().err and corpus.read_bytes() == before

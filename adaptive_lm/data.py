@@ -95,12 +95,13 @@ def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir
         except DataError as e:
             raise DataError(f"corpus {name!r}: {e}") from None
     p, own = corpus_path(name, split, data_dir_flag)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if name in JSONL_FIELDS:
-        text = _jsonl_text(p, text, JSONL_FIELDS[name])
+        text = _jsonl_text(p, JSONL_FIELDS[name])
+    else:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not own:
         cut = int(len(text) * (1 - holdout))
         text = text[:cut] if split == "train" else text[cut:]
@@ -109,20 +110,38 @@ def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir
     return text
 
 
-def _jsonl_text(p: Path, text: str, fields: tuple[str, ...]) -> str:
+def read_jsonl(path, fields=(), opener=open) -> list[dict]:
+    """The records of a JSON-lines file (lines split on newlines only), each a JSON object with
+    ``fields``; DataError naming the line otherwise."""
+    rows = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path} line {n} is not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path} line {n} is not a JSON object")
+                missing = [k for k in fields if k not in row]
+                if missing:
+                    raise DataError(f"{path} line {n} lacks the field(s) {', '.join(missing)}")
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return rows
+
+
+def _jsonl_text(p: Path, fields: tuple[str, ...]) -> str:
     """A JSON-lines file as text: per record its ``fields`` joined by newlines, records by blank lines."""
     records = []
-    for i, line in enumerate(text.split("\n"), 1):            # not splitlines: JSON strings may hold U+2028
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            values = [row[f] for f in fields]
-            if not all(isinstance(v, str) for v in values):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise DataError(f"{p} line {i}: not a JSON object with text fields {', '.join(fields)}") from None
-        records.append("\n".join(v.strip() for v in values))
+    for i, row in enumerate(read_jsonl(p, fields), 1):
+        bad = [f for f in fields if not isinstance(row[f], str)]
+        if bad:
+            raise DataError(f"{p} record {i}: {', '.join(bad)} is not text")
+        records.append("\n".join(row[f].strip() for f in fields))
     return "\n\n".join(records)
 
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from ..data import joined_parts
 from ..errors import UsageError
 from ..io import atomic_write_text, check_output
 from ..recipes import coerce
@@ -138,7 +139,7 @@ def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = 
     opts = parse_options(opt_cls, list(options))
     if json_path:                                                    # a bench result is replaced by design, its input never
         named = [getattr(opts, k) for k in ("input", "puzzles", "corpus") if getattr(opts, k, "")]
-        inputs = [f for v in named for f in [v, *v.split("+")] if Path(f).expanduser().is_file()]
+        inputs = [f for v in named for f in (joined_parts(v) or [v]) if Path(f).expanduser().is_file()]
         check_output(json_path, force=True, inputs=inputs, flag="--json")
     torch.manual_seed(seed)
     result = fn(seed, opts)

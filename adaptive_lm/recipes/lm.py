@@ -113,7 +113,7 @@ register(Recipe(
     budget="<= 60 minutes on 2 CPU cores",
 ))
 
-COMPRESS_FAST = Recipe(
+COMPRESS_FAST = register(Recipe(
     build=build_lm,
     name="compress-pydocs-fast",
     description="4-layer causal LM with one shared K/V head on pydocs (BPE 4096): ~3x the compressor's "
@@ -123,8 +123,7 @@ COMPRESS_FAST = Recipe(
                       save_every=100, log_every=20, weight_decay=0.1, min_lr_ratio=0.1),
     data=DataSpec(corpus="pydocs", tokenizer="bpe", bpe_vocab=4096, seq_len=256, eval_windows=64),
     budget="<= 60 minutes on 2 CPU cores",
-)
-register(COMPRESS_FAST)
+))
 
 register(dataclasses.replace(
     COMPRESS_FAST,

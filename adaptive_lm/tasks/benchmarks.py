@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import json
 import math
 import os
 import re
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from adaptive_lm.data import data_dir as find_data_dir
+from adaptive_lm.data import data_dir as find_data_dir, read_jsonl
 from adaptive_lm.errors import DataError, UsageError
 
 from .answers import gsm8k_gold
@@ -100,19 +99,7 @@ def _bench_file(name: str, data_dir: PathLike) -> Path:
 
 
 def _read_jsonl(path: Path, fields: Sequence[str], limit: Optional[int] = None, opener=open) -> list[dict]:
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {n} is not valid JSON ({e.msg})") from None
-            missing = [k for k in fields if k not in row]
-            if missing:
-                raise DataError(f"{path} line {n} lacks the field(s) {', '.join(missing)}")
-            rows.append(row)
+    rows = read_jsonl(path, fields, opener)
     if not rows:
         raise DataError(f"benchmark file {path} is empty")
     return rows if limit is None else rows[:limit]

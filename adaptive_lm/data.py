@@ -175,13 +175,19 @@ class TokenStream:
             return w[:, :-1], w[:, 1:], self.side[idx[:, 1:]]
         return w[:, :-1], w[:, 1:]
 
-    def eval_windows(self, max_windows: Optional[int] = None):
-        """Consecutive non-overlapping windows covering the stream (x, y) each (N, T)."""
-        n = (self.tokens.numel() - 1) // self.seq_len
-        if max_windows:
-            n = min(n, max_windows)
-        x = self.tokens[: n * self.seq_len].view(n, self.seq_len)
-        y = self.tokens[1: n * self.seq_len + 1].view(n, self.seq_len)
+    def eval_windows(self, max_windows: Optional[int] = None, *, spread: bool = False):
+        """Non-overlapping windows of the stream, (x, y) each (N, T): all of them, or the first
+        ``max_windows``, or with ``spread`` ``max_windows`` of them evenly spaced over the whole
+        stream (so a held-out split joined from several corpora is scored on each part)."""
+        total = (self.tokens.numel() - 1) // self.seq_len
+        n = min(total, max_windows) if max_windows else total
+        idx = torch.arange(n)
+        if spread and n < total:
+            idx = torch.div(idx * total, n, rounding_mode="floor")              # (N,) window indices
+        starts = idx * self.seq_len
+        offs = torch.arange(self.seq_len)
+        x = self.tokens[starts[:, None] + offs]                                 # (N, T)
+        y = self.tokens[starts[:, None] + offs + 1]
         return x, y
 
 

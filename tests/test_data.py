@@ -58,6 +58,17 @@ def test_batches_are_a_function_of_seed_and_step_and_shard_the_global_batch():
     assert torch.equal(torch.cat(parts), x)
 
 
+def test_eval_windows_first_all_or_spread_over_the_stream():
+    s = data.TokenStream(torch.arange(101), 10)                 # 10 whole windows (+1 target token)
+    x, y = s.eval_windows()
+    assert x.shape == (10, 10) and torch.equal(x.flatten(), torch.arange(100)) and torch.equal(y, x + 1)
+    first, _ = s.eval_windows(3)
+    assert first[:, 0].tolist() == [0, 10, 20]
+    spread, sy = s.eval_windows(3, spread=True)
+    assert spread[:, 0].tolist() == [0, 30, 60] and torch.equal(sy, spread + 1)
+    assert torch.equal(s.eval_windows(50, spread=True)[0], x)      # asking for more than there are: all
+
+
 def test_stream_shorter_than_a_window_is_refused():
     with pytest.raises(DataError, match="fewer"):
         data.TokenStream(torch.arange(5), 8)

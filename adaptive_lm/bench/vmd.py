@@ -45,6 +45,7 @@ class VMDToyOptions:
     redraw: bool = False                       # VMD: a fresh z before every step (default: once per block)
     temperature: float = 1.0                   # sampling temperature (1: draws from the model's conditionals)
     cond_mode: str = "add"                     # how z enters the denoiser: add (embedding addition) | adaln
+    readout: str = ""                          # VMD encoder readout: mean | mean+first ("" = the recipe's)
 
 
 def train_recipe(name: str, overrides: list[str], seed: int, label: str, data_dir=None):
@@ -75,15 +76,16 @@ def bench_vmd_toy(seed: int, o: VMDToyOptions) -> dict:
             common = [f"data.dataset={d}", f"data.block_size={bs}", f"train.steps={o.steps}",
                       f"model.cond_mode={o.cond_mode}"]
             for model_name, lat in (("mdm", 0), ("vmd", o.latent_dim)):
-                model, tok = train_recipe(f"{model_name}-toy", common + [f"data.latent_dim={lat}"], seed,
-                                          f"{model_name} {d} B={B}")
+                extra = [f"data.latent_dim={lat}"] + ([f"data.readout={o.readout}"] if o.readout and lat else [])
+                model, tok = train_recipe(f"{model_name}-toy", common + extra, seed, f"{model_name} {d} B={B}")
                 for nfe in TOY_SETTINGS[(d, B)]:
                     g = torch.Generator().manual_seed(seed + nfe)
                     m = toy_metrics(model, tok, d, n=o.samples, nfe=nfe, generator=g, redraw=o.redraw,
                                    temperature=o.temperature)
                     rows.append({"model": model_name.upper(), "dataset": d, "blocks": B, "nfe": nfe, **m})
                     print(f"[bench] {rows[-1]}", file=sys.stderr)
-    return {"rows": rows, "samples": o.samples, "steps": o.steps, "cond_mode": o.cond_mode}
+    return {"rows": rows, "samples": o.samples, "steps": o.steps, "cond_mode": o.cond_mode,
+            "latent_dim": o.latent_dim, "readout": o.readout or get_recipe("vmd-toy").data.readout}
 
 
 @dataclass

@@ -59,6 +59,7 @@ class VMDSpec:
     seq_len: int = 64             # text: window length in characters
     eval_samples: int = 2000      # toy: samples at each evaluation
     init_from: str = ""           # a checkpoint whose denoiser starts this one (vmd.model.warm_start)
+    readout: str = "mean"         # VMD encoder readout: mean | mean+first (vmd/model.py)
 
 
 def vmd_tokenizer(spec: VMDSpec, data_dir: Optional[str] = None) -> CharTokenizer:
@@ -146,7 +147,7 @@ def build_vmd(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
     try:
         cfg = VMDConfig(denoiser=mcfg, latent_dim=spec.latent_dim, enc_layers=spec.enc_layers,
                         block_size=spec.block_size, features="sudoku" if spec.task == "sudoku" else "",
-                        free_bits=spec.free_bits)
+                        free_bits=spec.free_bits, readout=spec.readout)
     except ValueError as e:
         raise UsageError(str(e)) from None
     torch.manual_seed(tc.seed)

@@ -37,6 +37,7 @@ from ..model import ModelConfig, TransformerLM
 from ..tasks.sudoku import BOX, COL, ROW
 
 FEATURES = ("", "sudoku")
+READOUTS = ("mean", "mean+first")
 
 
 def feature_table(name: str) -> Optional[torch.Tensor]:
@@ -57,6 +58,7 @@ class VMDConfig:
     block_size: int = 0           # tokens per block (one latent per block); 0 = one block
     features: str = ""            # fixed per-position inputs: "" | "sudoku" (row / column / box)
     free_bits: float = 0.0        # KL free bits per latent dimension and block, training only (nats)
+    readout: str = "mean"         # encoder readout over the block: mean | mean+first (also the block's first position)
 
     def __post_init__(self):
         if isinstance(self.denoiser, dict):
@@ -65,6 +67,8 @@ class VMDConfig:
             raise ValueError("the VMD denoiser is bidirectional: set causal=False")
         if self.latent_dim < 0 or self.enc_layers < 0 or self.block_size < 0 or self.free_bits < 0:
             raise ValueError("latent_dim, enc_layers, block_size and free_bits must be >= 0")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.latent_dim and not self.enc_layers:
             raise ValueError("a latent needs a recognition encoder: enc_layers >= 1")
         if self.denoiser.cond_mode == "adaln" and self.features:
@@ -124,7 +128,8 @@ class VMD(nn.Module):
             self.encoder = TransformerLM(enc)
             self.encoder.tok_emb.weight = self.denoiser.tok_emb.weight      # one token table
             self.encoder.head.weight = self.denoiser.tok_emb.weight
-            self.posterior = nn.Linear(cfg.denoiser.d_model, 2 * cfg.latent_dim)
+            n_read = 2 if cfg.readout == "mean+first" else 1
+            self.posterior = nn.Linear(n_read * cfg.denoiser.d_model, 2 * cfg.latent_dim)
             nn.init.normal_(self.posterior.weight, std=0.02)
             nn.init.zeros_(self.posterior.bias)
 
@@ -166,6 +171,9 @@ class VMD(nn.Module):
         h = self.encoder.norm_f(out.hidden_states[-1])                      # (B, T, C)
         w = block.float()[..., None]
         pooled = (h * w).sum(1) / w.sum(1).clamp(min=1)                      # (B, C)
+        if self.config.readout == "mean+first":            # an order-sensitive read: the block's first position
+            first = block.float().argmax(1)                                   # (B,)
+            pooled = torch.cat([pooled, h[torch.arange(B, device=h.device), first]], -1)   # (B, 2C)
         mu, logvar = self.posterior(pooled).chunk(2, -1)
         return mu, logvar.clamp(-12, 6)
 

@@ -20,10 +20,10 @@ MASK = 3
 BASE = ModelConfig(vocab_size=14, n_layer=2, n_head=2, d_model=32, max_seq_len=12, causal=False, positions="learned")
 
 
-def make(latent=4, block=0, features="", max_len=12, seed=0):
+def make(latent=4, block=0, features="", max_len=12, seed=0, readout="mean"):
     torch.manual_seed(seed)
     cfg = VMDConfig(denoiser=dataclasses.replace(BASE, max_seq_len=max_len), latent_dim=latent, enc_layers=1,
-                    block_size=block, features=features)
+                    block_size=block, features=features, readout=readout)
     m = VMD(cfg)
     for p in m.parameters():                      # make the zero-initialised projections matter
         torch.nn.init.normal_(p, std=0.2) if p.dim() > 1 else None
@@ -51,6 +51,27 @@ def test_config_validation():
     cfg = VMDConfig(denoiser=dataclasses.replace(BASE, max_seq_len=81), latent_dim=5, features="sudoku")
     assert cfg.denoiser.cond_dim == 27 + 5
     assert cfg.n_blocks(8) == 1 and VMDConfig(denoiser=BASE, block_size=3).n_blocks(8) == 3
+
+
+def test_readout_mean_first_reads_the_blocks_first_position_too():
+    with pytest.raises(ValueError, match="readout"):
+        VMDConfig(denoiser=BASE, latent_dim=4, readout="max")
+    old = VMDConfig(denoiser=BASE, latent_dim=4).to_dict()
+    del old["readout"]                                    # a checkpoint saved before the option existed
+    assert VMDConfig.from_dict(old).readout == "mean"
+    m = make(latent=4, block=4, readout="mean+first")
+    x0 = torch.randint(4, 14, (2, 8))
+    block = torch.zeros(2, 8, dtype=torch.bool)
+    block[:, 4:] = True                                # block 1: positions 4..7
+    masked = torch.rand(2, 8) < 0.5
+    mu, logvar = m.encode(x0, masked, block)
+    out = m.encoder(x0, cond=masked.float()[..., None], output_hidden_states=True)
+    h = m.encoder.norm_f(out.hidden_states[-1])        # (B, T, C)
+    want = m.posterior(torch.cat([h[:, 4:].mean(1), h[:, 4]], -1)).chunk(2, -1)
+    assert torch.allclose(mu, want[0], atol=1e-6) and torch.allclose(logvar, want[1].clamp(-12, 6), atol=1e-6)
+    x1 = x0.clone()
+    x1[:, 4:] = x0[:, 4:].flip(1)                      # the same tokens in another order
+    assert not torch.allclose(m.encode(x1, masked, block)[0], mu)
 
 
 def test_sudoku_features_are_row_col_box_one_hots():
@@ -96,8 +117,9 @@ def test_block_view_hides_later_blocks_and_keeps_earlier_ones():
     assert block.tolist() == [[False, False, True, True, False, False, False, False]]
 
 
-def test_encoder_never_reads_later_blocks():
-    m = make(latent=4, block=4)
+@pytest.mark.parametrize("readout", ["mean", "mean+first"])
+def test_encoder_never_reads_later_blocks(readout):
+    m = make(latent=4, block=4, readout=readout)
     b = batch(latent=4, block=torch.zeros(6, dtype=torch.long))
     _, m1 = vmd_loss(m, b, mask_id=MASK)
     x2 = b["input_ids"].clone()

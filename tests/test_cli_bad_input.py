@@ -43,6 +43,9 @@ def here(tmp_path, monkeypatch):
     # options that were ignored or silently replaced
     (["eval", "builtin:mdlm-arith", "--split", "train"], 2, ["do not apply"]),
     (["generate", "builtin:shakespeare-char", "--temperature", "-2"], 2, ["--temperature"]),
+    (["generate", "builtin:shakespeare-char", "--prompt", "x", "--threshold", "0.5"], 2, ["--method calm or threshold"]),
+    (["generate", "builtin:shakespeare-char", "--prompt", "x", "--threshold", "1.5"], 2, ["[0, 1]"]),
+    (["bench", "vmd-toy", "readout=max"], 2, ["readout"]),
     # bench options checked before any work
     (["bench", "train", "n_layer=-1"], 2, ["n_layer must be >= 1"]),
     (["bench", "train", "n_head=3", "d_model=16"], 2, ["divisible"]),

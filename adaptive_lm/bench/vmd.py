@@ -23,6 +23,7 @@ import torch
 from ..errors import UsageError
 from ..recipes import apply_overrides, get_recipe
 from ..recipes.vmd import toy_metrics
+from ..vmd.model import READOUTS
 from ..vmd.sample import POLICIES
 from ..vmd.sudoku import load_sudoku_model, sudoku_accuracy
 from ..tasks import sudoku as S
@@ -66,6 +67,8 @@ def bench_vmd_toy(seed: int, o: VMDToyOptions) -> dict:
         toys.support(d)                                   # clear error for an unknown name
     blocks = number_list("blocks", o.blocks, lo=1)
     at_least(1, samples=o.samples, steps=o.steps)
+    if o.readout and o.readout not in READOUTS:
+        raise UsageError(f"readout={o.readout}: expected one of {', '.join(READOUTS)}")
     rows = []
     for d in datasets:
         L = toys.length(d)

@@ -123,6 +123,8 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         raise UsageError("max_new_tokens and num_samples must be >= 1; top_k and length >= 0")
     if temperature < 0 and temperature != -1.0:                     # -1: the method's default
         raise UsageError(f"--temperature must be >= 0, not {temperature}")
+    if threshold != -1.0 and not 0 <= threshold <= 1:                 # -1: the method's default
+        raise UsageError(f"--threshold must be in [0, 1], not {threshold}")
     if not prompt and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     from ..hf_causal import load_causal_lm
@@ -131,6 +133,8 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         method = "ar" if m.config.causal else "daedal"
     if method not in ("ar", "calm", "daedal", "fixed", "threshold"):
         raise UsageError(f"unknown --method {method!r}; use ar, calm, daedal, fixed or threshold")
+    if threshold != -1.0 and method not in ("calm", "threshold"):
+        raise UsageError(f"--threshold applies to --method calm or threshold, not {method}")
     if (method in ("ar", "calm")) != m.config.causal:
         kind = "a causal LM" if m.config.causal else "a masked diffusion LM"
         raise UsageError(f"--method {method} does not fit {model}, which is {kind}")
@@ -221,9 +225,18 @@ def report(files: list[str], output: str = "", title: str = "adaptive_lm benchma
         force: overwrite an existing output
     """
     from ..io import atomic_write_text, check_output
-    from ..report import bench_report, load_bench
+    from ..report import NotABench, bench_report, load_bench
     out = check_output(output or Path(files[0]).with_suffix(".html"), force=force, inputs=files)
-    benches = [(f, load_bench(f)) for f in files]
+    benches = []
+    for f in files:
+        try:
+            benches.append((f, load_bench(f)))
+        except NotABench as e:
+            if len(files) == 1:
+                raise
+            print(f"skipped: {e}", file=sys.stderr)      # a glob over a folder with other JSON in it
+    if not benches:
+        raise UsageError(f"none of the {len(files)} files is a bench result (`adaptive-lm bench NAME --json OUT`)")
     atomic_write_text(out, bench_report(benches, title=title))
     print(f"{len(benches)} bench result(s) -> {out}")
     return 0

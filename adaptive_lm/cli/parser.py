@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import re
 import sys
 import typing
 from typing import Optional
@@ -28,7 +29,7 @@ def _doc_args(fn) -> tuple[str, dict]:
     for line in rest.splitlines():
         if ":" in line:
             k, v = line.strip().split(":", 1)
-            helps[k.strip()] = v.strip()
+            helps[k.strip().rstrip("_")] = v.strip()            # `json_: ...` documents --json
     return head.strip(), helps
 
 
@@ -39,13 +40,31 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where it tells something: not for an empty or "auto" sentinel
+    default (``""``, None, False, a negative number) nor where the help text already names it."""
+
+    def _get_help_string(self, action):
+        d, h = action.default, action.help or ""
+        if "default" in h.lower() or d in (None, "", False, [], argparse.SUPPRESS) or \
+                (isinstance(d, (int, float)) and not isinstance(d, bool) and d < 0):
+            return h
+        return super()._get_help_string(action)
+
+
+def summary(desc: str) -> str:
+    """The first sentence of a command's description (its first paragraph, lines joined)."""
+    para = " ".join(desc.split("\n\n")[0].split())
+    end = re.search(r"(?<!e\.g)(?<!i\.e)\.\s", para)                 # not at "e.g. " / "i.e. "
+    return para if end is None else para[:end.start() + 1]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="adaptive-lm", description="Language models that spend compute and bits only where needed.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, fn in COMMANDS.items():
         desc, helps = _doc_args(fn)
-        sp = sub.add_parser(name, help=desc.splitlines()[0], description=desc,
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sp = sub.add_parser(name, help=summary(desc), description=desc, formatter_class=DefaultsFormatter)
         hints = typing.get_type_hints(fn)
         for pos, (pname, par) in enumerate(inspect.signature(fn).parameters.items()):
             typ, h = hints.get(pname, str), helps.get(pname.rstrip("_"), "")

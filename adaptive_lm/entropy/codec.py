@@ -44,7 +44,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..errors import AdaptiveLMError
+from ..errors import AdaptiveLMError, UsageError
 from ..model import kv_heads
 
 MAGIC, VERSION = b"ALMZ", 3         # versions 1 (JSON header) and 2 (our quantiser) are still read
@@ -133,7 +133,7 @@ def _bos(tok) -> int:
 
 def _workers(n: int) -> int:
     if n < 0:
-        raise AdaptiveLMError(f"workers must be >= 1 (or 0 for one per torch thread), not {n}")
+        raise UsageError(f"workers must be >= 1 (or 0 for one per torch thread), not {n}")
     return n or torch.get_num_threads()
 
 
@@ -152,9 +152,9 @@ def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_token
     c = model.config
     chunk = cfg.chunk or min(meta_seq_len or 512, 512, c.max_seq_len)
     if not 1 <= chunk <= c.max_seq_len:
-        raise AdaptiveLMError(f"chunk must be within 1..{c.max_seq_len} (the model's max_seq_len), not {chunk}")
+        raise UsageError(f"chunk must be within 1..{c.max_seq_len} (the model's max_seq_len), not {chunk}")
     if not 0 <= cfg.batch <= MAX_FILE_ROWS:
-        raise AdaptiveLMError(f"batch must be within 1..{MAX_FILE_ROWS} (or 0 for the default), not {cfg.batch}")
+        raise UsageError(f"batch must be within 1..{MAX_FILE_ROWS} (or 0 for the default), not {cfg.batch}")
     _workers(cfg.workers)
     if cfg.batch:
         return chunk, cfg.batch

@@ -30,12 +30,16 @@ def entropy_heatmap(pieces: list[str], bits: list[Optional[float]], *, title: st
     return page(title, [("entropy", "Per-token entropy", f"<p>{esc(facts)}</p>" + views.token_heatmap(pieces, bits))])
 
 
+class NotABench(UsageError):
+    """A readable JSON file that is not the output of `adaptive-lm bench`."""
+
+
 def load_bench(path) -> dict:
     """A bench JSON written by `adaptive-lm bench NAME --json OUT`; a clear error for anything else."""
     p = Path(path)
     result = read_json(p, UsageError)
     if not isinstance(result, dict) or "bench" not in result or not isinstance(result.get("rows"), list):
-        raise UsageError(f"{p} is not a bench result (expected the JSON of `adaptive-lm bench NAME --json OUT`)")
+        raise NotABench(f"{p} is not a bench result (expected the JSON of `adaptive-lm bench NAME --json OUT`)")
     return result
 
 

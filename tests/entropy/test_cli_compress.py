@@ -55,7 +55,8 @@ def test_bad_inputs_are_one_line_errors(codec_lm, tmp_path, capsys):
              (["decompress", str(src), "-o", str(back)], 1, "bad magic"),
              (["compress", str(src), "-o", str(src), "--model", str(codec_lm[0])], 2, "overwrite the input"),
              (["compress", str(src), "--model", str(tmp_path / "nomodel")], 1, ""),
-             (["compress", str(src), "--model", str(codec_lm[0]), "--chunk", "9999"], 1, "chunk must be within")]
+             (["compress", str(src), "--model", str(codec_lm[0]), "--chunk", "9999"], 2, "chunk must be within"),
+             (["compress", str(src), "--model", str(codec_lm[0]), "--workers", "-1"], 2, "workers must be")]
     for argv, code, text in cases:
         assert main(argv + ["--quiet"]) == code, argv
         err = capsys.readouterr().err.strip()

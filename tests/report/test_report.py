@@ -141,3 +141,10 @@ def test_report_cli_writes_and_never_overwrites(tmp_path, capsys):
     assert not (tmp_path / "n.html").exists()
     assert main(["report", str(src), "--force"]) == 0
     assert sorted(os.listdir(tmp_path)) == ["b.html", "b.json"]       # no temp file left behind
+    other = write(tmp_path / "sweep.json", {"not": "a bench"})       # a glob over a folder with other JSON
+    assert main(["report", str(src), str(other), "-o", str(tmp_path / "both.html")]) == 0
+    assert "skipped" in capsys.readouterr().err and (tmp_path / "both.html").exists()
+    assert main(["report", str(other), "-o", str(tmp_path / "o.html")]) == 2          # alone: an error
+    assert main(["report", str(other), str(other), "-o", str(tmp_path / "o.html")]) == 2
+    assert main(["report", str(src), str(tmp_path / "nope.json"), "-o", str(tmp_path / "o.html")]) == 2
+    assert not (tmp_path / "o.html").exists()

@@ -49,7 +49,8 @@ def data_dir(flag: Optional[str] = None) -> Path:
         p = Path(given).expanduser()
         if not p.is_dir():
             src = "--data-dir" if flag else ENV_VAR
-            raise DataError(f"data folder {p} (from {src}) does not exist")
+            what = "is not a folder" if p.exists() else "does not exist"
+            raise DataError(f"data folder {p} (from {src}) {what}")
         return p
     for p in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"):
         if p.is_dir():

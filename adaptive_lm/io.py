@@ -40,7 +40,7 @@ def check_output(path, *, force: bool = False, inputs=(), flag: str = "-o") -> P
     if path.exists() and not path.is_file():
         raise UsageError(f"{flag} {path} is not a regular file: give a file name")
     if path.exists() and not force:
-        raise UsageError(f"{flag} {path} exists: pass --force to overwrite it, or choose another")
+        raise UsageError(f"{path} exists: pass --force to overwrite it, or choose another {flag}")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"{flag} {path}: the folder {parent} is not writable")
     return path

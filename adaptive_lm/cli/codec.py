@@ -27,8 +27,11 @@ def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch
     from ..entropy.runtime import compress_file
     r = compress_file(file, output, model=model, cfg=CodecConfig(chunk=chunk, batch=batch, workers=workers), force=force,
                       progress=not quiet)
-    print(f"{r['output']}: {r['bytes_in']:,} -> {r['bytes_out']:,} bytes, {r['bits_per_byte']:.3f} bits/byte, "
-          f"{r['bytes_in'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s ({r['model']})")
+    if r["bytes_in"]:
+        rate = f"{r['bits_per_byte']:.3f} bits/byte, {r['bytes_in'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s"
+    else:
+        rate = "empty input: the header alone"
+    print(f"{r['output']}: {r['bytes_in']:,} -> {r['bytes_out']:,} bytes, {rate} ({r['model']})")
     return 0
 
 

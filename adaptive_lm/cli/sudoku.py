@@ -47,6 +47,12 @@ def sudoku(action: str, puzzle: str = "", model: str = "builtin:mdm-sudoku", nfe
     if action != "solve":
         raise UsageError(f"unknown action {action!r}: use solve or generate")
     from ..vmd.sudoku import load_sudoku_model, solve as solve_grid
+    if not puzzle and not sys.stdin.isatty():
+        puzzle = sys.stdin.read().strip()
+    if not puzzle:
+        raise UsageError("sudoku solve needs a puzzle: 81 characters as an argument or on stdin")
+    if nfe < 0:
+        raise UsageError(f"--nfe must be >= 0 (0 = one cell per step), not {nfe}")
     grid = S.parse(puzzle)
     exact = S.solve(grid, limit=2)
     if not exact.solutions:

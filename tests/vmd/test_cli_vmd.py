@@ -42,6 +42,19 @@ def test_sudoku_solve_bad_puzzles(puzzle, fragment, sudoku_ckpts, capsys):
     assert fragment in err and len(err.strip().splitlines()) == 1
 
 
+def test_sudoku_solve_reads_stdin_and_needs_a_puzzle(sudoku_ckpts, capsys, monkeypatch):
+    import io
+    _, sol = S.generate(7)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["sudoku", "solve", "--model", sudoku_ckpts["mdm"]]) == 2
+    assert "needs a puzzle" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO(sol + "\n"))
+    assert main(["sudoku", "solve", "--model", sudoku_ckpts["mdm"]]) == 0
+    assert "valid solution" in capsys.readouterr().out
+    assert main(["sudoku", "solve", sol, "--nfe", "-1", "--model", sudoku_ckpts["mdm"]]) == 2
+    assert ">= 0" in capsys.readouterr().err
+
+
 def test_sudoku_solve_never_presents_an_invalid_grid(sudoku_ckpts, capsys):
     puzzle, _ = S.generate(7)
     rc = main(["sudoku", "solve", puzzle, "--model", sudoku_ckpts["vmd"], "--tries", "2", "--json"])

@@ -29,9 +29,10 @@ def next_token_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_lm(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 16,
-                n_bytes: Optional[int] = None) -> dict:
+                n_bytes: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Mean held-out cross-entropy over windows (N, T). Returns loss (nats/token), ppl, bits/token,
-    and bits/byte when the number of bytes the windows cover is given."""
+    and bits/byte when the number of bytes the windows cover is given. ``progress(done, total)``
+    hears the tokens scored after each batch."""
     model.eval()
     dev = next(unwrap(model).parameters()).device
     total, count = 0.0, 0
@@ -40,6 +41,8 @@ def evaluate_lm(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 16
         logits = model(xb).logits.float()
         total += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum").item()
         count += yb.numel()
+        if progress is not None:
+            progress(count, y.numel())
     loss = total / max(count, 1)
     out = {"loss": loss, "ppl": math.exp(min(loss, 50)), "bits_per_token": loss / math.log(2), "tokens": count}
     if n_bytes:

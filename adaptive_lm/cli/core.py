@@ -83,7 +83,9 @@ def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 
     seq = meta.get("seq_len", m.config.max_seq_len)
     stream = TokenStream(pack(tok, read_text(corpus, split, data_dir_flag=data_dir or None)), seq)
     x, y = stream.eval_windows(max_windows or None)
-    res = evaluate_lm(m, x, y, batch_size=batch_size, n_bytes=len(tok.decode_bytes(y.flatten().tolist())))
+    from ..entropy.runtime import Meter
+    n_bytes = len(tok.decode_bytes(y.flatten().tolist()))
+    res = evaluate_lm(m, x, y, batch_size=batch_size, n_bytes=n_bytes, progress=Meter("eval", n_bytes, True))
     print(json.dumps({"model": model, "corpus": corpus, "split": split, **res}))
     return 0
 

@@ -52,10 +52,11 @@ def data_dir(flag: Optional[str] = None) -> Path:
             what = "is not a folder" if p.exists() else "does not exist"
             raise DataError(f"data folder {p} (from {src}) {what}")
         return p
-    for p in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"):
+    tried = (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data")
+    for p in tried:
         if p.is_dir():
             return p
-    raise DataError(f"no data folder: pass --data-dir or set {ENV_VAR}")
+    raise DataError(f"no data folder: pass --data-dir or set {ENV_VAR} (none at {' or '.join(map(str, dict.fromkeys(tried)))})")
 
 
 def corpus_path(name: str, split: str = "train", data_dir_flag: Optional[str] = None) -> tuple[Path, bool]:

@@ -2,7 +2,10 @@
 Gaussian latent z, so that tokens committed in the same step agree with each other.
 
     encoder  q(z | x0, x_t) = N(mu, diag sigma^2)   a bidirectional stack over the clean tokens, told
-                                                      which positions x_t masks; pooled over the block
+                                                      which positions x_t masks; read out over the block
+                                                      by its mean (``readout="mean"``) or its mean and
+                                                      its first position (``"mean+first"``: tells the
+                                                      order of independent factors, e.g. toy D2)
     prior    p(z) = N(0, I)
     decoder  p(x0^i | x_t, z)                        the MDM denoiser (our bidirectional backbone); z
                                                       enters through the backbone's conditioning input:

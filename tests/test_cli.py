@@ -111,6 +111,27 @@ def test_recipes_lists_and_describes(capsys):
     assert "train.steps = 20" in capsys.readouterr().out
 
 
+def test_bench_list_names_every_bench_in_one_column(capsys):
+    assert main(["bench", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [ln.split()[0] for ln in lines]
+    assert "entropy-aware" in names and "vmd-toy" in names
+    starts = {len(ln) - len(ln[len(n):].lstrip()) for ln, n in zip(lines, names)}
+    assert len(starts) == 1                       # every description starts in the same column
+
+
+@pytest.mark.parametrize("argv", [["--threads", "1", "bench", "list"], ["bench", "list", "--threads", "1"]])
+def test_threads_sets_torch_threads_before_or_after_the_command(argv, capsys):
+    import torch
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(argv) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_closed_pipe_is_not_a_traceback():
     """`adaptive-lm ... | head`: the reader is gone before the command has written its ~12 KB."""
     p = subprocess.Popen([sys.executable, "-m", "adaptive_lm", "generate", "builtin:shakespeare-char", "--prompt", "A",

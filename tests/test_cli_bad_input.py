@@ -50,6 +50,7 @@ def here(tmp_path, monkeypatch):
     (["bench", "train", "n_layer=-1"], 2, ["n_layer must be >= 1"]),
     (["bench", "train", "n_head=3", "d_model=16"], 2, ["divisible"]),
     (["bench", "train", "threads=-1"], 2, ["threads"]),
+    (["--threads", "-1", "bench", "list"], 2, ["--threads", ">= 0"]),
     (["bench", "daedal", "device=tpu"], 2, ["device=tpu"]),
     (["bench", "eem", "mixer=bogus"], 2, ["mixer"]),
     (["bench", "eem", "compression=0"], 2, ["compression"]),

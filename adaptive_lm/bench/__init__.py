@@ -130,8 +130,9 @@ def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = 
     from . import entropy_aware as _entropy_aware, train as _train  # noqa: F401
     from . import arith_probe as _arith_probe, vmd as _vmd  # noqa: F401
     if name == "list":
+        width = max(map(len, BENCHES))
         for n, (fn, _) in sorted(BENCHES.items()):
-            print(f"{n:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+            print(f"{n:{width}s}  {(fn.__doc__ or '').strip().splitlines()[0]}")
         return 0
     if name not in BENCHES:
         raise UsageError(f"unknown bench {name!r}; available: {', '.join(sorted(BENCHES))}")

@@ -43,6 +43,9 @@ def here(tmp_path, monkeypatch):
     # options that were ignored or silently replaced
     (["eval", "builtin:mdlm-arith", "--split", "train"], 2, ["do not apply"]),
     (["generate", "builtin:shakespeare-char", "--temperature", "-2"], 2, ["--temperature"]),
+    (["generate", "builtin:shakespeare-char", "--temperature", "-1"], 2, [">= 0, not -1.0"]),
+    (["generate", "builtin:shakespeare-char", "--temperature", "nan"], 2, ["--temperature"]),
+    (["generate", "builtin:shakespeare-char", "--prompt", "x", "--method", "calm", "--threshold", "-1"], 2, ["[0, 1]"]),
     (["generate", "builtin:shakespeare-char", "--prompt", "x", "--threshold", "0.5"], 2, ["--method calm or threshold"]),
     (["generate", "builtin:shakespeare-char", "--prompt", "x", "--threshold", "1.5"], 2, ["[0, 1]"]),
     (["bench", "vmd-toy", "readout=max"], 2, ["readout"]),

@@ -5,13 +5,14 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 from ..errors import AdaptiveLMError, UsageError
 from ..io import check_output, check_output_folder, read_json
 from .parser import command
 
 
-def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str = "", kv: str = ""):
+def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_file: str = "", kv: str = ""):
     """(CalmConfig, exit classifier or None) from the flags, falling back on the calm.json given or
     in the model folder, then on the defaults. The stored threshold is used only for the measure
     and K/V policy it was certified with."""
@@ -32,7 +33,7 @@ def _calm_options(model: str, m, threshold: float, measure: str, calm_file: str 
     kv = kv or stored.get("kv") or "propagate"
     if kv not in KV_MODES:
         raise UsageError(f"--kv must be one of {', '.join(KV_MODES)}, not {kv!r}")
-    if threshold < 0:
+    if threshold is None:
         certified = stored.get("threshold") is not None and stored.get("measure") == measure \
             and stored.get("kv", "propagate") == kv
         threshold = stored["threshold"] if certified else 0.9

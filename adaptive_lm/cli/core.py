@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 from ..errors import UsageError
 from .parser import command
@@ -92,9 +93,9 @@ def eval_(model: str, corpus: str = "", split: str = "test", max_windows: int = 
 
 @command
 def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: str = "auto",
-             max_new_tokens: int = 200, temperature: float = -1.0, top_k: int = 0, num_samples: int = 1,
+             max_new_tokens: int = 200, temperature: Optional[float] = None, top_k: int = 0, num_samples: int = 1,
              seed: int = 0, length: int = 0, max_length: int = 512, block_length: int = 32,
-             threshold: float = -1.0, measure: str = "", show_exits: bool = False, calm: str = "",
+             threshold: Optional[float] = None, measure: str = "", show_exits: bool = False, calm: str = "",
              order: str = "confidence", kv: str = "") -> int:
     """Generate from a checkpoint. The prompt comes from --prompt, or from stdin when piped.
 
@@ -123,9 +124,9 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     import torch
     if max_new_tokens < 1 or num_samples < 1 or top_k < 0 or length < 0:
         raise UsageError("max_new_tokens and num_samples must be >= 1; top_k and length >= 0")
-    if temperature < 0 and temperature != -1.0:                     # -1: the method's default
+    if temperature is not None and not temperature >= 0:            # None: the method's default
         raise UsageError(f"--temperature must be >= 0, not {temperature}")
-    if threshold != -1.0 and not 0 <= threshold <= 1:                 # -1: the method's default
+    if threshold is not None and not 0 <= threshold <= 1:            # None: the method's default
         raise UsageError(f"--threshold must be in [0, 1], not {threshold}")
     if not prompt and not sys.stdin.isatty():
         prompt = sys.stdin.read()
@@ -135,7 +136,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         method = "ar" if m.config.causal else "daedal"
     if method not in ("ar", "calm", "daedal", "fixed", "threshold"):
         raise UsageError(f"unknown --method {method!r}; use ar, calm, daedal, fixed or threshold")
-    if threshold != -1.0 and method not in ("calm", "threshold"):
+    if threshold is not None and method not in ("calm", "threshold"):
         raise UsageError(f"--threshold applies to --method calm or threshold, not {method}")
     if (method in ("ar", "calm")) != m.config.causal:
         kind = "a causal LM" if m.config.causal else "a masked diffusion LM"
@@ -145,7 +146,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         from .calm import _calm_options, _generate_ar
         calm_cfg = _calm_options(model, m, threshold, measure, calm, kv) if method == "calm" else None
         default_t = 0.0 if method == "calm" else 0.8      # CALM's guarantee is about greedy decoding
-        return _generate_ar(m, tok, prompt, max_new_tokens, default_t if temperature < 0 else temperature, top_k,
+        return _generate_ar(m, tok, prompt, max_new_tokens, default_t if temperature is None else temperature, top_k,
                             num_samples, g, calm_cfg, show_exits)
     if not prompt:
         raise UsageError("a masked diffusion model needs a prompt (--prompt or stdin)")
@@ -156,12 +157,12 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     elif method == "fixed":
         policy = FixedLength(length=length or 256, block_length=block_length, order=order)
     else:
-        policy = Threshold(length=length or 256, threshold=0.9 if threshold < 0 else threshold, block_length=block_length,
+        policy = Threshold(length=length or 256, threshold=0.9 if threshold is None else threshold, block_length=block_length,
                            order=order)
     p_ids = tok.encode(prompt if prompt.endswith("\n") else prompt + "\n")
     out = denoise(model_logits_fn(m), [p_ids] * num_samples, policy=policy,
                   ids=SpecialIds(tok.mask_id, tok.eos_id, tok.pad_id, tok.vocab_size),
-                  temperature=max(temperature, 0.0), generator=g, max_seq_len=m.config.max_seq_len)
+                  temperature=temperature or 0.0, generator=g, max_seq_len=m.config.max_seq_len)
     for i, (toks, st) in enumerate(zip(out.tokens, out.stats)):
         if num_samples > 1:
             print(f"--- sample {i + 1}")

@@ -63,6 +63,12 @@ THREADS_HELP = ("torch CPU threads (default: torch's, one per core). On a busy m
                 "faster for the small shipped models")
 
 
+def _unoptional(typ):
+    """``Optional[float]`` -> float: a flag whose default None means "the method's own default"."""
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    return args[0] if typing.get_origin(typ) is typing.Union and len(args) == 1 else typ
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="adaptive-lm", description="Language models that spend compute and bits only where needed.")
     p.add_argument("--threads", dest="_threads", type=int, default=0, metavar="N", help=THREADS_HELP)
@@ -74,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--threads", dest="_threads", type=int, default=argparse.SUPPRESS, metavar="N", help=THREADS_HELP)
         hints = typing.get_type_hints(fn)
         for pos, (pname, par) in enumerate(inspect.signature(fn).parameters.items()):
-            typ, h = hints.get(pname, str), helps.get(pname.rstrip("_"), "")
+            typ, h = _unoptional(hints.get(pname, str)), helps.get(pname.rstrip("_"), "")
             flag = "--" + pname.rstrip("_").replace("_", "-")
             short = [SHORT[pname]] if pname in SHORT else []
             if typing.get_origin(typ) is list:

@@ -49,7 +49,8 @@ class Meter:
 
     def __init__(self, label: str, n_bytes: int, enabled: bool):
         self.label, self.n_bytes, self.enabled = label, n_bytes, enabled
-        self.tty, self.t0, self.last = sys.stderr.isatty(), time.time(), 0.0
+        self.tty, self.t0 = sys.stderr.isatty(), time.time()
+        self.last = self.t0                   # the first line after one interval: a short job prints only its end
 
     def __call__(self, done: int, total: int):
         now = time.time()

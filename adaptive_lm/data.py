@@ -9,6 +9,11 @@ Corpus names resolve inside the data folder; a path to a file works everywhere:
     pydocs            text/pydocs/{train,valid,test}.txt (its own splits)
     gsm8k             benchmarks/gsm8k_{train,test}.jsonl as text: each problem's question, a
                       newline, its worked answer; problems separated by a blank line (valid = test)
+    arith             made by code, not read (tasks/arith.py): synthetic worked arithmetic
+                      problems; train from the train number-tuples, valid / test from the
+                      held-out ones (different seeds)
+Corpora made by code register a function split -> text in ``GENERATED`` (``register_corpus``);
+``import adaptive_lm.tasks`` registers the task corpora.
 A ``+`` joins corpora into one (``pydocs+gsm8k+tinyshakespeare``): each part's split by its own
 rule, the parts separated by a blank line.
 
@@ -25,7 +30,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -40,6 +45,16 @@ CORPORA = {
 SPLITS = ("train", "valid", "test")
 JSONL_FIELDS = {"gsm8k": ("question", "answer")}   # JSON-lines corpora: the fields that make a record's text
 SPLIT_FILES = {"gsm8k": {"valid": "test"}}          # a split read from another split's file
+GENERATED: dict[str, Callable[[str], str]] = {}     # corpora made by code: name -> (split -> text)
+
+
+def register_corpus(name: str, text_of_split: Callable[[str], str]) -> None:
+    """Make ``name`` a corpus whose split text comes from ``text_of_split(split)`` (a task's generator)."""
+    GENERATED[name] = text_of_split
+
+
+def known_corpora() -> list[str]:
+    return [*CORPORA, *GENERATED]
 
 
 def data_dir(flag: Optional[str] = None) -> Path:
@@ -70,7 +85,7 @@ def corpus_path(name: str, split: str = "train", data_dir_flag: Optional[str] = 
     else:
         p, own = Path(name).expanduser(), False
     if not p.exists():
-        hint = "" if name in CORPORA else f" (known corpora: {', '.join(CORPORA)})"
+        hint = "" if name in CORPORA else f" (known corpora: {', '.join(known_corpora())})"
         raise DataError(f"corpus file {p} does not exist{hint}")
     if p.is_dir():
         raise DataError(f"corpus path {p} is a folder, not a text file")
@@ -83,7 +98,7 @@ def joined_parts(name: str) -> Optional[list[str]]:
     if "+" not in name or Path(name).expanduser().exists():
         return None
     parts = [n.strip() for n in name.split("+")]
-    if all(parts) and all(n in CORPORA or Path(n).expanduser().exists() for n in parts):
+    if all(parts) and all(n in CORPORA or n in GENERATED or Path(n).expanduser().exists() for n in parts):
         return parts
     return None
 
@@ -96,6 +111,10 @@ def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir
             return "\n\n".join(read_text(n, split, holdout=holdout, data_dir_flag=data_dir_flag) for n in parts)
         except DataError as e:
             raise DataError(f"corpus {name!r}: {e}") from None
+    if name in GENERATED and not Path(name).expanduser().exists():
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        return GENERATED[name](split)
     p, own = corpus_path(name, split, data_dir_flag)
     if name in JSONL_FIELDS:
         text = _jsonl_text(p, JSONL_FIELDS[name])

@@ -113,3 +113,13 @@ def test_plus_joins_corpora_each_split_by_its_own_rule(tmp_path, corpus):
     (tmp_path / "benchmarks" / "gsm8k_test.jsonl").unlink()
     with pytest.raises(DataError, match=f"corpus 'gsm8k[+].*': corpus file .*gsm8k_test.jsonl does not exist"):
         data.read_text(f"gsm8k+{corpus}", "test", data_dir_flag=dd)
+
+
+def test_a_generated_corpus_needs_no_data_folder_and_joins(monkeypatch, corpus):
+    monkeypatch.setitem(data.GENERATED, "gen", lambda split: f"text of {split}\n")
+    monkeypatch.setenv(data.ENV_VAR, "/nonexistent/folder")          # never consulted for a generated corpus
+    assert [data.read_text("gen", s) for s in data.SPLITS] == ["text of train\n", "text of valid\n", "text of test\n"]
+    assert data.read_text(f"gen+{corpus}", "valid") == "text of valid\n" + "\n\n" + data.read_text(str(corpus), "valid")
+    assert "gen" in data.known_corpora()
+    with pytest.raises(DataError, match="unknown split"):
+        data.read_text("gen", "dev")

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from .. import tasks  # noqa: F401  (registers the task corpora: a bench may read corpus=arith)
 from ..data import joined_parts
 from ..errors import UsageError
 from ..io import atomic_write_text, check_output

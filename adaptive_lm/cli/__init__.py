@@ -10,6 +10,7 @@ usage errors, 1 for the rest; nothing the user had is overwritten.
 from __future__ import annotations
 
 from . import core, calm, codec, sudoku  # noqa: F401,I001  (each registers its commands; core first in --help)
+from .. import tasks  # noqa: F401  (registers the task corpora, e.g. --corpus arith)
 from .parser import COMMANDS, build_parser, main
 
 __all__ = ["COMMANDS", "build_parser", "main"]

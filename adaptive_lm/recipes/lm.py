@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from ..calm.exits import early_exit_loss, exit_layers, exit_weights
+from .. import tasks  # noqa: F401  (registers the task corpora: arith)
 from ..data import TokenStream, joined_parts, lm_batch, pack, read_text
 from ..errors import UsageError
 from ..lm import evaluate_lm, lm_objective
@@ -103,6 +104,18 @@ register(Recipe(
     data=DataSpec(corpus="pydocs", tokenizer="bpe", bpe_vocab=2048, seq_len=256, eval_windows=64,
                   exit_weights="linear"),
     budget="<= 60 minutes on 2 CPU cores",
+))
+
+register(Recipe(
+    build=build_lm,
+    name="calm-arith",
+    description="calm-pydocs's model and loss on the arith corpus (characters): worked solutions that are "
+                "mostly determined by the question, where early exits can pay (docs/benchmarks.md)",
+    model=ModelConfig(n_layer=8, n_head=4, d_model=128, max_seq_len=512),
+    train=TrainConfig(steps=1500, batch_size=16, lr=2e-3, warmup_steps=60, eval_every=500,
+                      save_every=100, log_every=20, weight_decay=0.1, min_lr_ratio=0.1),
+    data=DataSpec(corpus="arith", tokenizer="char", seq_len=256, eval_windows=64, exit_weights="linear"),
+    budget="<= 30 minutes on 2 CPU cores",
 ))
 
 register(Recipe(

@@ -17,7 +17,8 @@ in ``\\boxed{days}`` and is scored with the same last-``\\boxed{}`` extractor as
     05<6, so 7 days.
     \\boxed{7}
 
-Deterministic from a seed (torch.Generator). Train and test are disjoint by construction: a
+The ``arith`` corpus (``data.corpus=arith``) is these problems as text: question, worked solution,
+a blank line. Deterministic from a seed (torch.Generator). Train and test are disjoint by construction: a
 problem's numbers (template, start, step, target) hash into the test split or the train split.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Optional
 
 import torch
 
+from ..data import register_corpus
 from .answers import is_equiv, last_boxed
 
 MAX_STEPS = 16
@@ -141,3 +143,18 @@ def score(output: str, problem: Problem) -> bool:
     """True when the last \\boxed{} of the output equals the answer (the GSM8K/MATH checker)."""
     pred: Optional[str] = last_boxed(output)
     return pred is not None and is_equiv(pred, problem.answer)
+
+
+CORPUS_PROBLEMS = {"train": 40_000, "valid": 500, "test": 500}   # problems per split of the arith corpus
+CORPUS_SEEDS = {"train": 0, "valid": 1, "test": 2}
+
+
+def corpus_text(split: str) -> str:
+    """The ``arith`` corpus: each problem's prompt and worked solution, problems separated by a blank
+    line. train: 40,000 problems of the train tuples (9.1 M characters); valid and test: 500 each
+    of the held-out tuples, drawn with different seeds."""
+    probs = make_split("train" if split == "train" else "test", CORPUS_PROBLEMS[split], seed=CORPUS_SEEDS[split])
+    return "\n\n".join(p.prompt + p.solution for p in probs) + "\n"
+
+
+register_corpus("arith", corpus_text)

@@ -71,3 +71,19 @@ def test_full_style_writes_the_old_value_and_changes_nothing_else():
     assert [p.prompt for p in a] == [p.prompt for p in b] and [p.answer for p in a] == [p.answer for p in b]
     with pytest.raises(ValueError, match="line style"):
         arith.spend_problem("Mia", "coins", 47, 6, style="long")
+
+
+def test_the_arith_corpus_is_worked_problems_with_held_out_valid_and_test(monkeypatch):
+    from adaptive_lm import data
+    monkeypatch.setitem(arith.CORPUS_PROBLEMS, "train", 300)          # the real train split is 40,000 problems
+    assert data.GENERATED["arith"] is arith.corpus_text               # registered by importing the tasks
+    texts = {s: data.read_text("arith", s) for s in data.SPLITS}
+    assert texts["valid"] == arith.corpus_text("valid") and texts["valid"] != texts["test"]
+    blocks = {s: t.strip("\n").split("\n\n") for s, t in texts.items()}
+    assert [len(blocks[s]) for s in data.SPLITS] == [300, 500, 500]
+    train_prompts = {b.split("\n")[0] for b in blocks["train"]}
+    for s in ("valid", "test"):
+        assert not train_prompts & {b.split("\n")[0] for b in blocks[s]}
+    p = arith.make_split("test", 1, seed=arith.CORPUS_SEEDS["valid"])[0]
+    assert blocks["valid"][0] == p.prompt + p.solution
+    _check_solution(p)

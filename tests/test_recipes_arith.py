@@ -126,3 +126,17 @@ def test_decision_cuts_land_on_a_line_end_or_the_next_line_start():
     plain = arith_global_batch(tok, ArithSpec(), 8, step_generator(0, 3))
     same = arith_global_batch(tok, ArithSpec(decision_cut_share=0.0), 8, step_generator(0, 3))
     assert all(torch.equal(plain[k], same[k]) for k in plain)
+
+
+def test_calm_arith_builds_a_char_lm_with_every_exit_on_the_arith_corpus(monkeypatch):
+    from adaptive_lm.recipes import get_recipe
+    from adaptive_lm.tasks import arith
+    monkeypatch.setitem(arith.CORPUS_PROBLEMS, "train", 200)            # the real one has 40,000 problems
+    r = get_recipe("calm-arith")
+    built = r.build(r)
+    text = arith.corpus_text("test")
+    assert built.tokenizer.decode(built.tokenizer.encode(text)) == text   # held-out text is all in the char vocabulary
+    assert built.meta["calm"]["exit_layers"] == list(range(1, r.model.n_layer + 1))
+    x, y = built.batches(0, 0, 0, 1)
+    assert x.shape == (r.train.batch_size, r.data.seq_len) and torch.equal(x[:, 1:], y[:, :-1])
+    assert "\\boxed{" in built.tokenizer.decode(x.flatten().tolist())  # windows of worked solutions

@@ -9,7 +9,7 @@ import sys
 import typing
 from typing import Optional
 
-from ..errors import AdaptiveLMError
+from ..errors import AdaptiveLMError, UsageError
 
 COMMANDS: dict[str, typing.Callable] = {}
 SHORT = {"output": "-o"}            # short spellings of some flags
@@ -108,11 +108,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not getattr(args, "_fn", None):
         parser.print_help()
         return 2
-    if args._threads < 0:
-        parser.error(f"--threads must be >= 0, got {args._threads}")
-    if args._threads:
-        import torch
-        torch.set_num_threads(args._threads)
     kwargs = {k: v for k, v in vars(args).items() if k not in ("command", "_fn", "_threads")}
     # key=value words after --flags land in `extra`; they belong to the command's KEY=VALUE list
     rest = [k for k in ("overrides", "options") if k in kwargs]
@@ -121,6 +116,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if extra:
         kwargs[rest[0]] = list(kwargs[rest[0]]) + extra
     try:
+        if args._threads < 0:
+            raise UsageError(f"--threads must be >= 0, got {args._threads}")
+        if args._threads:
+            import torch
+            torch.set_num_threads(args._threads)
         return int(args._fn(**kwargs) or 0)
     except AdaptiveLMError as e:
         print(f"adaptive-lm: error: {e}", file=sys.stderr)

@@ -25,6 +25,7 @@ Run ``python -m adaptive_lm.model`` for a smoke test.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
@@ -155,11 +156,20 @@ class KVCache:
     def batch_size(self) -> int:
         return self.key_mask.shape[0]
 
+    def causal_rows(self, start: int, T: int) -> torch.Tensor:
+        """(T, start+T) bool: query t (at position start+t) may see key s <= start+t — a view of one
+        lower-triangular table built on first use, so a multi-token step needs no new index tensors."""
+        if getattr(self, "_tril", None) is None:
+            self._tril = torch.ones(self.max_len, self.max_len, dtype=torch.bool, device=self.key_mask.device).tril()
+        return self._tril[start:start + T, :start + T]
+
     def rewind(self, start: int):
         """Forget positions [start, length): the next step writes from ``start`` again (its tokens'
         K/V are recomputed; CALM's kv=recompute). Slots past ``start`` keep stale values until then."""
         if not 0 <= start <= self.length:
             raise ValueError(f"cannot rewind a cache of length {self.length} to {start}")
+        if start == self.length:
+            return
         self.n_real -= self.key_mask[:, start:self.length].sum(1)
         self.length = start
 
@@ -198,9 +208,16 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+@functools.lru_cache(maxsize=32)
+def rope_frequencies(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    """(Dh/2,) inverse frequencies theta^(-2i/Dh) of RoPE, computed once per (Dh, theta, device)."""
+    with torch.inference_mode(False), torch.no_grad():           # a plain tensor, usable in training too
+        return 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+
+
 def rope_angles(positions: torch.Tensor, head_dim: int, theta: float):
     """cos/sin of RoPE (Su et al. 2021, eq. 34) for integer positions (B, T) -> (B, 1, T, Dh/2)."""
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    inv = rope_frequencies(head_dim, float(theta), positions.device)
     ang = positions.float()[..., None] * inv                     # (B, T, Dh/2)
     return ang.cos()[:, None], ang.sin()[:, None]
 
@@ -438,6 +455,9 @@ def step_context(input_ids, attention_mask, cache: Optional[KVCache], *, causal:
         if T == 1 and not cache.padded:                                # one query, every cached key real
             return StepContext(None, None, None, False, cache, start, T, positions=positions)
         keys = cache.key_mask[:, :start + T]                           # (B, S)
+        if not padded:                                                 # every query real: it sees itself anyway
+            return StepContext(None, None, (keys[:, None, :] & cache.causal_rows(start, T))[:, None], False,
+                               cache, start, T, positions=positions)
     else:
         keys = real
     S = keys.shape[1]

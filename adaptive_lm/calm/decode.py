@@ -34,6 +34,7 @@ a speed-up).
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -44,6 +45,11 @@ from ..confidence import margin, top1
 from .exits import ExitClassifier, exit_layers
 
 MEASURES = ("margin", "top1", "state", "classifier", "oracle")
+
+
+def _as_float32(x: float) -> float:
+    """x rounded to float32 (what ``score_f32 >= x`` compares against in torch)."""
+    return struct.unpack("f", struct.pack("f", x))[0] if math.isfinite(x) else x
 KV_MODES = ("propagate", "recompute")
 
 
@@ -106,7 +112,7 @@ class CalmStep:
         if cache is None or cache.length == 0:                            # the prompt: full depth, which
             self.t, self.record = 1, ExitRecord([[m.config.n_layer] for _ in range(B)])   # gives token 0
             self.ids, self.mask = ids, mask                               # (B, P) what the cache holds
-            self.done = torch.full((B,), T, dtype=torch.long, device=ids.device)             # per row: first position missing layers
+            self.done = [T] * B                                           # per row: first position missing layers
             return m(ids, attention_mask=mask, cache=cache).logits[:, -1]
         lam = threshold_at(self.cfg, self.t, self.n)
         self.t += 1
@@ -118,8 +124,7 @@ class CalmStep:
         """kv=recompute: (B, W) the step's token preceded by every earlier token some running row
         still lacks upper layers for; the cache is rewound to the window's start."""
         self.ids, self.mask = torch.cat([self.ids, ids], 1), torch.cat([self.mask, mask], 1)
-        running = mask[:, 0].bool()
-        s = int(self.done[running].min()) if bool(running.any()) else cache.length
+        s = min((d for d, run in zip(self.done, mask[:, 0].tolist()) if run), default=cache.length)
         cache.rewind(s)
         return self.ids[:, s:], self.mask[:, s:]
 
@@ -134,6 +139,8 @@ class CalmStep:
         return self.clf(i, h), None
 
     def _early_exit(self, m, ids, mask, cache, lam: float) -> torch.Tensor:
+        """One step. The per-row decisions are kept in Python lists: a decode step of a small
+        batch is bound by the number of torch calls, not by their arithmetic."""
         L, recompute = m.config.n_layer, self.cfg.kv == "recompute"
         if recompute:
             ids, mask = self._window(ids, mask, cache)                    # (B, W)
@@ -142,41 +149,49 @@ class CalmStep:
         h_all = m.embed(ids, ctx=ctx)                                     # (B, W, C); W = 1 unless recompute
         B = h_all.shape[0]
         out = torch.zeros(B, m.config.vocab_size, device=h_all.device, dtype=h_all.dtype)
-        idx = mask[:, -1].bool().nonzero().squeeze(1)                     # rows still running; padding never runs
-        h, sub = (h_all, ctx) if idx.numel() == B else (h_all[idx], ctx.select(idx))   # (b, W, C), their context
+        rows = [r for r, real in enumerate(mask[:, -1].tolist()) if real]   # rows still running; padding never runs
+        h, sub = (h_all, ctx) if len(rows) == B else (h_all[rows], ctx.select(torch.tensor(rows, dtype=torch.long, device=h_all.device)))
         exits = set(exit_layers(L, self.cfg.every))
-        open_ = torch.ones(idx.numel(), dtype=torch.bool, device=h.device)   # (b,) rows whose token is undecided
+        lam32 = _as_float32(lam)                      # compared as torch compares a float32 score with λ
+        open_ = [True] * len(rows)                    # per running row: is its token still undecided?
         for i in range(1, L + 1):
-            if idx.numel() == 0:
+            if not rows:
                 break
             prev, h = h, m.layer(i - 1, h, sub)
             if i == L:
-                out[idx[open_]] = m.unembed(h[open_, -1]).to(out.dtype)
-                for r in idx[open_].tolist():
-                    self.record.layers[r].append(L)
+                still = [j for j, o in enumerate(open_) if o]
+                out[[rows[j] for j in still]] = m.unembed(h[still, -1]).to(out.dtype)
+                for j in still:
+                    self.record.layers[rows[j]].append(L)
                 if recompute:
-                    self.done[idx] = end                                  # every layer of these rows is filled
+                    for r in rows:
+                        self.done[r] = end                                # every layer of these rows is filled
                 break
             if i not in exits or i < self.cfg.min_layer or lam == math.inf:
                 continue
-            conf, logits = self._confidence(m, i, h[:, -1], prev[:, -1])
-            go = (conf >= lam) & open_
-            if not bool(go.any()):
+            conf, logits = self._confidence(m, i, h[:, -1], prev[:, -1] if self.cfg.measure == "state" else None)
+            go = [o and c >= lam32 for o, c in zip(open_, conf.tolist())]
+            if not any(go):
                 continue
-            g = go.nonzero().squeeze(1)
-            out[idx[g]] = (logits[g] if logits is not None else m.unembed(h[g, -1])).to(out.dtype)
-            for r in idx[g].tolist():
-                self.record.layers[r].append(i)
+            g = [j for j, x in enumerate(go) if x]
+            if len(g) == B and logits is not None:                        # every row decides here (batch 1: always)
+                out = logits.to(out.dtype)
+            else:
+                out[[rows[j] for j in g]] = (logits[g] if logits is not None else m.unembed(h[g, -1])).to(out.dtype)
+            for j in g:
+                self.record.layers[rows[j]].append(i)
             if recompute:                   # decided rows ride along (their upper K/V come out exact, and
-                open_ = open_ & ~go         # a layer costs about the same for b rows as for fewer)
-                if not bool(open_.any()):
+                open_ = [o and not x for o, x in zip(open_, go)]   # a layer costs about the same for b rows as for fewer)
+                if not any(open_):
                     break
                 continue
-            h_exit, g_ctx = h[g], sub.select(g)
+            gi = torch.tensor(g, dtype=torch.long, device=h.device)
+            h_exit, g_ctx = h[gi], sub.select(gi)
             for j in range(i, L):                                          # state propagation
                 m.fill_kv(j, h_exit, g_ctx)
-            keep = (~go).nonzero().squeeze(1)
-            idx, h, sub, open_ = idx[keep], h[keep], sub.select(keep), open_[keep]
+            keep = [j for j, x in enumerate(go) if not x]
+            ki = torch.tensor(keep, dtype=torch.long, device=h.device)
+            rows, h, sub, open_ = [rows[j] for j in keep], h[ki], sub.select(ki), [open_[j] for j in keep]
         m.commit(ctx)
         return out
 

@@ -13,7 +13,8 @@ Corpus names resolve inside the data folder; a path to a file works everywhere:
                       problems; train from the train number-tuples, valid / test from the
                       held-out ones (different seeds)
 Corpora made by code register a function split -> text in ``GENERATED`` (``register_corpus``);
-``import adaptive_lm.tasks`` registers the task corpora.
+``import adaptive_lm.tasks`` registers the task corpora. A corpus name wins over a file of the
+same name in the current folder: give such a file as ``./NAME``.
 A ``+`` joins corpora into one (``pydocs+gsm8k+tinyshakespeare``): each part's split by its own
 rule, the parts separated by a blank line.
 
@@ -50,6 +51,8 @@ GENERATED: dict[str, Callable[[str], str]] = {}     # corpora made by code: name
 
 def register_corpus(name: str, text_of_split: Callable[[str], str]) -> None:
     """Make ``name`` a corpus whose split text comes from ``text_of_split(split)`` (a task's generator)."""
+    if name in CORPORA or "+" in name:
+        raise ValueError(f"cannot register corpus {name!r}: a file corpus has that name, or it contains '+'")
     GENERATED[name] = text_of_split
 
 
@@ -85,7 +88,8 @@ def corpus_path(name: str, split: str = "train", data_dir_flag: Optional[str] = 
     else:
         p, own = Path(name).expanduser(), False
     if not p.exists():
-        hint = "" if name in CORPORA else f" (known corpora: {', '.join(known_corpora())})"
+        hint = "" if name in CORPORA else f" (known corpora: {', '.join(known_corpora())}" + \
+            ("; `import adaptive_lm.tasks` registers those made by code, e.g. arith)" if not GENERATED else ")")
         raise DataError(f"corpus file {p} does not exist{hint}")
     if p.is_dir():
         raise DataError(f"corpus path {p} is a folder, not a text file")
@@ -111,7 +115,7 @@ def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir
             return "\n\n".join(read_text(n, split, holdout=holdout, data_dir_flag=data_dir_flag) for n in parts)
         except DataError as e:
             raise DataError(f"corpus {name!r}: {e}") from None
-    if name in GENERATED and not Path(name).expanduser().exists():
+    if name in GENERATED:                                 # like the named corpora: a file of that name is ./NAME
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         return GENERATED[name](split)

@@ -139,3 +139,10 @@ def test_a_closed_pipe_is_not_a_traceback():
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+def test_optional_annotations_become_their_inner_type():
+    from typing import Optional
+    from adaptive_lm.cli.parser import _unoptional
+    assert _unoptional(Optional[float]) is float and _unoptional(float | None) is float
+    assert _unoptional(str) is str and _unoptional(Optional[int]) is int

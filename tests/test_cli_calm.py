@@ -125,3 +125,20 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
     assert_one_line_error(rc, se, 2, "n_cal")
     rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "kvs=copy")
     assert_one_line_error(rc, se, 2, "kvs")
+
+
+def test_shipped_calm_arith_exits_early_with_its_certified_threshold(tmp_path):
+    """builtin:calm-arith's calm.json (λ certified at δ 0.1 with recompute) is used when no --threshold is
+    given; on a worked-arithmetic prompt most tokens leave after the first layers. The corpus is made by
+    code, so no data folder is needed."""
+    prompt = "Leo has 12 cards and gets 7 more each day until at least 80. How many days?"
+    rc, so, se = run("--threads", "1", "generate", "builtin:calm-arith", "--method", "calm", "--prompt", prompt,
+                     "--max-new-tokens", "40", cwd=tmp_path)
+    assert rc == 0, se
+    stats = json.loads(se.strip().splitlines()[-1])
+    assert (stats["threshold"], stats["kv"], stats["measure"]) == (0.7, "recompute", "margin")
+    assert stats["avg_layers"] < 3 and "Day 01:" in so
+    rc, so, se = run("--threads", "1", "eval", "builtin:calm-arith", "--split", "test", "--max-windows", "2", cwd=tmp_path)
+    assert rc == 0, se
+    res = json.loads(so.strip().splitlines()[-1])
+    assert res["corpus"] == "arith" and res["bits_per_byte"] < 1.0

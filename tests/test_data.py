@@ -123,3 +123,22 @@ def test_a_generated_corpus_needs_no_data_folder_and_joins(monkeypatch, corpus):
     assert "gen" in data.known_corpora()
     with pytest.raises(DataError, match="unknown split"):
         data.read_text("gen", "dev")
+
+
+def test_a_generated_corpus_name_wins_over_a_file_or_folder_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.setitem(data.GENERATED, "gen", lambda split: f"made {split}\n")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gen").mkdir()                                          # e.g. a run folder called like the corpus
+    assert data.read_text("gen", "test") == "made test\n"
+    (tmp_path / "gen").rmdir()
+    (tmp_path / "gen").write_text("a user file\n" * 10)
+    assert data.read_text("gen", "test") == "made test\n"
+    assert data.read_text("./gen", "train").startswith("a user file")   # the file, named as a path
+    with pytest.raises(ValueError, match="pydocs"):
+        data.register_corpus("pydocs", lambda split: "")
+
+
+def test_an_unregistered_code_corpus_names_the_import(monkeypatch):
+    monkeypatch.setattr(data, "GENERATED", {})
+    with pytest.raises(DataError, match="import adaptive_lm.tasks"):
+        data.read_text("arith")

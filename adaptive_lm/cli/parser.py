@@ -6,6 +6,7 @@ import inspect
 import os
 import re
 import sys
+import types
 import typing
 from typing import Optional
 
@@ -66,7 +67,8 @@ THREADS_HELP = ("torch CPU threads (default: torch's, one per core). On a busy m
 def _unoptional(typ):
     """``Optional[float]`` -> float: a flag whose default None means "the method's own default"."""
     args = [a for a in typing.get_args(typ) if a is not type(None)]
-    return args[0] if typing.get_origin(typ) is typing.Union and len(args) == 1 else typ
+    union = typing.get_origin(typ) in (typing.Union, types.UnionType)     # Optional[X] or X | None
+    return args[0] if union and len(args) == 1 else typ
 
 
 def build_parser() -> argparse.ArgumentParser:

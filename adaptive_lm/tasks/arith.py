@@ -49,6 +49,7 @@ class Problem:
     solution: str    # the worked solution, one line per step, ending in \boxed{answer}
     answer: str      # the final answer (number of days)
     steps: int       # number of step lines (1..16)
+    key: tuple = ()  # the numbers that decide the split: ("spend", start, d) or ("save", start, d, target)
 
 
 def _randint(g: torch.Generator, lo: int, hi: int) -> int:
@@ -56,9 +57,18 @@ def _randint(g: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
+def _hash(key: tuple) -> int:
+    return int(hashlib.sha256(repr(key).encode()).hexdigest()[:8], 16)
+
+
 def _split_of(key: tuple) -> str:
-    h = int(hashlib.sha256(repr(key).encode()).hexdigest()[:8], 16)
-    return "test" if h % TEST_FRACTION == 0 else "train"
+    return "test" if _hash(key) % TEST_FRACTION == 0 else "train"
+
+
+def heldout_half(p: Problem) -> str:
+    """"valid" or "test": which half of the held-out number tuples a test-split problem's belongs
+    to (another bit of the same hash), so the arith corpus's valid and test share no tuple."""
+    return "valid" if (_hash(p.key) // TEST_FRACTION) % 2 == 0 else "test"
 
 
 def check_options(style: str = "delta", max_delta: int = MAX_DELTA) -> None:
@@ -84,7 +94,7 @@ def spend_problem(name: str, item: str, start: int, d: int, style: str = "delta"
         x -= d
     lines.append(f"{x:02d}<{d}, so {k} days.")
     prompt = f"{name} has {start} {item} and spends {d} each day until fewer than {d} are left. How many days?\n"
-    return Problem(prompt, "\n".join(lines) + f"\n\\boxed{{{k}}}", str(k), k)
+    return Problem(prompt, "\n".join(lines) + f"\n\\boxed{{{k}}}", str(k), k, ("spend", start, d))
 
 
 def save_problem(name: str, item: str, start: int, d: int, target: int, style: str = "delta") -> Problem:
@@ -97,7 +107,7 @@ def save_problem(name: str, item: str, start: int, d: int, target: int, style: s
         x += d
     lines.append(f"{x:02d}>={target}, so {k} days.")
     prompt = f"{name} has {start} {item} and gets {d} more each day until at least {target}. How many days?\n"
-    return Problem(prompt, "\n".join(lines) + f"\n\\boxed{{{k}}}", str(k), k)
+    return Problem(prompt, "\n".join(lines) + f"\n\\boxed{{{k}}}", str(k), k, ("save", start, d, target))
 
 
 def sample_problem(g: torch.Generator, split: str = "train", max_steps: int = MAX_STEPS, min_steps: int = 1,
@@ -152,8 +162,15 @@ CORPUS_SEEDS = {"train": 0, "valid": 1, "test": 2}
 def corpus_text(split: str) -> str:
     """The ``arith`` corpus: each problem's prompt and worked solution, problems separated by a blank
     line. train: 40,000 problems of the train tuples (9.1 M characters); valid and test: 500 each
-    of the held-out tuples, drawn with different seeds."""
-    probs = make_split("train" if split == "train" else "test", CORPUS_PROBLEMS[split], seed=CORPUS_SEEDS[split])
+    from the two disjoint halves of the held-out tuples (``heldout_half``)."""
+    if split == "train":
+        probs = make_split("train", CORPUS_PROBLEMS["train"], seed=CORPUS_SEEDS["train"])
+    else:
+        g, probs = torch.Generator().manual_seed(CORPUS_SEEDS[split]), []
+        while len(probs) < CORPUS_PROBLEMS[split]:
+            p = sample_problem(g, "test")
+            if heldout_half(p) == split:
+                probs.append(p)
     return "\n\n".join(p.prompt + p.solution for p in probs) + "\n"
 
 

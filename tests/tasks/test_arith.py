@@ -78,12 +78,24 @@ def test_the_arith_corpus_is_worked_problems_with_held_out_valid_and_test(monkey
     monkeypatch.setitem(arith.CORPUS_PROBLEMS, "train", 300)          # the real train split is 40,000 problems
     assert data.GENERATED["arith"] is arith.corpus_text               # registered by importing the tasks
     texts = {s: data.read_text("arith", s) for s in data.SPLITS}
-    assert texts["valid"] == arith.corpus_text("valid") and texts["valid"] != texts["test"]
+    assert texts["valid"] == arith.corpus_text("valid")
     blocks = {s: t.strip("\n").split("\n\n") for s, t in texts.items()}
     assert [len(blocks[s]) for s in data.SPLITS] == [300, 500, 500]
-    train_prompts = {b.split("\n")[0] for b in blocks["train"]}
-    for s in ("valid", "test"):
-        assert not train_prompts & {b.split("\n")[0] for b in blocks[s]}
-    p = arith.make_split("test", 1, seed=arith.CORPUS_SEEDS["valid"])[0]
-    assert blocks["valid"][0] == p.prompt + p.solution
-    _check_solution(p)
+    numbers = {s: {tuple(re.findall(r"\d+", b.split("\n")[0])) + ("spends" in b,) for b in blocks[s]}
+               for s in data.SPLITS}                                   # each problem's number tuple
+    assert not numbers["train"] & numbers["valid"] and not numbers["train"] & numbers["test"]
+    assert not numbers["valid"] & numbers["test"]                      # the held-out tuples split in two halves
+    assert len(numbers["valid"]) > 100 and len(numbers["test"]) > 100
+
+
+def test_heldout_half_splits_the_test_tuples_and_keys_name_the_numbers():
+    probs = arith.make_split("test", 400, seed=5)
+    halves = {arith.heldout_half(p) for p in probs}
+    assert halves == {"valid", "test"}
+    for p in probs:
+        _check_solution(p)
+        nums = tuple(int(x) for x in re.findall(r"\d+", p.prompt))
+        assert p.key[0] == ("spend" if "spends" in p.prompt else "save")
+        assert p.key[1:] == (nums[:2] if p.key[0] == "spend" else nums)
+        assert arith.heldout_half(arith.spend_problem("Mia", "x", *p.key[1:]) if p.key[0] == "spend"
+                                  else arith.save_problem("Mia", "x", *p.key[1:])) == arith.heldout_half(p)

@@ -136,7 +136,10 @@ def test_shipped_calm_arith_exits_early_with_its_certified_threshold(tmp_path):
                      "--max-new-tokens", "40", cwd=tmp_path)
     assert rc == 0, se
     stats = json.loads(se.strip().splitlines()[-1])
-    assert (stats["threshold"], stats["kv"], stats["measure"]) == (0.7, "recompute", "margin")
+    from adaptive_lm.checkpoint import resolve
+    stored = json.loads((resolve("builtin:calm-arith") / "calm.json").read_text())
+    assert 0 < stored["threshold"] < 1 and stored["delta"] == 0.1
+    assert (stats["threshold"], stats["kv"], stats["measure"]) == (stored["threshold"], "recompute", "margin")
     assert stats["avg_layers"] < 3 and "Day 01:" in so
     rc, so, se = run("--threads", "1", "eval", "builtin:calm-arith", "--split", "test", "--max-windows", "2", cwd=tmp_path)
     assert rc == 0, se

@@ -1,5 +1,6 @@
 """The command line: end to end on a tiny recipe, and bad input -> one line, right exit code."""
 import json
+import os
 import subprocess
 import sys
 
@@ -120,16 +121,28 @@ def test_bench_list_names_every_bench_in_one_column(capsys):
     assert len(starts) == 1                       # every description starts in the same column
 
 
-@pytest.mark.parametrize("argv", [["--threads", "1", "bench", "list"], ["bench", "list", "--threads", "1"]])
-def test_threads_sets_torch_threads_before_or_after_the_command(argv, capsys):
+TINY_BENCH = ["bench", "train", "n_layer=1", "d_model=32", "n_head=2", "seq_len=16", "batch_size=2",
+              "vocab_size=64", "steps=2", "warmup=1", "peak_size=128", "precisions=fp32"]
+
+
+@pytest.mark.parametrize("where", ["before", "after", "env"])
+def test_threads_reach_torch_and_the_bench_rerun_command_then_are_restored(where, tmp_path, monkeypatch):
     import torch
+    out = tmp_path / "b.json"
+    argv = TINY_BENCH + ["--json", str(out)]
+    if where == "before":
+        argv = ["--threads", "1"] + argv
+    elif where == "after":
+        argv = argv + ["--threads", "1"]
+    else:
+        monkeypatch.setenv("ADAPTIVE_LM_THREADS", "1")
     before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert main(argv) == 0
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["environment"]["threads"] == 1
+    assert res["command"].startswith("adaptive-lm --threads 1 bench train")
+    assert torch.get_num_threads() == before                       # an in-process call leaves no trace
+    assert os.environ.get("ADAPTIVE_LM_THREADS") == ("1" if where == "env" else None)
 
 
 def test_a_closed_pipe_is_not_a_traceback():

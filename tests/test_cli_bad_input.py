@@ -138,3 +138,9 @@ def test_an_unwritable_output_is_one_line_and_leaves_nothing(tmp_path):
     with pytest.raises(AdaptiveLMError, match="cannot write"):
         atomic_write_text(target, "{}")
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_a_bad_threads_variable_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("ADAPTIVE_LM_THREADS", "two")
+    rc, err = _run(capsys, "bench", "list")
+    _one_line(rc, err, 2, "ADAPTIVE_LM_THREADS", "'two'")

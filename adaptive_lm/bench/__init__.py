@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import shlex
 import sys
@@ -145,8 +146,10 @@ def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = 
         check_output(json_path, force=True, inputs=inputs, flag="--json")
     torch.manual_seed(seed)
     result = fn(seed, opts)
-    cmd = "adaptive-lm bench " + " ".join(shlex.quote(a) for a in [name, "--seed", str(seed), *options] +
-                                          (["--json", str(json_path)] if json_path else []))
+    threads = os.environ.get("ADAPTIVE_LM_THREADS", "").strip()    # set by the CLI's --threads
+    cmd = "adaptive-lm " + (f"--threads {shlex.quote(threads)} " if threads else "") + "bench " + \
+        " ".join(shlex.quote(a) for a in [name, "--seed", str(seed), *options] +
+                 (["--json", str(json_path)] if json_path else []))
     result = {"bench": name, "command": cmd, "options": dataclasses.asdict(opts), "environment": environment(), **result}
     print(format_table(result["rows"]))
     for k, v in result.items():

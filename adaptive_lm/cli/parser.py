@@ -60,8 +60,19 @@ def summary(desc: str) -> str:
     return para if end is None else para[:end.start() + 1]
 
 
-THREADS_HELP = ("torch CPU threads (default: torch's, one per core). On a busy machine 1 can be many times "
-                "faster for the small shipped models")
+THREADS_ENV = "ADAPTIVE_LM_THREADS"                 # the same setting as --threads, for every command
+THREADS_HELP = (f"torch CPU threads (default: ${THREADS_ENV}, else torch's: one per core). On a busy machine 1 "
+                "can be many times faster for the small shipped models")
+
+
+def _env_threads() -> int:
+    v = os.environ.get(THREADS_ENV, "").strip()
+    if not v:
+        return 0
+    try:
+        return int(v)
+    except ValueError:
+        raise UsageError(f"{THREADS_ENV} must be a whole number, not {v!r}") from None
 
 
 def _unoptional(typ):
@@ -117,12 +128,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         kwargs[rest[0]] = list(kwargs[rest[0]]) + extra
+    saved = os.environ.get(THREADS_ENV), None
     try:
-        if args._threads < 0:
-            raise UsageError(f"--threads must be >= 0, got {args._threads}")
-        if args._threads:
+        threads = args._threads or _env_threads()
+        if threads < 0:
+            raise UsageError(f"--threads must be >= 0, got {threads}")
+        if threads:
             import torch
-            torch.set_num_threads(args._threads)
+            saved = saved[0], torch.get_num_threads()
+            torch.set_num_threads(threads)
+            os.environ[THREADS_ENV] = str(threads)          # a bench writes it into its rerun command
         return int(args._fn(**kwargs) or 0)
     except AdaptiveLMError as e:
         print(f"adaptive-lm: error: {e}", file=sys.stderr)
@@ -133,6 +148,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BrokenPipeError:                     # `adaptive-lm ... | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:                                    # in-process callers (tests, notebooks) get their settings back
+        if saved[1] is not None:
+            import torch
+            torch.set_num_threads(saved[1])
+            if saved[0] is None:
+                os.environ.pop(THREADS_ENV, None)
+            else:
+                os.environ[THREADS_ENV] = saved[0]
 
 
 if __name__ == "__main__":

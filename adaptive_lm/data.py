@@ -10,8 +10,8 @@ Corpus names resolve inside the data folder; a path to a file works everywhere:
     gsm8k             benchmarks/gsm8k_{train,test}.jsonl as text: each problem's question, a
                       newline, its worked answer; problems separated by a blank line (valid = test)
     arith             made by code, not read (tasks/arith.py): synthetic worked arithmetic
-                      problems; train from the train number-tuples, valid / test from the
-                      held-out ones (different seeds)
+                      problems; train from the train number-tuples, valid / test from two
+                      disjoint halves of the held-out ones
 Corpora made by code register a function split -> text in ``GENERATED`` (``register_corpus``);
 ``import adaptive_lm.tasks`` registers the task corpora. A corpus name wins over a file of the
 same name in the current folder: give such a file as ``./NAME``.

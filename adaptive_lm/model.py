@@ -151,6 +151,7 @@ class KVCache:
         self.n_real = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.length = 0
         self.max_len = max_len
+        self._tril: Optional[torch.Tensor] = None   # (max_len, max_len) causal table, built on first use
 
     @property
     def batch_size(self) -> int:
@@ -159,7 +160,7 @@ class KVCache:
     def causal_rows(self, start: int, T: int) -> torch.Tensor:
         """(T, start+T) bool: query t (at position start+t) may see key s <= start+t — a view of one
         lower-triangular table built on first use, so a multi-token step needs no new index tensors."""
-        if getattr(self, "_tril", None) is None:
+        if self._tril is None:
             self._tril = torch.ones(self.max_len, self.max_len, dtype=torch.bool, device=self.key_mask.device).tril()
         return self._tril[start:start + T, :start + T]
 

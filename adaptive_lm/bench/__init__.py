@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from .. import THREADS_ENV
 from .. import tasks  # noqa: F401  (registers the task corpora: a bench may read corpus=arith)
 from ..data import joined_parts
 from ..errors import UsageError
@@ -146,7 +147,7 @@ def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = 
         check_output(json_path, force=True, inputs=inputs, flag="--json")
     torch.manual_seed(seed)
     result = fn(seed, opts)
-    threads = os.environ.get("ADAPTIVE_LM_THREADS", "").strip()    # set by the CLI's --threads
+    threads = os.environ.get(THREADS_ENV, "").strip()              # set by the CLI's --threads
     cmd = "adaptive-lm " + (f"--threads {shlex.quote(threads)} " if threads else "") + "bench " + \
         " ".join(shlex.quote(a) for a in [name, "--seed", str(seed), *options] +
                  (["--json", str(json_path)] if json_path else []))

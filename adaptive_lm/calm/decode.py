@@ -45,12 +45,12 @@ from ..confidence import margin, top1
 from .exits import ExitClassifier, exit_layers
 
 MEASURES = ("margin", "top1", "state", "classifier", "oracle")
+KV_MODES = ("propagate", "recompute")
 
 
 def _as_float32(x: float) -> float:
     """x rounded to float32 (what ``score_f32 >= x`` compares against in torch)."""
     return struct.unpack("f", struct.pack("f", x))[0] if math.isfinite(x) else x
-KV_MODES = ("propagate", "recompute")
 
 
 @dataclass

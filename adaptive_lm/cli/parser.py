@@ -10,6 +10,7 @@ import types
 import typing
 from typing import Optional
 
+from .. import THREADS_ENV
 from ..errors import AdaptiveLMError, UsageError
 
 COMMANDS: dict[str, typing.Callable] = {}
@@ -60,7 +61,6 @@ def summary(desc: str) -> str:
     return para if end is None else para[:end.start() + 1]
 
 
-THREADS_ENV = "ADAPTIVE_LM_THREADS"                 # the same setting as --threads, for every command
 THREADS_HELP = (f"torch CPU threads (default: ${THREADS_ENV}, else torch's: one per core). On a busy machine 1 "
                 "can be many times faster for the small shipped models")
 
@@ -128,14 +128,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         kwargs[rest[0]] = list(kwargs[rest[0]]) + extra
-    saved = os.environ.get(THREADS_ENV), None
+    env_before, threads_before = os.environ.get(THREADS_ENV), None
     try:
         threads = args._threads or _env_threads()
         if threads < 0:
             raise UsageError(f"--threads must be >= 0, got {threads}")
         if threads:
             import torch
-            saved = saved[0], torch.get_num_threads()
+            threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)
             os.environ[THREADS_ENV] = str(threads)          # a bench writes it into its rerun command
         return int(args._fn(**kwargs) or 0)
@@ -149,13 +149,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     finally:                                    # in-process callers (tests, notebooks) get their settings back
-        if saved[1] is not None:
+        if threads_before is not None:
             import torch
-            torch.set_num_threads(saved[1])
-            if saved[0] is None:
+            torch.set_num_threads(threads_before)
+            if env_before is None:
                 os.environ.pop(THREADS_ENV, None)
             else:
-                os.environ[THREADS_ENV] = saved[0]
+                os.environ[THREADS_ENV] = env_before
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ in ``\\boxed{days}`` and is scored with the same last-``\\boxed{}`` extractor as
     05<6, so 7 days.
     \\boxed{7}
 
-The ``arith`` corpus (``data.corpus=arith``) is these problems as text: question, worked solution,
-a blank line. Deterministic from a seed (torch.Generator). Train and test are disjoint by construction: a
-problem's numbers (template, start, step, target) hash into the test split or the train split.
+The ``arith`` corpus (``data.corpus=arith``) is these problems as text: question, worked
+solution, a blank line. Deterministic from a seed (torch.Generator). Train and test are disjoint
+by construction: a problem's numbers (template, start, step, target) hash into the test split or
+the train split.
 """
 from __future__ import annotations
 

@@ -92,19 +92,27 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: in
         ids[i, P - len(p):] = torch.tensor(p, device=dev)
         mask[i, P - len(p):] = 1
     cache = m.new_cache(B, total)
-    alive = torch.ones(B, dtype=torch.bool, device=dev)
+    alive = [True] * B                                                   # per row: still generating?
+    alive_t, feed_mask = torch.ones(B, dtype=torch.bool, device=dev), torch.ones(B, 1, dtype=torch.long, device=dev)
     out = [[] for _ in range(B)]
     logits = step(m, ids, mask, cache)                                   # (B, V)
     for t in range(max_new_tokens):
         nxt = sample_next(logits, temperature=temperature, top_k=top_k, generator=generator)
-        for i in alive.nonzero().flatten().tolist():
-            if eos_id is not None and nxt[i].item() == eos_id:
-                alive[i] = False
+        stopped = False
+        for i, tok in enumerate(nxt.tolist()):                          # one read of the step's ids, not one per row
+            if not alive[i]:
+                continue
+            if eos_id is not None and tok == eos_id:
+                alive[i], stopped = False, True
             else:
-                out[i].append(nxt[i].item())
+                out[i].append(tok)
+        if stopped:
+            alive_t = torch.tensor(alive, dtype=torch.bool, device=dev)
+            feed_mask = alive_t.long()[:, None]
         if on_token is not None:
-            on_token(t, nxt, alive)
-        if not alive.any() or t == max_new_tokens - 1:
+            on_token(t, nxt, alive_t)
+        if not any(alive) or t == max_new_tokens - 1:
             break
-        logits = step(m, torch.where(alive, nxt, pad_id)[:, None], alive.long()[:, None], cache)
+        feed = nxt if all(alive) else torch.where(alive_t, nxt, pad_id)   # finished rows are fed padding
+        logits = step(m, feed[:, None], feed_mask, cache)
     return out

@@ -36,6 +36,21 @@ def test_generate_left_to_right_fixed_with_one_token_per_step_equals_threshold_o
     assert outs[0][1] == outs[1][1]
 
 
+@pytest.mark.parametrize("flag,tail", [((), 16), (("--eos-tail", "8"), 8), (("--eos-tail", "0"), 0)])
+def test_generate_daedal_eos_tail(flag, tail):
+    """The canvas is stage 1's masks plus the literal EOS tail (default W_eos/2 = 16)."""
+    rc, so, se = run("generate", "builtin:mdlm-arith", "--method", "daedal", "--length", "32", "--prompt", PROMPT, *flag)
+    assert rc == 0, se
+    st = json.loads(se.strip().splitlines()[-1])
+    assert st["expansions"] == 0 and st["n_token"] == st["start_masks"] + tail
+    assert "\\boxed{" in so
+
+
+def test_eos_tail_only_with_daedal(mdm):
+    rc, _, se = run("generate", str(mdm), "--method", "fixed", "--eos-tail", "3", "--prompt", PROMPT)
+    assert_one_line_error(rc, se, 2, "--eos-tail applies to --method daedal")
+
+
 def test_eval_gives_a_monte_carlo_bound(mdm):
     rc, so, se = run("eval", str(mdm), "--max-windows", "4", "--batch-size", "4")
     assert rc == 0, se
@@ -82,6 +97,22 @@ def test_bench_daedal_left_to_right_order(mdm, tmp_path):
     assert res["order"] == "left_to_right" and res["rows"][0]["nfe"] == 32
     rc, _, se = run("bench", "daedal", f"model={mdm}", "n=2", "order=sideways")
     assert_one_line_error(rc, se, 2, "order must be one of")
+
+
+def test_bench_daedal_eos_tail_option(mdm, tmp_path):
+    common = [f"model={mdm}", "n=1", "lengths=32", "init_lengths=32", "max_length=64", "threshold_length=32",
+              "small_w_eos=0"]
+    rows = {}
+    for tail in ("-1", "0"):
+        out = tmp_path / f"d{tail}.json"
+        rc, _, se = run("bench", "daedal", "--json", str(out), *common, f"eos_tail={tail}")
+        assert rc == 0, se
+        res = json.loads(out.read_text())
+        assert res["eos_tail"] == ("w_eos/2" if tail == "-1" else 0)
+        rows[tail] = next(r for r in res["rows"] if r["method"] == "daedal")
+    assert rows["0"]["n_token"] <= rows["-1"]["n_token"]
+    rc, _, se = run("bench", "daedal", *common, "eos_tail=-2")
+    assert_one_line_error(rc, se, 2, "eos_tail must be >= 0")
 
 
 @pytest.mark.parametrize("args,code,word", [

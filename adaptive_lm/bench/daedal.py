@@ -52,6 +52,7 @@ class DaedalBenchOptions:
     order: str = "confidence"           # which masks a step commits: confidence (the papers) or left_to_right
     tau_low: float = 0.1                # DAEDAL rows' expansion threshold τ_low (the brief's 0.1)
     tau_eos: float = 0.5                # DAEDAL rows' stage-1 threshold τ_eos (the brief's 0.5)
+    eos_tail: int = -1                  # DAEDAL rows' literal EOS tail after stage 1; -1 = W_eos/2 (reference code)
 
 
 def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batch_size: int,
@@ -146,7 +147,9 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     od = o.order
 
     def daedal(L: int, **kw) -> Daedal:          # a DAEDAL row with the bench's order and thresholds
-        return Daedal(init_length=L, max_length=o.max_length, order=od, tau_low=o.tau_low, tau_eos=o.tau_eos, **kw)
+        tail = {} if o.eos_tail == -1 else {"eos_tail": o.eos_tail}
+        return Daedal(init_length=L, max_length=o.max_length, order=od, tau_low=o.tau_low, tau_eos=o.tau_eos,
+                      **tail, **kw)
     policies: list[tuple[str, int, object]] = [("fixed", L, FixedLength(length=L, order=od)) for L in lengths]
     policies.append(("threshold", o.threshold_length, Threshold(length=o.threshold_length, threshold=o.threshold, order=od)))
     policies += [("daedal", L, daedal(L)) for L in inits]
@@ -166,7 +169,8 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
               for i, r in enumerate(rows) if r["method"].startswith("daedal")}
     summary = {
         "best_fixed_length": best["length"], "best_fixed_acc": best["acc"], "best_fixed_nfe": best["nfe"],
-        "n_problems": o.n, "order": o.order, "tau_low": o.tau_low, "tau_eos": o.tau_eos, "paired_vs_best_fixed": paired,
+        "n_problems": o.n, "order": o.order, "tau_low": o.tau_low, "tau_eos": o.tau_eos,
+        "eos_tail": "w_eos/2" if o.eos_tail < 0 else o.eos_tail, "paired_vs_best_fixed": paired,
         # with no problem solved by any row the comparisons below say nothing: the first target is
         # then False, and the others are read only together with it
         "targets": {

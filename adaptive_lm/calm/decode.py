@@ -11,13 +11,14 @@ copied up and each skipped layer fills ITS OWN K/V from it (CALM §"Skipped laye
 K/V instead degrades quality). λ ≥ 1 never exits: the plain model.
 
 ``kv="recompute"`` (the alternative the brief names, as in FREE / EE-LLM) leaves the skipped layers
-empty instead and fills them with their true values later: each step re-runs, together with the
-new token, every earlier token whose upper layers are still missing (a window of the last W
-positions, the cache rewound to its start), through as many layers as the new token needs. The
-cache then holds the full model's K/V at every layer a later token reads, so an early exit can only
-change its own token, never a later one through a perturbed cache. It costs more arithmetic (the
-window, W ≥ 1 rows per layer) but not more layer invocations, which is what a small model's decode
-step is bound by.
+empty instead and fills them with their true values later, only when a later token needs them: at
+layer i a step runs the new token together with every earlier token still lacking layer i (a
+window of the last W_i positions, the cache rewound to its start), resuming each from the hidden
+state it exited with. Layer 1 always runs the new token alone; a deeper layer takes the tokens that
+exited below it. The cache then holds the full model's K/V at every layer a later token reads, so
+an early exit can only change its own token, never a later one through a perturbed cache. It costs
+more arithmetic (W_i ≥ 1 rows at layer i) but not more layer invocations, which is what a small
+model's decode step is bound by.
 
 Sequences of a batch exit at their own depths within the same step: each emits its token from its
 own exit layer. With state propagation each layer runs only on the sequences still active
@@ -112,7 +113,8 @@ class CalmStep:
         if cache is None or cache.length == 0:                            # the prompt: full depth, which
             self.t, self.record = 1, ExitRecord([[m.config.n_layer] for _ in range(B)])   # gives token 0
             self.ids, self.mask = ids, mask                               # (B, P) what the cache holds
-            self.done = [T] * B                                           # per row: first position missing layers
+            self.depth = [m.config.n_layer] * T       # kv=recompute: per cache position, the layers it holds
+            self.hid: Optional[torch.Tensor] = None   # (B, max_len, C) each position's last computed state
             return m(ids, attention_mask=mask, cache=cache).logits[:, -1]
         lam = threshold_at(self.cfg, self.t, self.n)
         self.t += 1
@@ -120,13 +122,22 @@ class CalmStep:
             return self._oracle(m, ids, mask, cache)
         return self._early_exit(m, ids, mask, cache, lam)
 
-    def _window(self, ids, mask, cache) -> tuple[torch.Tensor, torch.Tensor]:
-        """kv=recompute: (B, W) the step's token preceded by every earlier token some running row
-        still lacks upper layers for; the cache is rewound to the window's start."""
-        self.ids, self.mask = torch.cat([self.ids, ids], 1), torch.cat([self.mask, mask], 1)
-        s = min((d for d, run in zip(self.done, mask[:, 0].tolist()) if run), default=cache.length)
-        cache.rewind(s)
-        return self.ids[:, s:], self.mask[:, s:]
+    def _widen(self, m, cache, i: int, win: int, h, rows: list[int]):
+        """kv=recompute, before layer i: extend the window [win, end) back to the first position
+        lacking layer i (``self.depth`` falls with the position, so one scan from the end finds it).
+        Those positions hold layers < i exactly (depth i − 1) and resume from their stored states.
+        -> (window start, h (b, W_i, C), the window's context, its rows' context)."""
+        s = win
+        while s > 0 and self.depth[s - 1] < i:
+            s -= 1
+        if s == win:
+            return win, h, None, None
+        cache.rewind(s)                                                   # the window's tokens are written again
+        ctx = m.prepare(self.ids[:, s:], attention_mask=self.mask[:, s:], cache=cache)
+        if len(rows) == self.ids.shape[0]:
+            return s, torch.cat([self.hid[:, s:win], h], 1), ctx, ctx
+        idx = torch.tensor(rows, dtype=torch.long, device=h.device)
+        return s, torch.cat([self.hid[idx, s:win], h], 1), ctx, ctx.select(idx)
 
     def _confidence(self, m, i: int, h, prev) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(b,) confidence at layer i for hidden states h (b, C); also the logits when computed."""
@@ -139,15 +150,19 @@ class CalmStep:
         return self.clf(i, h), None
 
     def _early_exit(self, m, ids, mask, cache, lam: float) -> torch.Tensor:
-        """One step. The per-row decisions are kept in Python lists: a decode step of a small
-        batch is bound by the number of torch calls, not by their arithmetic."""
+        """One step of one new token per row. The per-row decisions are kept in Python lists: a
+        decode step of a small batch is bound by the number of torch calls, not by their arithmetic."""
         L, recompute = m.config.n_layer, self.cfg.kv == "recompute"
-        if recompute:
-            ids, mask = self._window(ids, mask, cache)                    # (B, W)
         ctx = m.prepare(ids, attention_mask=mask, cache=cache)
         end = ctx.start + ctx.new_len                                     # cache length after this step
-        h_all = m.embed(ids, ctx=ctx)                                     # (B, W, C); W = 1 unless recompute
+        h_all = m.embed(ids, ctx=ctx)                                     # (B, 1, C)
         B = h_all.shape[0]
+        if recompute:
+            self.ids, self.mask = torch.cat([self.ids, ids], 1), torch.cat([self.mask, mask], 1)
+            self.depth.append(0)
+            if self.hid is None:
+                self.hid = h_all.new_zeros(B, cache.max_len, h_all.shape[-1])
+        win = ctx.start                                                   # kv=recompute: the window's first position
         out = torch.zeros(B, m.config.vocab_size, device=h_all.device, dtype=h_all.dtype)
         rows = [r for r, real in enumerate(mask[:, -1].tolist()) if real]   # rows still running; padding never runs
         h, sub = (h_all, ctx) if len(rows) == B else (h_all[rows], ctx.select(torch.tensor(rows, dtype=torch.long, device=h_all.device)))
@@ -157,15 +172,20 @@ class CalmStep:
         for i in range(1, L + 1):
             if not rows:
                 break
+            if recompute:
+                win, h, wide, wide_sub = self._widen(m, cache, i, win, h, rows)
+                if wide is not None:
+                    ctx, sub = wide, wide_sub
             prev, h = h, m.layer(i - 1, h, sub)
+            if recompute:                                                 # these positions now hold layer i
+                self.depth[win:end] = [i] * (end - win)
+                if i < L:
+                    self.hid[rows if len(rows) < B else slice(None), win:end] = h
             if i == L:
                 still = [j for j, o in enumerate(open_) if o]
                 out[[rows[j] for j in still]] = m.unembed(h[still, -1]).to(out.dtype)
                 for j in still:
                     self.record.layers[rows[j]].append(L)
-                if recompute:
-                    for r in rows:
-                        self.done[r] = end                                # every layer of these rows is filled
                 break
             if i not in exits or i < self.cfg.min_layer or lam == math.inf:
                 continue
@@ -180,8 +200,8 @@ class CalmStep:
                 out[[rows[j] for j in g]] = (logits[g] if logits is not None else m.unembed(h[g, -1])).to(out.dtype)
             for j in g:
                 self.record.layers[rows[j]].append(i)
-            if recompute:                   # decided rows ride along (their upper K/V come out exact, and
-                open_ = [o and not x for o, x in zip(open_, go)]   # a layer costs about the same for b rows as for fewer)
+            if recompute:                   # decided rows ride along (their upper K/V come out exact too,
+                open_ = [o and not x for o, x in zip(open_, go)]   # and a layer costs about the same for b rows as for fewer)
                 if not any(open_):
                     break
                 continue

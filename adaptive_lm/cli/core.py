@@ -96,7 +96,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
              max_new_tokens: int = 200, temperature: Optional[float] = None, top_k: int = 0, num_samples: int = 1,
              seed: int = 0, length: int = 0, max_length: int = 512, block_length: int = 32,
              threshold: Optional[float] = None, measure: str = "", show_exits: bool = False, calm: str = "",
-             order: str = "confidence", kv: str = "") -> int:
+             order: str = "confidence", kv: str = "", eos_tail: Optional[int] = None) -> int:
     """Generate from a checkpoint. The prompt comes from --prompt, or from stdin when piped.
 
     Args:
@@ -110,6 +110,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         seed: random seed
         length: diffusion canvas: L for fixed/threshold (default 256), L_init for daedal (default 64)
         max_length: daedal: L_max, the longest canvas
+        eos_tail: daedal: EOS tokens appended after stage 1 (default W_eos/2 = 16, as the reference code)
         block_length: diffusion: semi-autoregressive block length
         order: diffusion: which masks a step commits: confidence (the papers) or left_to_right (a diagnostic reference)
         threshold: threshold decoding: commit masks above this confidence (default 0.9); calm: the exit threshold λ (default: the certified one in the model's calm.json, else 0.9)
@@ -136,6 +137,8 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         method = "ar" if m.config.causal else "daedal"
     if method not in ("ar", "calm", "daedal", "fixed", "threshold"):
         raise UsageError(f"unknown --method {method!r}; use ar, calm, daedal, fixed or threshold")
+    if eos_tail is not None and method != "daedal":
+        raise UsageError(f"--eos-tail applies to --method daedal, not {method}")
     if threshold is not None and method not in ("calm", "threshold"):
         raise UsageError(f"--threshold applies to --method calm or threshold, not {method}")
     if (method in ("ar", "calm")) != m.config.causal:
@@ -153,7 +156,8 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     from ..diffusion.daedal import Daedal
     from ..diffusion.sampler import FixedLength, SpecialIds, Threshold, denoise, model_logits_fn
     if method == "daedal":
-        policy = Daedal(init_length=length or 64, max_length=max_length, block_length=block_length, order=order)
+        policy = Daedal(init_length=length or 64, max_length=max_length, block_length=block_length, order=order,
+                        eos_tail=eos_tail)
     elif method == "fixed":
         policy = FixedLength(length=length or 256, block_length=block_length, order=order)
     else:

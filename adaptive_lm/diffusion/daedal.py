@@ -60,6 +60,8 @@ class Daedal(Policy):
             raise UsageError(f"L_init={self.init_length} exceeds L_max={self.max_length}")
         if self.eos_tail is None:
             self.eos_tail = self.w_eos // 2
+        if self.eos_tail < 0:
+            raise UsageError(f"eos_tail must be >= 0, got {self.eos_tail}")
 
     def initial_length(self) -> int:
         return self.init_length

@@ -141,6 +141,26 @@ def test_recomputed_kv_matches_slow_reference(untied_model, prompts):
     assert prop != batch                                                # the two K/V policies differ on this model
 
 
+def test_recompute_runs_each_layer_only_on_the_positions_lacking_it(untied_model, prompts):
+    """Layer 1 takes the new token alone; layer i also the earlier tokens that exited below i —
+    the widths follow from the exit depths alone (batch 1: a step runs to its token's depth)."""
+    m = untied_model
+    cfg = CalmConfig(measure="margin", threshold=_threshold_for_median_margin(m, prompts), tau=0.0, kv="recompute")
+    calls, layer = [], m.layer
+    m.layer = lambda i, h, ctx: (calls.append((i + 1, h.shape[1])), layer(i, h, ctx))[1]
+    p = prompts[1]
+    _, layers = _calm(m, [p], cfg)
+    depth, want = [4] * len(p), [(i, len(p)) for i in range(1, 5)]   # the prompt pass: every layer, whole prompt
+    for d in layers[0][1:]:                   # each later step feeds one token and decides the next at depth d
+        depth.append(0)
+        for i in range(1, d + 1):
+            w = next(k for k in range(1, len(depth) + 1) if depth[-k] >= i) - 1   # trailing positions lacking layer i
+            want.append((i, w))
+            depth[-w:] = [i] * w
+    assert calls == want
+    assert any(w > 1 for i, w in want if i > 1) and all(w == 1 for i, w in want[4:] if i == 1)
+
+
 @pytest.mark.parametrize("kv", ["propagate", "recompute"])
 @pytest.mark.parametrize("measure", ["margin", "top1", "state"])
 def test_batched_equals_one_at_a_time(calm_model, prompts, measure, kv):

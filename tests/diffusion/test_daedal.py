@@ -283,7 +283,7 @@ def test_stage2_expansion_is_per_row():
 
 @pytest.mark.parametrize("kw", [{"tau_high": 1.1}, {"tau_low": -0.1}, {"tau_eos": 2.0}, {"tau_expand": -1.0},
                                 {"init_length": 0}, {"e_factor": 0}, {"w_eos": 0}, {"block_length": 0},
-                                {"init_length": 65, "max_length": 64}, {"order": "random"}])
+                                {"init_length": 65, "max_length": 64}, {"order": "random"}, {"eos_tail": -1}])
 def test_bad_daedal_settings_raise_usage_error(kw):
     with pytest.raises(UsageError):
         Daedal(**kw)

@@ -165,8 +165,8 @@ class KVCache:
         return self._tril[start:start + T, :start + T]
 
     def rewind(self, start: int):
-        """Forget positions [start, length): the next step writes from ``start`` again (its tokens'
-        K/V are recomputed; CALM's kv=recompute). Slots past ``start`` keep stale values until then."""
+        """Forget positions [start, length): the next step writes from ``start`` again (CALM's kv=recompute).
+        Stored K/V stay until a layer writes over them: a step recomputing upper layers keeps the lower."""
         if not 0 <= start <= self.length:
             raise ValueError(f"cannot rewind a cache of length {self.length} to {start}")
         if start == self.length:

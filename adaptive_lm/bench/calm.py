@@ -1,7 +1,7 @@
 """`adaptive-lm bench calm`: certified CALM thresholds and what they buy, on held-out text.
 
 For each confidence measure, each K/V policy of the skipped layers (``kvs``: the paper's state
-propagation, and recomputing them exactly on the next step) and each δ (at one ε): Learn-then-Test certifies a threshold on
+propagation, and recomputing them exactly when a later token reaches that layer) and each δ (at one ε): Learn-then-Test certifies a threshold on
 calibration prompts (the corpus' valid split); then, on test prompts (the test split, never used
 in calibration), the early-exit decode is compared with the full model: average layers per token,
 the oracle's (exit at the first layer whose argmax equals the top layer's — the floor), the

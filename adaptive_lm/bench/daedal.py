@@ -52,7 +52,7 @@ class DaedalBenchOptions:
     order: str = "confidence"           # which masks a step commits: confidence (the papers) or left_to_right
     tau_low: float = 0.1                # DAEDAL rows' expansion threshold τ_low (the brief's 0.1)
     tau_eos: float = 0.5                # DAEDAL rows' stage-1 threshold τ_eos (the brief's 0.5)
-    eos_tail: int = -1                  # DAEDAL rows' literal EOS tail after stage 1; -1 = W_eos/2 (reference code)
+    eos_tail: int = -1                  # every DAEDAL row's literal EOS tail after stage 1; -1 = its W_eos/2 (reference code)
 
 
 def run_rows(model, tok, problems, policies: list[tuple[str, int, object]], batch_size: int,

@@ -17,7 +17,7 @@ window of the last W_i positions, the cache rewound to its start), resuming each
 state it exited with. Layer 1 always runs the new token alone; a deeper layer takes the tokens that
 exited below it. The cache then holds the full model's K/V at every layer a later token reads, so
 an early exit can only change its own token, never a later one through a perturbed cache. It costs
-more arithmetic (W_i ≥ 1 rows at layer i) but not more layer invocations, which is what a small
+more arithmetic (W_i ≥ 1 positions at layer i) but not more layer invocations, which is what a small
 model's decode step is bound by.
 
 Sequences of a batch exit at their own depths within the same step: each emits its token from its
@@ -179,7 +179,7 @@ class CalmStep:
             prev, h = h, m.layer(i - 1, h, sub)
             if recompute:                                                 # these positions now hold layer i
                 self.depth[win:end] = [i] * (end - win)
-                if i < L:
+                if i < L and lam != math.inf:                             # (never exiting: never read)
                     self.hid[rows if len(rows) < B else slice(None), win:end] = h
             if i == L:
                 still = [j for j, o in enumerate(open_) if o]

@@ -95,7 +95,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         tau: decaying-threshold temperature
         seed: which prompts
         batch_size: sequences decoded together
-        kv: skipped layers' K/V: propagate (the paper: computed from the exit state) or recompute (exact, on the next step)
+        kv: skipped layers' K/V: propagate (the paper: computed from the exit state) or recompute (exact, when a later token reaches that layer)
         data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
         out: where to write calm.json (default: inside the model folder)
     """

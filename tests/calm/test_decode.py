@@ -112,7 +112,7 @@ def reference_recompute(model, prompt, cfg, n):
         res = model(torch.tensor([ids]), output_hidden_states=True)
         lam = threshold_at(cfg, t, n) if t > 0 else math.inf          # 1st token: the prompt pass
         logits, e = res.logits[0, -1], L
-        for i in exit_layers(L, cfg.every)[:-1]:
+        for i in [i for i in exit_layers(L, cfg.every)[:-1] if i >= cfg.min_layer]:
             li = model.unembed(res.hidden_states[i][0, -1])
             if float(margin(li)) >= lam:
                 logits, e = li, i
@@ -139,6 +139,44 @@ def test_recomputed_kv_matches_slow_reference(untied_model, prompts):
     assert batch == [reference_recompute(m, p, cfg, N)[0] for p in prompts]
     prop, _ = _calm(m, prompts, CalmConfig(**{**cfg.__dict__, "kv": "propagate"}))
     assert prop != batch                                                # the two K/V policies differ on this model
+
+
+@pytest.mark.parametrize("every,min_layer", [(2, 1), (1, 2)])
+def test_recompute_with_sparse_exits_matches_slow_reference(untied_model, prompts, every, min_layer):
+    m = untied_model
+    cfg = CalmConfig(measure="margin", threshold=_threshold_for_median_margin(m, prompts), tau=0.0, kv="recompute",
+                     every=every, min_layer=min_layer)
+    refs = [reference_recompute(m, p, cfg, N) for p in prompts]
+    batch, layers = _calm(m, prompts, cfg)
+    assert batch == [toks for toks, _ in refs]
+    assert layers == [depths for _, depths in refs]
+    allowed = {i for i in exit_layers(4, every) if i >= min_layer} | {4}
+    assert {d for _, depths in refs for d in depths} <= allowed
+    assert any(d < 4 for _, depths in refs for d in depths)
+
+
+def test_recompute_batched_with_rows_stopping_at_eos_equals_one_at_a_time(untied_model, prompts):
+    """Rows that stop early are fed padding and left out of the later windows; the rows still
+    running must decode exactly as they would alone."""
+    m = untied_model
+    cfg = CalmConfig(measure="margin", threshold=_threshold_for_median_margin(m, prompts), tau=0.0, kv="recompute")
+    free = [_calm(m, [p], cfg)[0][0] for p in prompts]
+    eos = next(t for row in free for k, t in enumerate(row) if 2 <= k < N - 2 and t not in row[:k])
+
+    def run(ps):                         # tokens, exit layers, and every step's logits (B, V)
+        step, sink = CalmStep(cfg, N), []
+        out = generate(m, ps, max_new_tokens=N, pad_id=PAD, temperature=0, eos_id=eos, step=_recording(step, sink))
+        return out, step.record.layers, sink
+    batch, layers, logits = run(prompts)
+    for r, p in enumerate(prompts):
+        out, lay, one = run([p])
+        assert batch[r] == out[0] and layers[r] == lay[0]
+        for k in range(min(len(out[0]) + 1, N)):                          # the steps that gave its tokens and EOS
+            torch.testing.assert_close(logits[k][r], one[k][0], rtol=0, atol=1e-9)
+    lengths = [len(r) for r in batch]
+    assert min(lengths) < N - 2 and max(lengths) > min(lengths)            # some rows stopped while others ran on
+    assert batch.index(min(batch, key=len)) < len(prompts) - 1             # ... and not only the last row
+    assert any(d < 4 for row in layers for d in row)
 
 
 def test_recompute_runs_each_layer_only_on_the_positions_lacking_it(untied_model, prompts):

@@ -52,7 +52,6 @@ class DaedalBenchOptions:
     order: str = "confidence"           # which masks a step commits: confidence (the papers) or left_to_right
     tau_low: float = 0.1                # DAEDAL rows' expansion threshold τ_low (the brief's 0.1)
     tau_eos: float = 0.5                # DAEDAL rows' stage-1 threshold τ_eos (the brief's 0.5)
-    regrow: bool = False                # DAEDAL rows re-check stage 1's signal in the last block (our extension, not the paper)
     eos_tail: int = -1                  # every DAEDAL row's literal EOS tail after stage 1; -1 = its W_eos/2 (reference code)
 
 
@@ -150,7 +149,7 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     def daedal(L: int, **kw) -> Daedal:          # a DAEDAL row with the bench's order and thresholds
         tail = {} if o.eos_tail == -1 else {"eos_tail": o.eos_tail}
         return Daedal(init_length=L, max_length=o.max_length, order=od, tau_low=o.tau_low, tau_eos=o.tau_eos,
-                      regrow=o.regrow, **tail, **kw)
+                      **tail, **kw)
     policies: list[tuple[str, int, object]] = [("fixed", L, FixedLength(length=L, order=od)) for L in lengths]
     policies.append(("threshold", o.threshold_length, Threshold(length=o.threshold_length, threshold=o.threshold, order=od)))
     policies += [("daedal", L, daedal(L)) for L in inits]
@@ -171,7 +170,7 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     summary = {
         "best_fixed_length": best["length"], "best_fixed_acc": best["acc"], "best_fixed_nfe": best["nfe"],
         "n_problems": o.n, "order": o.order, "tau_low": o.tau_low, "tau_eos": o.tau_eos,
-        "eos_tail": "w_eos/2" if o.eos_tail < 0 else o.eos_tail, "regrow": o.regrow, "paired_vs_best_fixed": paired,
+        "eos_tail": "w_eos/2" if o.eos_tail < 0 else o.eos_tail, "paired_vs_best_fixed": paired,
         # with no problem solved by any row the comparisons below say nothing: the first target is
         # then False, and the others are read only together with it
         "targets": {

@@ -46,7 +46,6 @@ class Daedal(Policy):
     w_eos: int = 32               # EOS-confidence window
     eos_tail: Optional[int] = None   # EOS tokens appended after stage 1; None = w_eos // 2 (reference code)
     order: str = "confidence"     # fill: every mask above τ_high, or the leftmost run (sampler.py)
-    regrow: bool = False          # NOT the paper: in the last block with masks, re-check stage 1's signal (below)
     thresholded = True
 
     def __post_init__(self):
@@ -110,25 +109,5 @@ class Daedal(Policy):
                 done = [p + k - 1 if p > pos else p for p in done]     # in the grown canvas's positions
             if k < self.e_factor:                                   # the cap cut an expansion short
                 row.hit_max = True
-        if self.regrow and not inserted:
-            done, inserted = self._regrow(row, pred, ids, done)
         advance(row, ids, self.block_length)
         return done, inserted
-
-    def _regrow(self, row: Row, pred: Prediction, ids: SpecialIds, done: list[int]) -> tuple[list[int], list[int]]:
-        """Our extension, off by default: stage 1 judged the length from an all-mask canvas. Once the
-        pointer's block is the last one holding masks, the same test (EOS confidence < τ_eos, canvas
-        < L_max) is made on each step's prediction, and a failing canvas gets E_factor masks before
-        its trailing run of EOS (the literal tail and any EOS committed next to it)."""
-        n = row.canvas.numel()
-        if n >= self.max_length:
-            return done, []
-        if eos_confidence(pred, ids.eos, self.w_eos) >= self.tau_eos:
-            return done, []
-        not_eos = (row.canvas != ids.eos).nonzero().flatten()
-        at = int(not_eos[-1]) + 1 if not_eos.numel() else 0            # start of the trailing EOS run
-        k = min(self.e_factor, self.max_length - n)
-        row.canvas = torch.cat([row.canvas[:at], torch.full((k,), ids.mask, dtype=torch.long), row.canvas[at:]])
-        row.expansions += 1
-        row.hit_max = row.hit_max or k < self.e_factor                 # the cap cut it short
-        return [p + k if p >= at else p for p in done], list(range(at, at + k))

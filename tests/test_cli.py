@@ -159,3 +159,22 @@ def test_optional_annotations_become_their_inner_type():
     from adaptive_lm.cli.parser import _unoptional
     assert _unoptional(Optional[float]) is float and _unoptional(float | None) is float
     assert _unoptional(str) is str and _unoptional(Optional[int]) is int
+
+
+def test_bench_options_also_work_as_flags():
+    from adaptive_lm.cli.parser import bench_flags_as_options as conv
+    assert conv(["bench", "daedal", "--n", "8", "--init-lengths=32", "--seed", "1", "--json", "o.json", "tau_low=0.3"]) == \
+        ["bench", "daedal", "n=8", "init_lengths=32", "--seed", "1", "--json", "o.json", "tau_low=0.3"]
+    assert conv(["--threads", "2", "bench", "daedal", "--eos-tail", "-1"]) == ["--threads", "2", "bench", "daedal", "eos_tail=-1"]
+    assert conv(["--threads=2", "bench", "compress", "--baselines", "--input", "f"]) == \
+        ["--threads=2", "bench", "compress", "baselines=true", "--input", "f"]        # a bool alone; --input stays bench's own
+    assert conv(["bench", "daedal", "--nope", "1", "--n"]) == ["bench", "daedal", "--nope", "1", "--n"]   # argparse will say
+    assert conv(["generate", "--n", "2"]) == ["generate", "--n", "2"]                  # other commands untouched
+    assert conv(["bench", "no-such-bench", "--n", "2"]) == ["bench", "no-such-bench", "--n", "2"]
+
+
+def test_bench_flag_without_value_is_one_line_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "daedal", "--n"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "unrecognized arguments: --n" in err[0]

@@ -88,6 +88,18 @@ def test_bench_daedal_small(mdm, tmp_path):
             assert "by_expansions" not in r
 
 
+def test_bench_daedal_as_the_issue_writes_it(mdm, tmp_path):
+    """`bench daedal --n N --seed S --json OUT`: bench options work as flags too."""
+    out = tmp_path / "d.json"
+    rc, _, se = run("bench", "daedal", "--n", "1", "--seed", "0", "--json", str(out), "--model", str(mdm),
+                    "--lengths", "32", "--init-lengths=32", "--max-length", "64", "--threshold-length", "32",
+                    "--small-w-eos", "0")
+    assert rc == 0, se
+    res = json.loads(out.read_text())
+    assert res["options"]["n"] == 1 and res["options"]["init_lengths"] == "32" and res["n_problems"] == 1
+    assert " n=1 " in res["command"] and "init_lengths=32" in res["command"]
+
+
 def test_bench_daedal_left_to_right_order(mdm, tmp_path):
     out = tmp_path / "d.json"
     rc, _, se = run("bench", "daedal", "--json", str(out), f"model={mdm}", "n=2", "lengths=32", "init_lengths=32",

@@ -8,6 +8,7 @@ here, never in unit tests.
 from __future__ import annotations
 
 import dataclasses
+import typing
 import datetime
 import json
 import os
@@ -128,10 +129,23 @@ def parse_options(options_cls: type, items: list[str]):
     return options_cls(**kw)
 
 
-def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = ()) -> int:
-    from . import calm as _calm, compress as _compress, daedal as _daedal, eem as _eem  # noqa: F401  (each registers its bench)
+def load_benches() -> None:
+    """Import every bench module (each registers its bench in BENCHES)."""
+    from . import calm as _calm, compress as _compress, daedal as _daedal, eem as _eem  # noqa: F401
     from . import entropy_aware as _entropy_aware, train as _train  # noqa: F401
     from . import arith_probe as _arith_probe, vmd as _vmd  # noqa: F401
+
+
+def option_types(name: str) -> dict[str, type]:
+    """Bench ``name``'s KEY=VALUE options and their types ({} for an unknown bench)."""
+    load_benches()
+    entry = BENCHES.get(name)
+    hints = typing.get_type_hints(entry[1]) if entry else {}
+    return {f.name: hints[f.name] for f in dataclasses.fields(entry[1])} if entry else {}
+
+
+def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = ()) -> int:
+    load_benches()
     if name == "list":
         width = max(map(len, BENCHES))
         for n, (fn, _) in sorted(BENCHES.items()):

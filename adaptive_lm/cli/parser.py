@@ -115,9 +115,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+BENCH_OWN_FLAGS = {"json", "seed", "input", "threads", "help"}   # `bench`'s own flags stay flags
+
+
+def bench_flags_as_options(argv: list[str]) -> list[str]:
+    """`bench NAME --n 8 --init-lengths=32` read as `bench NAME n=8 init_lengths=32`: a bench's
+    KEY=VALUE options also work as flags (the issues write them so). A bool option may stand alone."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("--threads"):                 # the global flag before the command
+        i += 1 if "=" in argv[i] else 2
+    if i + 1 >= len(argv) or argv[i] != "bench":
+        return argv
+    from ..bench import option_types
+    opts = {k: t for k, t in option_types(argv[i + 1]).items() if k not in BENCH_OWN_FLAGS}
+    out, j = argv[:i + 2], i + 2
+    while j < len(argv):
+        a = argv[j]
+        key, eq, val = a[2:].partition("=")
+        key = key.replace("-", "_")
+        if not (a.startswith("--") and key in opts):
+            out.append(a)
+        elif eq:
+            out.append(f"{key}={val}")
+        elif opts[key] is bool and (j + 1 == len(argv) or argv[j + 1].startswith("-") or "=" in argv[j + 1]):
+            out.append(f"{key}=true")
+        elif j + 1 < len(argv):
+            out.append(f"{key}={argv[j + 1]}")
+            j += 1
+        else:
+            out.append(a)                                                    # no value: argparse says so
+        j += 1
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(bench_flags_as_options(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "_fn", None):
         parser.print_help()
         return 2

@@ -184,7 +184,7 @@ def bench(name: str, json_: str = "", seed: int = 0, input_: str = "", options: 
         json_: write the result JSON here
         seed: random seed
         input: the input file of a bench that takes one (same as input=FILE), e.g. bench compress
-        options: key=value settings of the benchmark
+        options: key=value settings of the benchmark (each also works as a flag: --key value)
     """
     from ..bench import run_bench
     return run_bench(name, json_path=json_ or None, seed=seed,

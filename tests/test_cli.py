@@ -1,4 +1,5 @@
 """The command line: end to end on a tiny recipe, and bad input -> one line, right exit code."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -178,3 +179,16 @@ def test_bench_flag_without_value_is_one_line_error(capsys):
         main(["bench", "daedal", "--n"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "unrecognized arguments: --n" in err[0]
+
+
+def test_bench_list_name_prints_its_options(capsys):
+    from adaptive_lm.bench import BENCHES, load_benches
+    load_benches()
+    for name, (_, cls) in BENCHES.items():
+        assert main(["bench", "list", name]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        fields = [f.name for f in dataclasses.fields(cls)]
+        assert [ln.split("=")[0].strip() for ln in lines[1:]] == fields
+        assert all(len(ln.split(None, 1)) == 2 for ln in lines[1:]), name      # every option has its comment
+    assert main(["bench", "list", "daedal"]) == 0
+    assert "  n=16 " in capsys.readouterr().out

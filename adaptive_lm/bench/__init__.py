@@ -8,13 +8,15 @@ here, never in unit tests.
 from __future__ import annotations
 
 import dataclasses
-import typing
 import datetime
+import inspect
 import json
 import os
 import platform
+import re
 import shlex
 import sys
+import typing
 from pathlib import Path
 from typing import Callable
 
@@ -144,8 +146,29 @@ def option_types(name: str) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(entry[1])} if entry else {}
 
 
+def print_options(name: str) -> int:
+    """Print bench ``name``'s options: KEY=DEFAULT and the comment its dataclass gives the field."""
+    if name not in BENCHES:
+        raise UsageError(f"unknown bench {name!r}; available: {', '.join(sorted(BENCHES))}")
+    fn, opt_cls = BENCHES[name]
+    try:
+        src = inspect.getsource(opt_cls)
+    except (OSError, TypeError):                                     # no source shipped: names and defaults only
+        src = ""
+    notes = dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$", src, flags=re.M))
+    print(f"{name}: {(fn.__doc__ or '').strip().splitlines()[0]}")
+    default = lambda f: f.default_factory() if f.default is dataclasses.MISSING else f.default
+    items = [(f"{f.name}={default(f)}", notes.get(f.name, "")) for f in dataclasses.fields(opt_cls)]
+    width = max(len(k) for k, _ in items)
+    for k, note in items:
+        print(f"  {k:{width}s}  {note}".rstrip())
+    return 0
+
+
 def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = ()) -> int:
     load_benches()
+    if name == "list" and options:                                  # `bench list NAME`: that bench's options
+        return print_options(options[0])
     if name == "list":
         width = max(map(len, BENCHES))
         for n, (fn, _) in sorted(BENCHES.items()):

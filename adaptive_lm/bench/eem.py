@@ -41,7 +41,7 @@ class EEMBenchOptions:
     dec_layers: int = 2             # EEM decoder depth
     mixer: str = "attention"        # attention | masked_conv, for every stack
     compression: int = 16           # embedding values per window = d_model // compression
-    injections: str = "prepend,concat,add"
+    injections: str = "prepend,concat,add"   # how the embedding enters the decoder, one EEM row each
     eval_format: str = "fp16"       # the embedding's storage format in the injection rows
     formats: str = "fp32,fp16,bf16,int8,e4m3,e5m2"   # the quantisation table
     qat_q: float = 0.0625           # QAT noise half-width (brief: 2^-4)

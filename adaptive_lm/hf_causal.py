@@ -20,7 +20,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .model import KVCache, ModelOutput, StepContext, TransformerLM, attend, run_layers, step_context, write_kv
+from .kvcache import KVCache, StepContext, attend, step_context, write_kv
+from .model import ModelOutput, TransformerLM, run_layers
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "gemma")
 SUPPORTED = LLAMA_LIKE + ("gpt2",)

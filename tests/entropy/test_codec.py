@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from adaptive_lm.entropy.codec import (PRECISION, CodecConfig, CodecError, code_batch, compress, decompress,
                                        fingerprint, quantize, read_header, resolve_config)
-from adaptive_lm.model import KVCache, ModelConfig, StepContext, attend
+from adaptive_lm.kvcache import KVCache, StepContext, attend
+from adaptive_lm.model import ModelConfig
 
 GOLDEN_WORDS = "006c5b2228763180"    # sha256[:16] of test_format_3_quantiser_is_stable's words (constriction 0.5.0)
 

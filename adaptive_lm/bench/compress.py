@@ -2,7 +2,8 @@
 
 Bits per byte (compressed size, header and frame included, × 8 / original size) and compress /
 decompress speed (KB/s of original data, wall clock, as many worker threads as torch threads) for our
-compressor with each model given, and for gzip -9, bz2 -9, xz -9e, zstd -19 and brotli -q 11
+compressor with each model given, with its default context mixing (``adapt``, the file's own n-gram
+statistics; entropy/adapt.py) and with the LM alone, and for gzip -9, bz2 -9, xz -9e, zstd -19 and brotli -q 11
 through their own libraries. Every codec's round trip is checked byte for byte (``roundtrip``).
 Default input: the pydocs test split (never seen in training); `input=FILE` for any other file,
 e.g. English prose the model never saw (tinyshakespeare.txt), or `corpus=NAME split=S` for one
@@ -35,6 +36,7 @@ class CompressBenchOptions:
     chunk: int = 0                # tokens per chunk (0 = the model's training window)
     batch: int = 0                # chunks per batch (0 = automatic)
     workers: int = 0              # batches coded at once, one thread each (0 = torch.get_num_threads())
+    adapt: str = "3,0"            # context mixing orders to run per model (comma-separated; 0 = the LM alone)
     baselines: bool = True        # also run gzip, bz2, xz, zstd, brotli
     data_dir: str = ""            # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
 
@@ -91,14 +93,20 @@ def bench_compress(seed: int, o: CompressBenchOptions) -> dict:
         data = data[:o.max_bytes]
     rows = []
     tune_allocator()                                      # as the CLI does
+    try:
+        orders = [int(x) for x in o.adapt.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"adapt must be comma-separated integers, not {o.adapt!r}") from None
     for spec in [s.strip() for s in o.models.split(",") if s.strip()]:
         model, tok, seq_len = load_codec_model(spec)
-        cfg = CodecConfig(chunk=o.chunk, batch=o.batch, workers=o.workers)
-        blob, t_c = _timed(lambda: compress(data, model, tok, model_id=spec, cfg=cfg, meta_seq_len=seq_len,
-                                            progress=Meter(f"{spec} compress", len(data), True)))
-        back, t_d = _timed(lambda: decompress(blob, model, tok, workers=o.workers,
-                                              progress=Meter(f"{spec} decompress", len(data), True)))
-        rows.append(_row(f"lm {spec}", data, blob, back, t_c, t_d))
+        for k in orders:
+            cfg = CodecConfig(chunk=o.chunk, batch=o.batch, workers=o.workers, adapt=k)
+            name = f"lm {spec}" + (f" + {k}-token contexts" if k else "")
+            blob, t_c = _timed(lambda: compress(data, model, tok, model_id=spec, cfg=cfg, meta_seq_len=seq_len,
+                                                progress=Meter(f"{name} compress", len(data), True)))
+            back, t_d = _timed(lambda: decompress(blob, model, tok, workers=o.workers,
+                                                  progress=Meter(f"{name} decompress", len(data), True)))
+            rows.append(_row(name, data, blob, back, t_c, t_d))
     if o.baselines:
         for name, (enc, dec) in standard_codecs().items():
             blob, t_c = _timed(enc, data)

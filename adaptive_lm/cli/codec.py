@@ -10,7 +10,7 @@ from .parser import command
 
 @command
 def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch: int = 0, workers: int = 0,
-             force: bool = False, quiet: bool = False) -> int:
+             adapt: int = 3, force: bool = False, quiet: bool = False) -> int:
     """Compress any file losslessly: a causal LM's next-token probabilities + arithmetic coding.
 
     Args:
@@ -20,12 +20,13 @@ def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch
         chunk: tokens per independently coded chunk (0 = the model's training window)
         batch: chunks coded together, one forward per position (0 = automatic)
         workers: batches coded at once, one thread each (0 = one per core torch uses); never changes the output
+        adapt: mix the LM with n-gram statistics of the file itself, contexts of up to N tokens (0 = the LM alone)
         force: overwrite the output if it exists
         quiet: no progress bar
     """
     from ..entropy.codec import CodecConfig
     from ..entropy.runtime import compress_file
-    r = compress_file(file, output, model=model, cfg=CodecConfig(chunk=chunk, batch=batch, workers=workers), force=force,
+    r = compress_file(file, output, model=model, cfg=CodecConfig(chunk=chunk, batch=batch, workers=workers, adapt=adapt), force=force,
                       progress=not quiet)
     if r["bytes_in"]:
         rate = f"{r['bits_per_byte']:.3f} bits/byte, {r['bytes_in'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s"

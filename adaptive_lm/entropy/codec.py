@@ -3,8 +3,10 @@ a range coder from the `constriction` library (brief entropy.md, "Anchors for LM
 
     bytes --tokenizer (byte-level: exact on any bytes)--> ids --chunks of `chunk` tokens--> rows
     rows --lockstep batches of `batch` rows--> one KV-cache step per position: logits (b, V)
-         --softmax--> probabilities (b, V) --constriction's leaky quantiser--> integer frequencies
-         at 24 bits (every token >= 1) --range coder--> words
+         --softmax--> probabilities (b, V)
+         --mixed with the file's own token statistics (adapt.py; format 4, on by default)-->
+         --constriction's leaky quantiser--> integer frequencies at 24 bits (every token >= 1)
+         --range coder--> words
 
 Each chunk is coded from a BOS context alone, so chunks are independent and a batch of them runs
 as one forward per position. Batches are independent too: ``workers`` of them run at once on
@@ -15,11 +17,13 @@ the cache's ``exact`` attention, whose result does not depend on the thread coun
 computes bit-identical probabilities: the range decoder then returns exactly the encoded ids.
 Rows whose chunk has ended keep their last input; they are computed and ignored on both sides.
 
-File layout, version 3 (integers little-endian; varint = unsigned LEB128):
+File layout, version 4 (integers little-endian; varint = unsigned LEB128):
     b"ALMZ" | version u8 | header | payload | CRC-32 u32 of all before
     header: model spec (varint length + UTF-8) | fingerprint (8 bytes) | original length, token
-            count, chunk, batch (4 varints) | precision u8 | CRC-32 u32 of the original bytes
+            count, chunk, batch (4 varints) | precision u8 | CRC-32 u32 of the original bytes |
+            mixing u8 (0: none; else the longest context K in bits 0-3, the short chain's in 4-7)
     payload: per batch, a word count (varint) then that many u32 words of the range coder
+Version 3 is version 4 without the flags byte and without mixing.
 The header costs ~45 bytes for a builtin model (version 1's JSON header and SHA-256 cost ~235, which
 outweighed the payload of a short text). Version 2 is the same layout with our own quantiser
 (``quantize``: floor of p·total, the rest to the top token — three more passes over (b, V) than
@@ -46,11 +50,12 @@ import torch
 
 from ..errors import AdaptiveLMError, UsageError
 from ..model import kv_heads
+from .adapt import MAX_ORDER, ContextMixer, MixerConfig
 
-MAGIC, VERSION = b"ALMZ", 3         # versions 1 (JSON header) and 2 (our quantiser) are still read
+MAGIC, VERSION = b"ALMZ", 4         # versions 1 (JSON header), 2 (our quantiser), 3 (no mixing) are still read
 PRECISION = 24                      # range coder precision (bits): frequencies sum to 2^24
 BATCH_CACHE_BYTES = 1 << 28         # default batch: at most 256 MiB of KV cache (and MAX_ROWS rows)
-MAX_ROWS = 512                      # default batch: at most this many rows (larger: ~10 % faster per byte)
+MAX_ROWS = 512                      # default batch without mixing: at most this many rows (larger: ~10 % faster per byte)
 MAX_CACHE_BYTES = 1 << 30           # batches in flight at once: at most this much KV cache together
 MAX_FILE_ROWS = 1 << 16             # the largest batch a file may ask for (a crafted header cannot plan more)
 SPLIT = 2                           # default layout: a multiple of SPLIT batches, shared evenly by 1 or 2 workers
@@ -67,6 +72,8 @@ class CodecConfig:
                           # rows (KV cache <= 256 MiB), a multiple of SPLIT of them — the same on any machine
     workers: int = 0      # batches coded at once, one thread each; 0 = torch.get_num_threads(). Changes
                           # the speed, never the output
+    adapt: int = 3        # mix the LM with n-gram statistics of the file itself, contexts of up to this many
+                          # tokens (adapt.py; format 4); 0 = the LM alone
 
 
 def _constriction():
@@ -145,8 +152,9 @@ def _row_bytes(model, chunk: int) -> int:
 
 def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_tokens: int = 0) -> tuple[int, int]:
     """(chunk, batch) for a model and a text of ``n_tokens``: the chunk from the model's training
-    window; by default the batch that splits the rows into batches of at most MAX_ROWS rows (and
-    256 MiB of KV cache), a multiple of SPLIT of them, of equal size but the last (fewer rows
+    window; by default the batch that splits the rows into batches of at most MAX_ROWS rows (with
+    ``cfg.adapt`` no row limit: a batch's statistics grow with its rows) and 256 MiB of KV cache,
+    a multiple of SPLIT of them, of equal size but the last (fewer rows
     than SPLIT: one row per batch). It does not depend on the machine or the worker count, so an input
     compresses to the same file everywhere."""
     c = model.config
@@ -158,7 +166,7 @@ def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_token
     _workers(cfg.workers)
     if cfg.batch:
         return chunk, cfg.batch
-    most = max(1, min(MAX_ROWS, BATCH_CACHE_BYTES // _row_bytes(model, chunk)))
+    most = max(1, min(MAX_FILE_ROWS if cfg.adapt else MAX_ROWS, BATCH_CACHE_BYTES // _row_bytes(model, chunk)))
     rows = max(1, math.ceil(n_tokens / chunk))
     n = min(rows, math.ceil(math.ceil(rows / most) / SPLIT) * SPLIT)
     for m in range(n, rows + 1):                      # ceil(rows / batch) can fall short of m: the first
@@ -263,23 +271,28 @@ def _ticker(progress: Optional[Callable[[int, int], None]], total: int, stop: th
 
 @torch.no_grad()
 def code_batch(model, lengths: list[int], *, bos_id: int, code: Callable[[int, np.ndarray], np.ndarray],
-               version: int = VERSION) -> None:
+               version: int = VERSION, mixing: Optional[MixerConfig] = None) -> None:
     """The one coding loop, shared by compression and decompression. ``lengths`` (b,) are the rows'
     token counts, longest first. At step t the rows with more than t tokens are live; their
-    ``probabilities`` (n_live, V) go to ``code(t, probs)``, which returns their tokens at t
-    (encoded from the known ids, or decoded) — the next step's inputs. ``probs`` is a buffer reused
-    at the next step: copy it to keep it."""
+    ``probabilities`` (n_live, V) — with ``mixing``, mixed with the batch's own token statistics
+    (adapt.ContextMixer) — go to ``code(t, probs)``, which returns their tokens at t (encoded
+    from the known ids, or decoded) — the next step's inputs. ``probs`` is a buffer reused at the
+    next step: copy it to keep it."""
     b = len(lengths)
     cache = model.new_cache(b, lengths[0])
     cache.exact = True
     inp = torch.full((b, 1), bos_id, dtype=torch.long)
-    buf = None
+    buf, mixer = None, None
     for t in range(lengths[0]):
         logits = model(inp, cache=cache).logits[:, -1]                       # (b, V)
         if buf is None:
             buf = torch.empty(b, logits.shape[-1], dtype=torch.float64)      # the coder's input, reused
+            mixer = ContextMixer(logits.shape[-1], b, mixing) if mixing else None
         live = sum(1 for n in lengths if n > t)
-        ids = code(t, probabilities(logits[:live], version, out=buf[:live]))
+        probs = probabilities(logits[:live], version, out=buf[:live])
+        ids = code(t, mixer.mix(probs) if mixer else probs)
+        if mixer:
+            mixer.update(ids)
         inp[:live, 0] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
 
 
@@ -294,7 +307,8 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
              meta_seq_len: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None,
              version: int = VERSION) -> bytes:
     """Bytes -> the compressed file (module docstring). ``progress(tokens_done, tokens_total)``
-    (called from worker threads, serialised). ``version=2`` writes the previous format."""
+    (called from worker threads, serialised). ``version=2`` or ``3`` writes a previous format
+    (neither mixes: ``cfg.adapt`` is then ignored)."""
     cs = _constriction()
     try:
         ids = tok.encode_bytes(data)
@@ -306,12 +320,15 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
                               "(not byte-level); use a byte-level BPE model such as builtin:compress-mix")
     if len(ids) > len(data):                             # the reader's rule: a token covers >= 1 byte
         raise AdaptiveLMError(f"the tokenizer of {model_id} makes more tokens than bytes; the compressor cannot code it")
-    if version not in (2, VERSION):
-        raise AdaptiveLMError(f"can write format versions 2 and {VERSION}, not {version}")
+    if version not in (2, 3, VERSION):
+        raise AdaptiveLMError(f"can write format versions 2 to {VERSION}, not {version}")
+    if not 0 <= cfg.adapt <= MAX_ORDER:
+        raise UsageError(f"adapt must be within 0..{MAX_ORDER} (the longest context in tokens; 0 = no mixing), not {cfg.adapt}")
     chunk, batch = resolve_config(model, meta_seq_len, cfg, len(ids))
     model.eval()
     header = {"model": model_id, "fingerprint": fingerprint(model, tok), "length": len(data),
-              "crc32": zlib.crc32(data), "tokens": len(ids), "chunk": chunk, "batch": batch, "precision": PRECISION}
+              "crc32": zlib.crc32(data), "tokens": len(ids), "chunk": chunk, "batch": batch, "precision": PRECISION,
+              "adapt": cfg.adapt if version >= 4 else 0, "adapt_low": min(cfg.adapt, MixerConfig.low)}
     family = cs.stream.model.Categorical(perfect=False)
     ids_np, bos = np.asarray(ids, dtype=np.int32), _bos(tok)
 
@@ -329,13 +346,13 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
             tick(len(sym))
             return sym
 
-        code_batch(model, lengths, bos_id=bos, code=code, version=version)
+        code_batch(model, lengths, bos_id=bos, code=code, version=version, mixing=_mixing(header))
         words = enc.get_compressed()
         return _varint(len(words)) + words.astype("<u4").tobytes()
 
     payload = _in_parallel(_batches(len(ids), chunk, batch), _concurrency(model, chunk, batch, cfg.workers),
                            job, progress=progress, total=len(ids))
-    body = MAGIC + bytes([version]) + _pack_header(header) + b"".join(payload)
+    body = MAGIC + bytes([version]) + _pack_header(header, version) + b"".join(payload)
     return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -359,15 +376,15 @@ def _read_varint(blob: bytes, pos: int, end: int) -> tuple[int, int]:
     raise CodecError("the file is truncated or corrupted (bad varint)")
 
 
-def _pack_header(h: dict) -> bytes:
-    """Versions 2-3's binary header (module docstring)."""
+def _pack_header(h: dict, version: int) -> bytes:
+    """Versions 2-4's binary header (module docstring)."""
     spec = h["model"].encode()
     return (_varint(len(spec)) + spec + bytes.fromhex(h["fingerprint"])
             + b"".join(_varint(h[k]) for k in ("length", "tokens", "chunk", "batch"))
-            + bytes([h["precision"]]) + struct.pack("<I", h["crc32"]))
+            + bytes([h["precision"]]) + struct.pack("<I", h["crc32"]) + (bytes([h["adapt"] | h["adapt_low"] << 4]) if version >= 4 else b""))
 
 
-def _unpack_header(blob: bytes, pos: int, end: int) -> tuple[dict, int]:
+def _unpack_header(blob: bytes, pos: int, end: int, version: int) -> tuple[dict, int]:
     n, pos = _read_varint(blob, pos, end)
     if pos + n + 8 > end:
         raise ValueError
@@ -378,7 +395,19 @@ def _unpack_header(blob: bytes, pos: int, end: int) -> tuple[dict, int]:
     if pos + 5 > end:
         raise ValueError
     h["precision"], (h["crc32"],) = blob[pos], struct.unpack("<I", blob[pos + 1:pos + 5])
-    return h, pos + 5
+    pos, h["adapt"], h["adapt_low"] = pos + 5, 0, 0
+    if version >= 4:
+        if pos >= end:
+            raise ValueError
+        h["adapt"], h["adapt_low"], pos = blob[pos] & 15, blob[pos] >> 4, pos + 1
+        if (h["adapt"] or h["adapt_low"]) and not 1 <= h["adapt_low"] <= h["adapt"] <= MAX_ORDER:
+            raise ValueError
+    return h, pos
+
+
+def _mixing(header: dict) -> Optional[MixerConfig]:
+    """The context mixing a file's header asks for, or None."""
+    return MixerConfig(order=header["adapt"], low=header["adapt_low"]) if header.get("adapt") else None
 
 
 def read_header(blob: bytes) -> tuple[dict, int]:
@@ -387,15 +416,17 @@ def read_header(blob: bytes) -> tuple[dict, int]:
         raise CodecError("not an adaptive-lm compressed file (bad magic)")
     if struct.unpack("<I", blob[-4:])[0] != zlib.crc32(blob[:-4]):
         raise CodecError("the file is truncated or corrupted (CRC-32 mismatch)")
-    if blob[4] not in (1, 2, 3):
+    if blob[4] not in (1, 2, 3, 4):
         raise CodecError(f"format version {blob[4]} is not supported (this adaptive-lm reads versions 1 to {VERSION})")
     try:
         if blob[4] == 1:                                   # JSON header with a SHA-256
             (n,) = struct.unpack("<I", blob[5:9])
             header, pos = json.loads(blob[9:9 + n]), 9 + n
             checksum = isinstance(header, dict) and isinstance(header.get("sha256"), str)
+            if checksum:
+                header["adapt"] = header["adapt_low"] = 0
         else:
-            header, pos = _unpack_header(blob, 5, len(blob) - 4)
+            header, pos = _unpack_header(blob, 5, len(blob) - 4, blob[4])
             checksum = True
         ints = ("length", "tokens", "chunk", "batch", "precision")
         if not (checksum and all(isinstance(header.get(k), str) for k in ("model", "fingerprint"))
@@ -456,7 +487,7 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
             tick(len(sym))
             return sym
 
-        code_batch(model, lengths, bos_id=bos, code=code, version=version)
+        code_batch(model, lengths, bos_id=bos, code=code, version=version, mixing=_mixing(header))
         return [int(x) for r, ln in enumerate(lengths) for x in rows[r, :ln]]
 
     workers = _concurrency(model, header["chunk"], header["batch"], workers)

@@ -14,7 +14,8 @@ def test_bench_compress_rows(codec_lm, tmp_path, capsys):
     assert main(["bench", "compress", "--input", str(src), f"models={codec_lm[0]}", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     codecs = [r["codec"] for r in res["rows"]]
-    assert codecs[0] == f"lm {codec_lm[0]}" and {"gzip -9", "bz2 -9", "xz -9e"} <= set(codecs)
+    assert codecs[:2] == [f"lm {codec_lm[0]} + 3-token contexts", f"lm {codec_lm[0]}"]    # the default mixing, the LM alone
+    assert {"gzip -9", "bz2 -9", "xz -9e"} <= set(codecs)
     assert all(r["roundtrip"] is True and r["bpb"] > 0 and r["compress_kbps"] > 0 for r in res["rows"])
     assert res["bytes"] == 1502 and f"lm {codec_lm[0]}" in res["ratio_to_xz"]
     assert f"input={src}" in res["command"]
@@ -51,7 +52,7 @@ def test_bench_compress_reads_a_named_corpus_split(codec_lm, tmp_path, corpus, c
     res = json.loads(out.read_text())
     held_out = corpus.read_text()[int(len(corpus.read_text()) * 0.9):]
     assert res["input"] == f"{corpus}:test" and res["bytes"] == len(held_out.encode())
-    assert [r["roundtrip"] for r in res["rows"]] == [True]
+    assert [r["roundtrip"] for r in res["rows"]] == [True, True]          # with context mixing, the LM alone
     capsys.readouterr()
     assert main(["bench", "compress", f"corpus={corpus}", "--input", str(corpus)]) == 2
     assert "give input=FILE or corpus=NAME, not both" in capsys.readouterr().err

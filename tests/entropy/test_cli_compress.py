@@ -19,6 +19,20 @@ def test_roundtrip_through_the_cli(codec_lm, tmp_path, capsys):
     assert back.read_bytes() == DATA
 
 
+def test_adapt_chooses_the_mixing_and_the_file_remembers_it(codec_lm, tmp_path, capsys):
+    """--adapt 0 codes with the LM alone; on this repetitive input the default mixing is smaller;
+    either decodes without being told (the header says)."""
+    src, _, back = _files(tmp_path)
+    sizes = {}
+    for k in ("0", "1", "3"):
+        z = tmp_path / f"in.{k}.almz"
+        assert main(["compress", str(src), "-o", str(z), "--model", str(codec_lm[0]), "--adapt", k, "--quiet"]) == 0
+        assert main(["decompress", str(z), "-o", str(back), "--quiet", "--force"]) == 0
+        assert back.read_bytes() == DATA
+        sizes[k] = z.stat().st_size
+    assert sizes["3"] < sizes["0"] and sizes["1"] < sizes["0"], sizes
+
+
 def test_existing_output_is_not_overwritten(codec_lm, tmp_path, capsys):
     src, z, _ = _files(tmp_path)
     z.write_bytes(b"precious")
@@ -56,7 +70,9 @@ def test_bad_inputs_are_one_line_errors(codec_lm, tmp_path, capsys):
              (["compress", str(src), "-o", str(src), "--model", str(codec_lm[0])], 2, "overwrite the input"),
              (["compress", str(src), "--model", str(tmp_path / "nomodel")], 1, ""),
              (["compress", str(src), "--model", str(codec_lm[0]), "--chunk", "9999"], 2, "chunk must be within"),
-             (["compress", str(src), "--model", str(codec_lm[0]), "--workers", "-1"], 2, "workers must be")]
+             (["compress", str(src), "--model", str(codec_lm[0]), "--workers", "-1"], 2, "workers must be"),
+             (["compress", str(src), "--model", str(codec_lm[0]), "--adapt", "16"], 2, "adapt must be within"),
+             (["compress", str(src), "--model", str(codec_lm[0]), "--adapt", "-1"], 2, "adapt must be within")]
     for argv, code, text in cases:
         assert main(argv + ["--quiet"]) == code, argv
         err = capsys.readouterr().err.strip()

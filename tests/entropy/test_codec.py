@@ -168,9 +168,9 @@ def test_a_crafted_header_with_a_huge_token_count_is_refused_at_once(codec_lm, m
     _, model, tok = codec_lm
     blob, _ = _rt(SAMPLES["text"], codec_lm)
     header, pos = read_header(blob)
-    old = _pack_header(header)
+    old = _pack_header(header, header["version"])
     assert blob[5:pos] == old                                       # the header sits between version and payload
-    forged = blob[:5] + _pack_header({**header, **forge}) + blob[pos:-4]
+    forged = blob[:5] + _pack_header({**header, **forge}, header["version"]) + blob[pos:-4]
     forged += struct.pack("<I", zlib.crc32(forged))
     monkeypatch.setattr(codec, "_batches", lambda *a: pytest.fail("the decoder planned the forged file's rows"))
     with pytest.raises(CodecError, match=why):
@@ -228,9 +228,10 @@ def test_short_text_costs_little_more_than_its_payload(codec_lm):
     from adaptive_lm.entropy.codec import _varint, read_header
     blob, back = _rt(SAMPLES["one byte"], codec_lm)
     header, pos = read_header(blob)
-    assert back == b"a" and header["version"] == 3
+    assert back == b"a" and header["version"] == 4
     ints = sum(len(_varint(header[k])) for k in ("length", "tokens", "chunk", "batch"))
-    assert pos == 5 + 1 + len("test") + 8 + ints + 1 + 4 <= 32   # magic, version; spec; fingerprint; 4 varints; precision; CRC
+    assert pos == 5 + 1 + len("test") + 8 + ints + 1 + 4 + 1 <= 33   # magic, version; spec; fingerprint; 4 varints;
+                                                                     # precision; CRC; mixing
     assert len(blob) - pos - 4 <= 1 + 4 * 2                    # one batch: a count and a word or two
 
 
@@ -263,16 +264,28 @@ def test_version_1_files_are_still_read(codec_lm):
         decompress(sha + struct.pack("<I", zlib.crc32(sha)), model, tok)
 
 
-def test_version_2_files_are_still_read(codec_lm):
-    """Format 2 (our own quantiser) is written on request and read back exactly; it differs from 3."""
+@pytest.mark.parametrize("version", [2, 3])
+def test_version_2_and_3_files_are_still_read(codec_lm, version):
+    """Formats 2 (our own quantiser) and 3 (no mixing) are written on request and read back
+    exactly; their payloads differ from format 4's."""
     _, model, tok = codec_lm
     data = SAMPLES["text"] + SAMPLES["unicode"]
-    old = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=24), version=2)
+    old = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=24), version=version)
     new = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=24))
-    (h2, p2), (h3, p3) = read_header(old), read_header(new)
-    assert h2["version"] == 2 and h3["version"] == 3
-    assert old[p2:-4] != new[p3:-4]                      # the payloads differ, not just the version byte
+    (h_old, p_old), (h_new, p_new) = read_header(old), read_header(new)
+    assert h_old["version"] == version and h_new["version"] == 4 and h_old["adapt"] == 0 and h_new["adapt"] == 3
+    assert old[p_old:-4] != new[p_new:-4]                # the payloads differ, not just the version byte
     assert decompress(old, model, tok) == data == decompress(new, model, tok)
+
+
+def test_format_3_equals_format_4_without_mixing(codec_lm):
+    """adapt=0 codes the LM alone: the payload of format 3, byte for byte."""
+    _, model, tok = codec_lm
+    data = SAMPLES["text"] * 2
+    v3 = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=24, batch=4), version=3)
+    v4 = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=24, batch=4, adapt=0))
+    (_, p3), (h4, p4) = read_header(v3), read_header(v4)
+    assert h4["adapt"] == 0 and v3[p3:-4] == v4[p4:-4] and decompress(v4, model, tok) == data
 
 
 @pytest.mark.parametrize("enc_workers,dec_workers", [(1, 2), (2, 1), (3, 2)])
@@ -289,15 +302,20 @@ def test_any_worker_count_decodes_any_file(codec_lm, enc_workers, dec_workers):
     assert torch.get_num_threads() == before
 
 
-def test_default_batches_are_even_and_machine_independent(codec_lm):
-    """The default layout: at most MAX_ROWS rows a batch; a multiple of SPLIT batches (so the
-    workers share them evenly) whenever the rows allow it; fewer rows than SPLIT -> one row per
-    batch; never dependent on the worker count (the same input makes the same file anywhere)."""
-    from adaptive_lm.entropy.codec import MAX_ROWS, SPLIT
+@pytest.mark.parametrize("adapt", [0, 3])
+def test_default_batches_are_even_and_machine_independent(codec_lm, adapt):
+    """The default layout: at most MAX_ROWS rows a batch without mixing (with mixing, as many as
+    the KV-cache budget allows); a multiple of SPLIT batches (so the workers share them evenly)
+    whenever the rows allow it; fewer rows than SPLIT -> one row per batch; never dependent on the
+    worker count (the same input makes the same file anywhere)."""
+    from adaptive_lm.entropy.codec import BATCH_CACHE_BYTES, MAX_ROWS, SPLIT, _row_bytes
     _, model, _ = codec_lm
+    most = BATCH_CACHE_BYTES // _row_bytes(model, 32) if adapt else MAX_ROWS
     for rows in list(range(1, 40)) + [511, 512, 513, 860, 1025, 4097, 9000]:
-        chunk, batch = resolve_config(model, 32, CodecConfig(), rows * 32 - 3)
-        assert chunk == 32 and 1 <= batch <= MAX_ROWS
+        chunk, batch = resolve_config(model, 32, CodecConfig(adapt=adapt), rows * 32 - 3)
+        assert chunk == 32 and 1 <= batch <= most
+        if adapt and rows >= SPLIT and rows <= SPLIT * most:
+            assert -(-rows // batch) == SPLIT            # with mixing: as few batches as the layout allows
         n = -(-rows // batch)                            # batches actually made
         if rows < SPLIT:
             assert batch == 1
@@ -305,7 +323,7 @@ def test_default_batches_are_even_and_machine_independent(codec_lm):
             assert n % SPLIT == 0
         assert n * batch - rows < batch                  # only the last batch is short
         for workers in (1, 3, 16):
-            assert resolve_config(model, 32, CodecConfig(workers=workers), rows * 32 - 3) == (chunk, batch)
+            assert resolve_config(model, 32, CodecConfig(workers=workers, adapt=adapt), rows * 32 - 3) == (chunk, batch)
     with pytest.raises(Exception, match="workers"):
         resolve_config(model, 32, CodecConfig(workers=-1), 10)
 
@@ -452,3 +470,18 @@ def test_float_probe_tells_weights_apart(codec_lm):
     with torch.no_grad():
         other.head.weight[0, 0] += 1e-3
     assert _float_probe(other, tok, data) != _float_probe(model, tok, data)
+
+
+@pytest.mark.parametrize("byte", [0x31, 0x20, 0x0F | 0x00])
+def test_a_mixing_byte_it_cannot_decode_is_refused(codec_lm, byte):
+    """The header's mixing byte: a short chain longer than the long one, a short chain without a
+    long one, or a long one without a short one is an unreadable header, not a wrong decode."""
+    import struct
+    import zlib
+    _, model, tok = codec_lm
+    blob, _ = _rt(SAMPLES["text"], codec_lm)
+    header, pos = read_header(blob)
+    assert blob[pos - 1] == header["adapt"] | header["adapt_low"] << 4 == 0x23     # the default: K 3, short chain 2
+    body = blob[:pos - 1] + bytes([byte]) + blob[pos:-4]
+    with pytest.raises(CodecError, match="header is unreadable"):
+        decompress(body + struct.pack("<I", zlib.crc32(body)), model, tok)

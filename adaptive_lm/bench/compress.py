@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import corpus_path, read_text
-from ..entropy.codec import CodecConfig, compress, decompress
+import numpy as np
+
+from ..entropy.adapt import ContextMixer, MixerConfig
+from ..entropy.codec import CodecConfig, _batches, compress, decompress, resolve_config
 from ..entropy.runtime import DEFAULT_MODEL, Meter, load_codec_model, tune_allocator
 from ..errors import UsageError
 from . import register
@@ -37,6 +40,8 @@ class CompressBenchOptions:
     batch: int = 0                # chunks per batch (0 = automatic)
     workers: int = 0              # batches coded at once, one thread each (0 = torch.get_num_threads())
     adapt: str = "3,0"            # context mixing orders to run per model (comma-separated; 0 = the LM alone)
+    ngram_alone: bool = True      # also the first mixing order's statistics without the LM (a uniform one):
+                                  # its ideal code length, what the LM adds to the mixture
     baselines: bool = True        # also run gzip, bz2, xz, zstd, brotli
     data_dir: str = ""            # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
 
@@ -69,6 +74,27 @@ def _timed(fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
     return out, time.perf_counter() - t0
+
+
+def ngram_alone_bits(model, tok, data: bytes, cfg: CodecConfig, meta_seq_len) -> float:
+    """Ideal code length (bits) of ``data`` under the context mixer with a uniform distribution in
+    place of the LM, in the compressor's own chunk and batch layout: what the file's own statistics
+    give without the model."""
+    ids = np.asarray(tok.encode_bytes(data), dtype=np.int64)
+    chunk, batch = resolve_config(model, meta_seq_len, cfg, len(ids))
+    V, bits = tok.vocab_size, 0.0
+    for first, lengths in _batches(len(ids), chunk, batch):
+        rows = np.zeros((len(lengths), lengths[0]), dtype=np.int64)          # (b, chunk) token grid
+        for r, n in enumerate(lengths):
+            rows[r, :n] = ids[first + r * chunk: first + r * chunk + n]
+        mixer = ContextMixer(V, len(lengths), MixerConfig(order=cfg.adapt, low=min(cfg.adapt, MixerConfig.low)))
+        uniform = np.full((len(lengths), V), 1.0 / V)
+        for t in range(lengths[0]):
+            live = sum(1 for n in lengths if n > t)
+            x = rows[:live, t]
+            bits -= float(np.log2(mixer.mix(uniform[:live])[np.arange(live), x]).sum())
+            mixer.update(x)
+    return bits
 
 
 def _input_bytes(o: CompressBenchOptions) -> tuple[bytes, str]:
@@ -107,6 +133,11 @@ def bench_compress(seed: int, o: CompressBenchOptions) -> dict:
             back, t_d = _timed(lambda: decompress(blob, model, tok, workers=o.workers,
                                                   progress=Meter(f"{name} decompress", len(data), True)))
             rows.append(_row(name, data, blob, back, t_c, t_d))
+        if o.ngram_alone and orders and orders[0] > 0 and data:
+            cfg = CodecConfig(chunk=o.chunk, batch=o.batch, adapt=orders[0])
+            bits = ngram_alone_bits(model, tok, data, cfg, seq_len)
+            rows.append({"codec": f"{orders[0]}-token contexts alone, {spec}'s tokens (ideal code length, no LM)",
+                         "bpb": bits / len(data), "compress_kbps": None, "decompress_kbps": None, "roundtrip": None})
     if o.baselines:
         for name, (enc, dec) in standard_codecs().items():
             blob, t_c = _timed(enc, data)
@@ -115,5 +146,5 @@ def bench_compress(seed: int, o: CompressBenchOptions) -> dict:
     out = {"rows": rows, "input": source, "bytes": len(data)}
     xz = next((r["bpb"] for r in rows if r["codec"] == "xz -9e"), None)
     if xz:
-        out["ratio_to_xz"] = {r["codec"]: round(r["bpb"] / xz, 4) for r in rows if r["codec"].startswith("lm ")}
+        out["ratio_to_xz"] = {r["codec"]: round(r["bpb"] / xz, 4) for r in rows if r["codec"].startswith("lm ") or r["roundtrip"] is None}
     return out

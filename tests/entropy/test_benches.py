@@ -15,8 +15,11 @@ def test_bench_compress_rows(codec_lm, tmp_path, capsys):
     res = json.loads(out.read_text())
     codecs = [r["codec"] for r in res["rows"]]
     assert codecs[:2] == [f"lm {codec_lm[0]} + 3-token contexts", f"lm {codec_lm[0]}"]    # the default mixing, the LM alone
-    assert {"gzip -9", "bz2 -9", "xz -9e"} <= set(codecs)
-    assert all(r["roundtrip"] is True and r["bpb"] > 0 and r["compress_kbps"] > 0 for r in res["rows"])
+    assert codecs[2].startswith("3-token contexts alone") and {"gzip -9", "bz2 -9", "xz -9e"} <= set(codecs)
+    coded = [r for r in res["rows"] if r is not res["rows"][2]]
+    assert all(r["roundtrip"] is True and r["bpb"] > 0 and r["compress_kbps"] > 0 for r in coded)
+    alone = res["rows"][2]                               # an ideal code length: not coded, no speed
+    assert alone["roundtrip"] is None and alone["compress_kbps"] is None and 0 < alone["bpb"] < 8
     assert res["bytes"] == 1502 and f"lm {codec_lm[0]}" in res["ratio_to_xz"]
     assert f"input={src}" in res["command"]
 
@@ -52,10 +55,33 @@ def test_bench_compress_reads_a_named_corpus_split(codec_lm, tmp_path, corpus, c
     res = json.loads(out.read_text())
     held_out = corpus.read_text()[int(len(corpus.read_text()) * 0.9):]
     assert res["input"] == f"{corpus}:test" and res["bytes"] == len(held_out.encode())
-    assert [r["roundtrip"] for r in res["rows"]] == [True, True]          # with context mixing, the LM alone
+    assert [r["roundtrip"] for r in res["rows"]] == [True, True, None]    # mixing, the LM alone, the statistics alone
     capsys.readouterr()
     assert main(["bench", "compress", f"corpus={corpus}", "--input", str(corpus)]) == 2
     assert "give input=FILE or corpus=NAME, not both" in capsys.readouterr().err
     before = corpus.read_bytes()
     assert main(["bench", "compress", f"corpus={corpus}", "--json", str(corpus)]) == 2    # never the corpus itself
     assert "would overwrite the input" in capsys.readouterr().err and corpus.read_bytes() == before
+
+
+def test_ngram_alone_bits_is_the_code_length_of_the_mixer_on_a_uniform_lm(codec_lm):
+    """The bench's "statistics alone" row: the same mixer, layout and stream as the compressor,
+    with a uniform LM; checked against coding the file for real with a model whose logits are all
+    equal (the compressed payload is that code length plus the coder's few words per batch)."""
+    import torch
+    from adaptive_lm.bench.compress import ngram_alone_bits
+    from adaptive_lm.entropy.codec import CodecConfig, compress, decompress, read_header
+    _, model, tok = codec_lm
+    data = (TEXT * 4).encode()
+    cfg = CodecConfig(chunk=32, batch=6, adapt=3)
+    bits = ngram_alone_bits(model, tok, data, cfg, None)
+    flat = type(model)(model.config)
+    flat.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in flat.parameters():
+            p.zero_()                                     # every logit 0: the uniform distribution
+    blob = compress(data, flat, tok, model_id="flat", cfg=cfg)
+    header, pos = read_header(blob)
+    payload_bits = 8 * (len(blob) - pos - 4)
+    batches = -(-(-(-header["tokens"] // 32)) // 6)
+    assert bits <= payload_bits <= bits + 64 * batches + 8 * 8 and decompress(blob, flat, tok) == data

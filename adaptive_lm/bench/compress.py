@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import corpus_path, read_text
 import numpy as np
 
+from ..data import corpus_path, read_text
 from ..entropy.adapt import ContextMixer, MixerConfig
-from ..entropy.codec import CodecConfig, _batches, compress, decompress, resolve_config
+from ..entropy.codec import CodecConfig, batch_plan, compress, decompress, resolve_config, token_grid
 from ..entropy.runtime import DEFAULT_MODEL, Meter, load_codec_model, tune_allocator
 from ..errors import UsageError
 from . import register
@@ -82,11 +82,9 @@ def ngram_alone_bits(model, tok, data: bytes, cfg: CodecConfig, meta_seq_len) ->
     give without the model."""
     ids = np.asarray(tok.encode_bytes(data), dtype=np.int64)
     chunk, batch = resolve_config(model, meta_seq_len, cfg, len(ids))
-    V, bits = tok.vocab_size, 0.0
-    for first, lengths in _batches(len(ids), chunk, batch):
-        rows = np.zeros((len(lengths), lengths[0]), dtype=np.int64)          # (b, chunk) token grid
-        for r, n in enumerate(lengths):
-            rows[r, :n] = ids[first + r * chunk: first + r * chunk + n]
+    V, bits = model.config.vocab_size, 0.0                  # the logits' width, as the compressor's mixer
+    for first, lengths in batch_plan(len(ids), chunk, batch):
+        rows = token_grid(ids, first, lengths, chunk)                          # (b, chunk)
         mixer = ContextMixer(V, len(lengths), MixerConfig(order=cfg.adapt, low=min(cfg.adapt, MixerConfig.low)))
         uniform = np.full((len(lengths), V), 1.0 / V)
         for t in range(lengths[0]):
@@ -146,5 +144,6 @@ def bench_compress(seed: int, o: CompressBenchOptions) -> dict:
     out = {"rows": rows, "input": source, "bytes": len(data)}
     xz = next((r["bpb"] for r in rows if r["codec"] == "xz -9e"), None)
     if xz:
-        out["ratio_to_xz"] = {r["codec"]: round(r["bpb"] / xz, 4) for r in rows if r["codec"].startswith("lm ") or r["roundtrip"] is None}
+        ours = [r for r in rows if r["codec"].startswith("lm ") or r["roundtrip"] is None]
+        out["ratio_to_xz"] = {r["codec"]: round(r["bpb"] / xz, 4) for r in ours}
     return out

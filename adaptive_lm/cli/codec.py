@@ -26,7 +26,8 @@ def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch
     """
     from ..entropy.codec import CodecConfig
     from ..entropy.runtime import compress_file
-    r = compress_file(file, output, model=model, cfg=CodecConfig(chunk=chunk, batch=batch, workers=workers, adapt=adapt), force=force,
+    cfg = CodecConfig(chunk=chunk, batch=batch, workers=workers, adapt=adapt)
+    r = compress_file(file, output, model=model, cfg=cfg, force=force,
                       progress=not quiet)
     if r["bytes_in"]:
         rate = f"{r['bits_per_byte']:.3f} bits/byte, {r['bytes_in'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s"

@@ -14,10 +14,14 @@ has been seen (contexts of orders 1 .. h all have counts):
     p_ng(w)  = (1 − μ_k)·p_min(h, low)(w) + μ_k·p_h(w)                        short and long chain
     p(w)     = (1 − λ_k)·p_LM(w) + λ_k·p_ng(w)
 
-λ_k = σ(a_k) and μ_k = σ(m_k) are learned online, one pair per bucket k = (h, ⌊log2(n(ctx_h) + 1)⌋):
-after each step each logit takes a gradient step on the log-loss of the rows in its bucket,
-∂ log p/∂a = λ(1 − λ)(p_ng − p_LM)/p and ∂ log p/∂m = λ·μ(1 − μ)(p_h − p_low)/p (the two-model
-case of the logistic mixing of PAQ-style compressors, in probability space). Mixing a short chain
+λ_k and μ_k are learned online, one pair per bucket k = (h, ⌊log2(n(ctx_h) + 1)⌋) for h ≥ 1 and one
+bucket for every row with no seen context (h = 0). After each step each takes the step a logit
+would take on the log-loss of the rows in its bucket (the two-model case of the logistic mixing of
+PAQ-style compressors, in probability space), written in the weight itself:
+    λ ← clip(λ + lr·λ(1 − λ)·Σ_rows λ(1 − λ)(p_ng − p_LM)/p)
+    μ ← clip(μ + lr·μ(1 − μ)·Σ_rows λ·μ(1 − μ)(p_h − p_low)/p)
+— only +, −, ×, ÷, which IEEE-754 rounds the same on every CPU (no exp, whose numpy kernel varies
+with the CPU's instruction set and numpy's version). Mixing a short chain
 (low = 2) with the long one (K = 3 by default) keeps what high orders give on repetitive text (pydocs) without
 their cost on text whose long contexts are rarely seen twice (prose). Every quantity is computed
 in float64 from the same inputs in the same order on both sides, so decoding reproduces the
@@ -30,17 +34,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# Format 4 of the compressor depends on every constant below and on MixerConfig's defaults except
+# order and low (which a file's header records): change one and old files no longer decode. A golden
+# test (tests/entropy/test_adapt.py) guards them.
 BUCKETS = 12                       # count buckets per order: ⌊log2(n + 1)⌋ capped at BUCKETS − 1
 MAX_ORDER = 15                     # the longest context a file can name (4 bits of its header)
 
 
 @dataclass(frozen=True)
 class MixerConfig:
-    order: int = 3                 # K: the longest context, in tokens
-    low: int = 2                   # the short chain's longest context (<= order)
-    lr: float = 0.05               # step size of the logits a_k, m_k (per step, summed over rows)
-    init_uni: float = -3.0         # a_k of the unigram-only buckets at the start (λ ≈ 0.05)
-    clip: float = 6.0              # |a_k|, |m_k| <= clip: λ, μ within [0.0025, 0.9975]
+    order: int = 3                 # K: the longest context, in tokens (in the file's header)
+    low: int = 2                   # the short chain's longest context, <= order (in the file's header)
+    lr: float = 0.05               # step size of λ_k, μ_k (as of their logits; per step, summed over rows)
+    init_uni: float = 0.05         # λ of the bucket with no seen context, at the start (others: 0.5)
+    lo: float = 0.0025             # λ, μ within [lo, 1 − lo]
 
 
 class ContextMixer:
@@ -58,10 +65,11 @@ class ContextMixer:
         self.tables: list[dict] = [{} for _ in range(cfg.order)]
         self.hist: list[tuple] = [() for _ in range(rows)]       # each row's last K tokens
         nb = BUCKETS * (cfg.order + 1)
-        self.a = np.zeros(nb)                            # bucket logits of λ
-        self.a[:BUCKETS] = cfg.init_uni
-        self.m = np.zeros(nb)                            # bucket logits of μ
+        self.lam = np.full(nb, 0.5)                      # λ_k per bucket (bucket 0: no seen context)
+        self.lam[0] = cfg.init_uni
+        self.mu = np.full(nb, 0.5)                       # μ_k per bucket
         self.out: torch.Tensor | None = None             # (rows, V) float64 the mixture, reused across steps
+        self._step: tuple | None = None                  # what mix() computed, for update()
 
     def _row(self, hist: tuple):
         """One row's chain: ([(entry, weight in p_h, weight in p_low)] highest order first, p_0's
@@ -97,8 +105,7 @@ class ContextMixer:
         p_uni = (self.uni + 0.5) / (self.n + 0.5 * V)                     # (V,)
         rows = [self._row(h) for h in self.hist[:live]]
         bucket = np.fromiter((r[3] for r in rows), np.int64, live)
-        lam = 1.0 / (1.0 + np.exp(-self.a[bucket]))                      # (live,)
-        mu = 1.0 / (1.0 + np.exp(-self.m[bucket]))
+        lam, mu = self.lam[bucket], self.mu[bucket]                      # (live,) each
         uni_w = lam * (mu * np.fromiter((r[1] for r in rows), np.float64, live)
                        + (1.0 - mu) * np.fromiter((r[2] for r in rows), np.float64, live))
         torch.mul(torch.from_numpy(lm), torch.from_numpy(1.0 - lam)[:, None], out=out)
@@ -120,7 +127,10 @@ class ContextMixer:
 
     def update(self, ids) -> None:
         """The tokens just coded (live,): learn the bucket logits, then count the tokens."""
+        if self._step is None:
+            raise RuntimeError("ContextMixer.update() before mix(): mix the step's distribution first")
         lm, lam, mu, bucket, p_uni, rows = self._step
+        self._step = None
         ids = np.asarray(ids, dtype=np.int64)
         live = len(ids)
         p_lm = lm[np.arange(live), ids]
@@ -135,11 +145,12 @@ class ContextMixer:
             p_hi[r], p_lo[r] = hi, lo
         p_ng = mu * p_hi + (1.0 - mu) * p_lo
         p = (1.0 - lam) * p_lm + lam * p_ng
-        n = self.a.size
-        self.a += self.cfg.lr * np.bincount(bucket, weights=lam * (1.0 - lam) * (p_ng - p_lm) / p, minlength=n)
-        self.m += self.cfg.lr * np.bincount(bucket, weights=lam * mu * (1.0 - mu) * (p_hi - p_lo) / p, minlength=n)
-        np.clip(self.a, -self.cfg.clip, self.cfg.clip, out=self.a)
-        np.clip(self.m, -self.cfg.clip, self.cfg.clip, out=self.m)
+        n, c = self.lam.size, self.cfg
+        # ∂ log p / ∂ logit, summed per bucket
+        g_lam = np.bincount(bucket, weights=lam * (1.0 - lam) * (p_ng - p_lm) / p, minlength=n)
+        g_mu = np.bincount(bucket, weights=lam * mu * (1.0 - mu) * (p_hi - p_lo) / p, minlength=n)
+        self.lam = np.clip(self.lam + c.lr * self.lam * (1.0 - self.lam) * g_lam, c.lo, 1.0 - c.lo)
+        self.mu = np.clip(self.mu + c.lr * self.mu * (1.0 - self.mu) * g_mu, c.lo, 1.0 - c.lo)
         np.add.at(self.uni, ids, 1.0)
         self.n += live
         K, tables = self.cfg.order, self.tables

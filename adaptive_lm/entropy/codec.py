@@ -42,7 +42,7 @@ import threading
 import zlib
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -55,9 +55,11 @@ from .adapt import MAX_ORDER, ContextMixer, MixerConfig
 MAGIC, VERSION = b"ALMZ", 4         # versions 1 (JSON header), 2 (our quantiser), 3 (no mixing) are still read
 PRECISION = 24                      # range coder precision (bits): frequencies sum to 2^24
 BATCH_CACHE_BYTES = 1 << 28         # default batch: at most 256 MiB of KV cache (and MAX_ROWS rows)
-MAX_ROWS = 512                      # default batch without mixing: at most this many rows (larger: ~10 % faster per byte)
+MAX_ROWS = 512                      # default batch without mixing: at most this many rows (larger: ~10 % faster)
 MAX_CACHE_BYTES = 1 << 30           # batches in flight at once: at most this much KV cache together
 MAX_FILE_ROWS = 1 << 16             # the largest batch a file may ask for (a crafted header cannot plan more)
+MIX_BATCH_TOKENS = 1 << 18          # with context mixing, at most this many tokens a batch (its n-gram tables:
+                                    # ~0.5 KB per token and order), when writing and when reading
 SPLIT = 2                           # default layout: a multiple of SPLIT batches, shared evenly by 1 or 2 workers
 
 
@@ -144,10 +146,11 @@ def _workers(n: int) -> int:
     return n or torch.get_num_threads()
 
 
-def _row_bytes(model, chunk: int) -> int:
-    """KV-cache bytes of one row of ``chunk`` tokens (float32)."""
+def _row_bytes(model, chunk: int, adapt: int = 0) -> int:
+    """Bytes one row of ``chunk`` tokens holds while its batch is coded: its KV cache (float32) and,
+    with context mixing, its two (V,) float64 rows (the LM's probabilities and the mixture)."""
     c = model.config
-    return 2 * c.n_layer * kv_heads(c) * c.head_dim * chunk * 4
+    return 2 * c.n_layer * kv_heads(c) * c.head_dim * chunk * 4 + (16 * c.vocab_size if adapt else 0)
 
 
 def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_tokens: int = 0) -> tuple[int, int]:
@@ -163,10 +166,14 @@ def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_token
         raise UsageError(f"chunk must be within 1..{c.max_seq_len} (the model's max_seq_len), not {chunk}")
     if not 0 <= cfg.batch <= MAX_FILE_ROWS:
         raise UsageError(f"batch must be within 1..{MAX_FILE_ROWS} (or 0 for the default), not {cfg.batch}")
+    if cfg.adapt and cfg.batch * chunk > MIX_BATCH_TOKENS:
+        raise UsageError(f"with context mixing a batch holds at most {MIX_BATCH_TOKENS:,} tokens: "
+                         f"batch x chunk = {cfg.batch * chunk:,}")
     _workers(cfg.workers)
     if cfg.batch:
         return chunk, cfg.batch
-    most = max(1, min(MAX_FILE_ROWS if cfg.adapt else MAX_ROWS, BATCH_CACHE_BYTES // _row_bytes(model, chunk)))
+    cap = MIX_BATCH_TOKENS // chunk if cfg.adapt else MAX_ROWS
+    most = max(1, min(cap, BATCH_CACHE_BYTES // _row_bytes(model, chunk, cfg.adapt)))
     rows = max(1, math.ceil(n_tokens / chunk))
     n = min(rows, math.ceil(math.ceil(rows / most) / SPLIT) * SPLIT)
     for m in range(n, rows + 1):                      # ceil(rows / batch) can fall short of m: the first
@@ -176,10 +183,10 @@ def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_token
     return chunk, math.ceil(rows / n)
 
 
-def _concurrency(model, chunk: int, batch: int, workers: int) -> int:
+def _concurrency(model, chunk: int, batch: int, workers: int, adapt: int = 0) -> int:
     """Worker threads for batches of ``batch`` rows: ``workers`` (0 = torch's thread count), fewer
-    if their KV caches together would pass MAX_CACHE_BYTES."""
-    return max(1, min(_workers(workers), MAX_CACHE_BYTES // max(1, batch * _row_bytes(model, chunk))))
+    if their KV caches (and mixing buffers) together would pass MAX_CACHE_BYTES."""
+    return max(1, min(_workers(workers), MAX_CACHE_BYTES // max(1, batch * _row_bytes(model, chunk, adapt))))
 
 
 @contextmanager
@@ -296,11 +303,20 @@ def code_batch(model, lengths: list[int], *, bos_id: int, code: Callable[[int, n
         inp[:live, 0] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
 
 
-def _batches(n_tokens: int, chunk: int, batch: int) -> list[tuple[int, list[int]]]:
+def batch_plan(n_tokens: int, chunk: int, batch: int) -> list[tuple[int, list[int]]]:
     """[(first token, [row lengths]), ...]: chunks of ``chunk`` tokens (the last may be shorter)
     grouped ``batch`` at a time."""
     rows = [(s, min(chunk, n_tokens - s)) for s in range(0, n_tokens, chunk)]
     return [(rows[i][0], [n for _, n in rows[i:i + batch]]) for i in range(0, len(rows), batch)]
+
+
+def token_grid(ids: np.ndarray, first: int, lengths: list[int], chunk: int) -> np.ndarray:
+    """(b, lengths[0]) the tokens of one batch of ``batch_plan``, row r = chunk r from ``first``,
+    zero-padded after its length."""
+    grid = np.zeros((len(lengths), lengths[0]), dtype=ids.dtype)
+    for r, n in enumerate(lengths):
+        grid[r, :n] = ids[first + r * chunk: first + r * chunk + n]
+    return grid
 
 
 def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = CodecConfig(),
@@ -323,21 +339,22 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
     if version not in (2, 3, VERSION):
         raise AdaptiveLMError(f"can write format versions 2 to {VERSION}, not {version}")
     if not 0 <= cfg.adapt <= MAX_ORDER:
-        raise UsageError(f"adapt must be within 0..{MAX_ORDER} (the longest context in tokens; 0 = no mixing), not {cfg.adapt}")
+        raise UsageError(f"adapt must be within 0..{MAX_ORDER} (the longest context in tokens; 0 = no mixing), "
+                         f"not {cfg.adapt}")
+    if version < 4:
+        cfg = replace(cfg, adapt=0)                      # formats 2-3 do not mix: their layout too
     chunk, batch = resolve_config(model, meta_seq_len, cfg, len(ids))
     model.eval()
     header = {"model": model_id, "fingerprint": fingerprint(model, tok), "length": len(data),
               "crc32": zlib.crc32(data), "tokens": len(ids), "chunk": chunk, "batch": batch, "precision": PRECISION,
-              "adapt": cfg.adapt if version >= 4 else 0, "adapt_low": min(cfg.adapt, MixerConfig.low)}
+              "adapt": cfg.adapt, "adapt_low": min(cfg.adapt, MixerConfig.low)}
     family = cs.stream.model.Categorical(perfect=False)
     ids_np, bos = np.asarray(ids, dtype=np.int32), _bos(tok)
 
     def job(batch_rows, tick):
         first, lengths = batch_rows
         enc = cs.stream.queue.RangeEncoder()
-        rows = np.zeros((len(lengths), lengths[0]), dtype=np.int32)           # (b, chunk) token grid
-        for r, n in enumerate(lengths):
-            rows[r, :n] = ids_np[first + r * chunk: first + r * chunk + n]
+        rows = token_grid(ids_np, first, lengths, chunk)                       # (b, chunk)
 
         def code(t, probs):
             sym = np.ascontiguousarray(rows[:probs.shape[0], t])
@@ -350,7 +367,8 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
         words = enc.get_compressed()
         return _varint(len(words)) + words.astype("<u4").tobytes()
 
-    payload = _in_parallel(_batches(len(ids), chunk, batch), _concurrency(model, chunk, batch, cfg.workers),
+    workers = _concurrency(model, chunk, batch, cfg.workers, cfg.adapt)
+    payload = _in_parallel(batch_plan(len(ids), chunk, batch), workers,
                            job, progress=progress, total=len(ids))
     body = MAGIC + bytes([version]) + _pack_header(header, version) + b"".join(payload)
     return body + struct.pack("<I", zlib.crc32(body))
@@ -381,7 +399,8 @@ def _pack_header(h: dict, version: int) -> bytes:
     spec = h["model"].encode()
     return (_varint(len(spec)) + spec + bytes.fromhex(h["fingerprint"])
             + b"".join(_varint(h[k]) for k in ("length", "tokens", "chunk", "batch"))
-            + bytes([h["precision"]]) + struct.pack("<I", h["crc32"]) + (bytes([h["adapt"] | h["adapt_low"] << 4]) if version >= 4 else b""))
+            + bytes([h["precision"]]) + struct.pack("<I", h["crc32"])
+            + (bytes([h["adapt"] | h["adapt_low"] << 4]) if version >= 4 else b""))
 
 
 def _unpack_header(blob: bytes, pos: int, end: int, version: int) -> tuple[dict, int]:
@@ -444,6 +463,9 @@ def read_header(blob: bytes) -> tuple[dict, int]:
     if min(rows, header["batch"]) > MAX_FILE_ROWS:
         raise CodecError(f"the file's batches of {min(rows, header['batch']):,} rows are beyond what this compressor "
                          f"writes (<= {MAX_FILE_ROWS:,})")
+    if header["adapt"] and min(rows, header["batch"]) * header["chunk"] > MIX_BATCH_TOKENS:
+        raise CodecError(f"the file's batches of {min(rows, header['batch']) * header['chunk']:,} tokens with context "
+                         f"mixing are beyond what this compressor writes (<= {MIX_BATCH_TOKENS:,})")
     header["version"] = blob[4]
     return header, pos
 
@@ -463,7 +485,7 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
     model.eval()
     family = cs.stream.model.Categorical(perfect=False)
     end, segments, version, bos = len(blob) - 4, [], header["version"], _bos(tok)
-    for _, lengths in _batches(header["tokens"], header["chunk"], header["batch"]):
+    for _, lengths in batch_plan(header["tokens"], header["chunk"], header["batch"]):
         if version == 1:
             if pos + 4 > end:
                 raise CodecError("the file is truncated (payload ends early)")
@@ -490,7 +512,7 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
         code_batch(model, lengths, bos_id=bos, code=code, version=version, mixing=_mixing(header))
         return [int(x) for r, ln in enumerate(lengths) for x in rows[r, :ln]]
 
-    workers = _concurrency(model, header["chunk"], header["batch"], workers)
+    workers = _concurrency(model, header["chunk"], header["batch"], workers, header["adapt"])
     out = [i for ids in _in_parallel(segments, workers, job, progress=progress, total=header["tokens"]) for i in ids]
     data = tok.decode_bytes(out) if out else b""
     same = (hashlib.sha256(data).hexdigest() == header["sha256"] if header["version"] == 1

@@ -172,7 +172,7 @@ def test_a_crafted_header_with_a_huge_token_count_is_refused_at_once(codec_lm, m
     assert blob[5:pos] == old                                       # the header sits between version and payload
     forged = blob[:5] + _pack_header({**header, **forge}, header["version"]) + blob[pos:-4]
     forged += struct.pack("<I", zlib.crc32(forged))
-    monkeypatch.setattr(codec, "_batches", lambda *a: pytest.fail("the decoder planned the forged file's rows"))
+    monkeypatch.setattr(codec, "batch_plan", lambda *a: pytest.fail("the decoder planned the forged file's rows"))
     with pytest.raises(CodecError, match=why):
         decompress(forged, model, tok)
 
@@ -308,9 +308,9 @@ def test_default_batches_are_even_and_machine_independent(codec_lm, adapt):
     the KV-cache budget allows); a multiple of SPLIT batches (so the workers share them evenly)
     whenever the rows allow it; fewer rows than SPLIT -> one row per batch; never dependent on the
     worker count (the same input makes the same file anywhere)."""
-    from adaptive_lm.entropy.codec import BATCH_CACHE_BYTES, MAX_ROWS, SPLIT, _row_bytes
+    from adaptive_lm.entropy.codec import BATCH_CACHE_BYTES, MAX_ROWS, MIX_BATCH_TOKENS, SPLIT, _row_bytes
     _, model, _ = codec_lm
-    most = BATCH_CACHE_BYTES // _row_bytes(model, 32) if adapt else MAX_ROWS
+    most = min(BATCH_CACHE_BYTES // _row_bytes(model, 32, adapt), MIX_BATCH_TOKENS // 32) if adapt else MAX_ROWS
     for rows in list(range(1, 40)) + [511, 512, 513, 860, 1025, 4097, 9000]:
         chunk, batch = resolve_config(model, 32, CodecConfig(adapt=adapt), rows * 32 - 3)
         assert chunk == 32 and 1 <= batch <= most
@@ -333,7 +333,7 @@ def test_default_batches_are_even_for_a_large_cache(codec_lm, monkeypatch):
     a multiple of SPLIT whenever some batch size <= 11 gives one."""
     from adaptive_lm.entropy import codec
     _, model, _ = codec_lm
-    monkeypatch.setattr(codec, "BATCH_CACHE_BYTES", 11 * codec._row_bytes(model, 32))
+    monkeypatch.setattr(codec, "BATCH_CACHE_BYTES", 11 * codec._row_bytes(model, 32, adapt=3))
     for rows in range(2, 400):
         _, batch = resolve_config(model, 32, CodecConfig(), rows * 32)
         assert batch <= 11
@@ -484,4 +484,24 @@ def test_a_mixing_byte_it_cannot_decode_is_refused(codec_lm, byte):
     assert blob[pos - 1] == header["adapt"] | header["adapt_low"] << 4 == 0x23     # the default: K 3, short chain 2
     body = blob[:pos - 1] + bytes([byte]) + blob[pos:-4]
     with pytest.raises(CodecError, match="header is unreadable"):
+        decompress(body + struct.pack("<I", zlib.crc32(body)), model, tok)
+
+
+def test_mixing_batches_are_capped_when_writing_and_when_reading(codec_lm):
+    """With context mixing a batch's n-gram tables grow with its tokens: the writer refuses a
+    batch x chunk over MIX_BATCH_TOKENS, and a file that asks for more is refused before any work."""
+    import struct
+    import zlib
+    from adaptive_lm.entropy.codec import MIX_BATCH_TOKENS, _pack_header
+    from adaptive_lm.errors import UsageError
+    _, model, tok = codec_lm
+    with pytest.raises(UsageError, match="at most"):
+        resolve_config(model, 32, CodecConfig(chunk=32, batch=MIX_BATCH_TOKENS // 32 + 1), 10**6)
+    assert resolve_config(model, 32, CodecConfig(chunk=32, batch=MIX_BATCH_TOKENS // 32 + 1, adapt=0), 10**6)[1] > 0
+    blob, _ = _rt(SAMPLES["text"], codec_lm)
+    header, pos = read_header(blob)
+    big = {**header, "chunk": 32, "batch": MIX_BATCH_TOKENS // 32 + 1, "tokens": 32 * (MIX_BATCH_TOKENS // 32 + 1)}
+    big["length"] = big["tokens"]
+    body = blob[:5] + _pack_header(big, 4) + b"\x00" * (big["tokens"] // 1000) + blob[pos:-4]
+    with pytest.raises(CodecError, match="tokens with context mixing"):
         decompress(body + struct.pack("<I", zlib.crc32(body)), model, tok)

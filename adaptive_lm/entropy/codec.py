@@ -60,6 +60,8 @@ MAX_CACHE_BYTES = 1 << 30           # batches in flight at once: at most this mu
 MAX_FILE_ROWS = 1 << 16             # the largest batch a file may ask for (a crafted header cannot plan more)
 MIX_BATCH_TOKENS = 1 << 18          # with context mixing, at most this many tokens a batch (its n-gram tables:
                                     # ~0.5 KB per token and order), when writing and when reading
+MIX_BATCH_BYTES = 1 << 29           # with context mixing, the default batch's budget (KV cache + mixing
+                                    # buffers): larger than without, as its statistics grow with its rows
 SPLIT = 2                           # default layout: a multiple of SPLIT batches, shared evenly by 1 or 2 workers
 
 
@@ -155,9 +157,10 @@ def _row_bytes(model, chunk: int, adapt: int = 0) -> int:
 
 def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_tokens: int = 0) -> tuple[int, int]:
     """(chunk, batch) for a model and a text of ``n_tokens``: the chunk from the model's training
-    window; by default the batch that splits the rows into batches of at most MAX_ROWS rows (with
-    ``cfg.adapt`` no row limit: a batch's statistics grow with its rows) and 256 MiB of KV cache,
-    a multiple of SPLIT of them, of equal size but the last (fewer rows
+    window; by default the batch that splits the rows into batches of at most MAX_ROWS rows and
+    256 MiB of KV cache (with ``cfg.adapt``: at most MIX_BATCH_TOKENS tokens and 512 MiB of KV cache
+    and mixing buffers, as a batch's statistics grow with its rows), a multiple of SPLIT of them,
+    of equal size but the last (fewer rows
     than SPLIT: one row per batch). It does not depend on the machine or the worker count, so an input
     compresses to the same file everywhere."""
     c = model.config
@@ -172,8 +175,8 @@ def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_token
     _workers(cfg.workers)
     if cfg.batch:
         return chunk, cfg.batch
-    cap = MIX_BATCH_TOKENS // chunk if cfg.adapt else MAX_ROWS
-    most = max(1, min(cap, BATCH_CACHE_BYTES // _row_bytes(model, chunk, cfg.adapt)))
+    cap, budget = (MIX_BATCH_TOKENS // chunk, MIX_BATCH_BYTES) if cfg.adapt else (MAX_ROWS, BATCH_CACHE_BYTES)
+    most = max(1, min(cap, budget // _row_bytes(model, chunk, cfg.adapt)))
     rows = max(1, math.ceil(n_tokens / chunk))
     n = min(rows, math.ceil(math.ceil(rows / most) / SPLIT) * SPLIT)
     for m in range(n, rows + 1):                      # ceil(rows / batch) can fall short of m: the first

@@ -308,9 +308,9 @@ def test_default_batches_are_even_and_machine_independent(codec_lm, adapt):
     the KV-cache budget allows); a multiple of SPLIT batches (so the workers share them evenly)
     whenever the rows allow it; fewer rows than SPLIT -> one row per batch; never dependent on the
     worker count (the same input makes the same file anywhere)."""
-    from adaptive_lm.entropy.codec import BATCH_CACHE_BYTES, MAX_ROWS, MIX_BATCH_TOKENS, SPLIT, _row_bytes
+    from adaptive_lm.entropy.codec import MAX_ROWS, MIX_BATCH_BYTES, MIX_BATCH_TOKENS, SPLIT, _row_bytes
     _, model, _ = codec_lm
-    most = min(BATCH_CACHE_BYTES // _row_bytes(model, 32, adapt), MIX_BATCH_TOKENS // 32) if adapt else MAX_ROWS
+    most = min(MIX_BATCH_BYTES // _row_bytes(model, 32, adapt), MIX_BATCH_TOKENS // 32) if adapt else MAX_ROWS
     for rows in list(range(1, 40)) + [511, 512, 513, 860, 1025, 4097, 9000]:
         chunk, batch = resolve_config(model, 32, CodecConfig(adapt=adapt), rows * 32 - 3)
         assert chunk == 32 and 1 <= batch <= most
@@ -333,7 +333,7 @@ def test_default_batches_are_even_for_a_large_cache(codec_lm, monkeypatch):
     a multiple of SPLIT whenever some batch size <= 11 gives one."""
     from adaptive_lm.entropy import codec
     _, model, _ = codec_lm
-    monkeypatch.setattr(codec, "BATCH_CACHE_BYTES", 11 * codec._row_bytes(model, 32, adapt=3))
+    monkeypatch.setattr(codec, "MIX_BATCH_BYTES", 11 * codec._row_bytes(model, 32, adapt=3))
     for rows in range(2, 400):
         _, batch = resolve_config(model, 32, CodecConfig(), rows * 32)
         assert batch <= 11

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data import corpus_path, read_text
-from ..entropy.adapt import ContextMixer, MixerConfig
+from ..entropy.adapt import MAX_ORDER, ContextMixer, MixerConfig
 from ..entropy.codec import CodecConfig, batch_plan, compress, decompress, resolve_config, token_grid
 from ..entropy.runtime import DEFAULT_MODEL, Meter, load_codec_model, tune_allocator
 from ..errors import UsageError
-from . import register
+from . import number_list, register
 
 
 @dataclass
@@ -117,10 +117,7 @@ def bench_compress(seed: int, o: CompressBenchOptions) -> dict:
         data = data[:o.max_bytes]
     rows = []
     tune_allocator()                                      # as the CLI does
-    try:
-        orders = [int(x) for x in o.adapt.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"adapt must be comma-separated integers, not {o.adapt!r}") from None
+    orders = number_list("adapt", o.adapt, lo=0, hi=MAX_ORDER)
     for spec in [s.strip() for s in o.models.split(",") if s.strip()]:
         model, tok, seq_len = load_codec_model(spec)
         for k in orders:

@@ -27,6 +27,9 @@ def test_bench_compress_rows(codec_lm, tmp_path, capsys):
 def test_bench_compress_missing_input(tmp_path, capsys):
     assert main(["bench", "compress", "--input", str(tmp_path / "nope")]) == 2
     assert "no such file" in capsys.readouterr().err
+    for bad in ("adapt=16", "adapt=3,x", "adapt="):
+        assert main(["bench", "compress", bad, "baselines=false"]) == 2
+        assert "adapt=" in capsys.readouterr().err
 
 
 def test_bench_eem_rows(tmp_path, capsys):

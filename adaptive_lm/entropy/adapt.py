@@ -21,11 +21,13 @@ PAQ-style compressors, in probability space), written in the weight itself:
     λ ← clip(λ + lr·λ(1 − λ)·Σ_rows λ(1 − λ)(p_ng − p_LM)/p)
     μ ← clip(μ + lr·μ(1 − μ)·Σ_rows λ·μ(1 − μ)(p_h − p_low)/p)
 — only +, −, ×, ÷, which IEEE-754 rounds the same on every CPU (no exp, whose numpy kernel varies
-with the CPU's instruction set and numpy's version). Mixing a short chain
-(low = 2) with the long one (K = 3 by default) keeps what high orders give on repetitive text (pydocs) without
-their cost on text whose long contexts are rarely seen twice (prose). Every quantity is computed
-in float64 from the same inputs in the same order on both sides, so decoding reproduces the
-encoder's distribution bit for bit. Rows are a batch's first ``live`` rows (longest first).
+with the CPU's instruction set and numpy's version).
+
+Mixing a short chain (low = 2) with the long one (K = 3 by default) keeps what high orders give on
+repetitive text (pydocs) without their cost on text whose long contexts are rarely seen twice
+(prose). Every quantity is computed in float64 from the same inputs in the same order on both
+sides, so decoding reproduces the encoder's distribution bit for bit. Rows are a batch's first
+``live`` rows (longest first).
 """
 from __future__ import annotations
 

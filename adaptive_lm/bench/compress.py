@@ -112,12 +112,12 @@ def bench_compress(seed: int, o: CompressBenchOptions) -> dict:
     """The LM compressor vs gzip/bz2/xz/zstd/brotli: bits per byte, KB/s both ways, round trip."""
     if o.max_bytes < 0:
         raise UsageError(f"max_bytes must be >= 0 (0 = all), not {o.max_bytes}")
+    orders = number_list("adapt", o.adapt, lo=0, hi=MAX_ORDER)
     data, source = _input_bytes(o)
     if o.max_bytes > 0:
         data = data[:o.max_bytes]
     rows = []
     tune_allocator()                                      # as the CLI does
-    orders = number_list("adapt", o.adapt, lo=0, hi=MAX_ORDER)
     for spec in [s.strip() for s in o.models.split(",") if s.strip()]:
         model, tok, seq_len = load_codec_model(spec)
         for k in orders:

@@ -40,8 +40,7 @@ class CompressBenchOptions:
     batch: int = 0                # chunks per batch (0 = automatic)
     workers: int = 0              # batches coded at once, one thread each (0 = torch.get_num_threads())
     adapt: str = "3,0"            # context mixing orders to run per model (comma-separated; 0 = the LM alone)
-    ngram_alone: bool = True      # also the first mixing order's statistics without the LM (a uniform one):
-                                  # its ideal code length, what the LM adds to the mixture
+    ngram_alone: bool = True      # also the first order's file statistics under a uniform LM (ideal code length)
     baselines: bool = True        # also run gzip, bz2, xz, zstd, brotli
     data_dir: str = ""            # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
 

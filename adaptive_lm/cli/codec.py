@@ -20,7 +20,7 @@ def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch
         chunk: tokens per independently coded chunk (0 = the model's training window)
         batch: chunks coded together, one forward per position (0 = automatic)
         workers: batches coded at once, one thread each (0 = one per core torch uses); never changes the output
-        adapt: mix the LM with n-gram statistics of the file itself, contexts of up to N tokens (0 = the LM alone)
+        adapt: mix the LM with n-gram statistics of the file itself, contexts of up to N tokens (default 3; 0 = the LM alone)
         force: overwrite the output if it exists
         quiet: no progress bar
     """

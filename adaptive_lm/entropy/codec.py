@@ -21,9 +21,12 @@ File layout, version 4 (integers little-endian; varint = unsigned LEB128):
     b"ALMZ" | version u8 | header | payload | CRC-32 u32 of all before
     header: model spec (varint length + UTF-8) | fingerprint (8 bytes) | original length, token
             count, chunk, batch (4 varints) | precision u8 | CRC-32 u32 of the original bytes |
-            mixing u8 (0: none; else the longest context K in bits 0-3, the short chain's in 4-7)
+            mode u8 (0: the LM alone; 0xFF: stored; else context mixing, the longest context K in
+            bits 0-3, the short chain's in 4-7)
     payload: per batch, a word count (varint) then that many u32 words of the range coder
-Version 3 is version 4 without the flags byte and without mixing.
+Version 3 is version 4 without the mode byte and without mixing. A stored file (mode 0xFF, token
+count 0) holds the original bytes as its payload: written when coding would come out larger than
+the input (random or already-compressed bytes), so no file grows by more than its ~50-byte frame.
 The header costs ~45 bytes for a builtin model (version 1's JSON header and SHA-256 cost ~235, which
 outweighed the payload of a short text). Version 2 is the same layout with our own quantiser
 (``quantize``: floor of p·total, the rest to the top token — three more passes over (b, V) than
@@ -53,6 +56,7 @@ from ..model import kv_heads
 from .adapt import MAX_ORDER, ContextMixer, MixerConfig
 
 MAGIC, VERSION = b"ALMZ", 4         # versions 1 (JSON header), 2 (our quantiser), 3 (no mixing) are still read
+STORED = 0xFF                       # format 4's mode byte of a stored file
 PRECISION = 24                      # range coder precision (bits): frequencies sum to 2^24
 BATCH_CACHE_BYTES = 1 << 28         # default batch: at most 256 MiB of KV cache (and MAX_ROWS rows)
 MAX_ROWS = 512                      # default batch without mixing: at most this many rows (larger: ~10 % faster)
@@ -374,6 +378,9 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
     payload = _in_parallel(batch_plan(len(ids), chunk, batch), workers,
                            job, progress=progress, total=len(ids))
     body = MAGIC + bytes([version]) + _pack_header(header, version) + b"".join(payload)
+    if version >= 4 and len(body) > len(data) + len(MAGIC) + 1 + len(_pack_header(header, version)):
+        stored = {**header, "tokens": 0, "stored": True}              # coding did not pay: keep the bytes
+        body = MAGIC + bytes([version]) + _pack_header(stored, version) + data
     return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -403,7 +410,12 @@ def _pack_header(h: dict, version: int) -> bytes:
     return (_varint(len(spec)) + spec + bytes.fromhex(h["fingerprint"])
             + b"".join(_varint(h[k]) for k in ("length", "tokens", "chunk", "batch"))
             + bytes([h["precision"]]) + struct.pack("<I", h["crc32"])
-            + (bytes([h["adapt"] | h["adapt_low"] << 4]) if version >= 4 else b""))
+            + (bytes([_mode_byte(h)]) if version >= 4 else b""))
+
+
+def _mode_byte(h: dict) -> int:
+    """Format 4's mode byte: STORED, or the mixing (K | low << 4; 0 = the LM alone)."""
+    return STORED if h.get("stored") else h["adapt"] | h["adapt_low"] << 4
 
 
 def _unpack_header(blob: bytes, pos: int, end: int, version: int) -> tuple[dict, int]:
@@ -417,13 +429,19 @@ def _unpack_header(blob: bytes, pos: int, end: int, version: int) -> tuple[dict,
     if pos + 5 > end:
         raise ValueError
     h["precision"], (h["crc32"],) = blob[pos], struct.unpack("<I", blob[pos + 1:pos + 5])
-    pos, h["adapt"], h["adapt_low"] = pos + 5, 0, 0
+    pos, h["adapt"], h["adapt_low"], h["stored"] = pos + 5, 0, 0, False
     if version >= 4:
         if pos >= end:
             raise ValueError
-        h["adapt"], h["adapt_low"], pos = blob[pos] & 15, blob[pos] >> 4, pos + 1
-        if (h["adapt"] or h["adapt_low"]) and not 1 <= h["adapt_low"] <= h["adapt"] <= MAX_ORDER:
-            raise ValueError
+        mode, pos = blob[pos], pos + 1
+        if mode == STORED:
+            h["stored"] = True
+            if h["tokens"] != 0 or end - pos != h["length"]:             # the payload is the original, exactly
+                raise ValueError
+        else:
+            h["adapt"], h["adapt_low"] = mode & 15, mode >> 4
+            if (h["adapt"] or h["adapt_low"]) and not 1 <= h["adapt_low"] <= h["adapt"] <= MAX_ORDER:
+                raise ValueError
     return h, pos
 
 
@@ -447,6 +465,7 @@ def read_header(blob: bytes) -> tuple[dict, int]:
             checksum = isinstance(header, dict) and isinstance(header.get("sha256"), str)
             if checksum:
                 header["adapt"] = header["adapt_low"] = 0
+                header["stored"] = False
         else:
             header, pos = _unpack_header(blob, 5, len(blob) - 4, blob[4])
             checksum = True
@@ -479,6 +498,11 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
     batches are decoded at once (0 = torch.get_num_threads()); any count gives the same bytes."""
     cs = _constriction()
     header, pos = read_header(blob)
+    if header.get("stored"):                                           # the original bytes, no model needed
+        data = blob[pos:len(blob) - 4]
+        if zlib.crc32(data) != header["crc32"]:
+            raise CodecError("the stored bytes do not match the original's checksum")
+        return data
     if fingerprint(model, tok) != header["fingerprint"]:
         raise CodecError(f"this file was compressed with {header['model']} (fingerprint {header['fingerprint']}); "
                          f"the model used here is not the same (fingerprint {fingerprint(model, tok)}): pass --model "

@@ -105,8 +105,11 @@ def decompress_file(src: str, out: str = "", *, model: str = "", workers: int = 
     header, _ = read_header(blob)
     dst = Path(out or (src[:-len(SUFFIX)] if src.endswith(SUFFIX) else src + ".out"))
     check_output(dst, force=force, inputs=[src])
-    m, tok, _ = load_codec_model(model or header["model"])
-    tune_allocator()
+    if header.get("stored"):                              # the original bytes as they are: no model to load
+        m = tok = None
+    else:
+        m, tok, _ = load_codec_model(model or header["model"])
+        tune_allocator()
     t0 = time.time()
     data = decompress(blob, m, tok, workers=workers, progress=Meter("decompress", header["length"], progress))
     secs = time.time() - t0

@@ -505,3 +505,30 @@ def test_mixing_batches_are_capped_when_writing_and_when_reading(codec_lm):
     body = blob[:5] + _pack_header(big, 4) + b"\x00" * (big["tokens"] // 1000) + blob[pos:-4]
     with pytest.raises(CodecError, match="tokens with context mixing"):
         decompress(body + struct.pack("<I", zlib.crc32(body)), model, tok)
+
+
+def test_incompressible_bytes_are_stored_and_grow_by_the_frame_only(codec_lm, other_lm):
+    """Random bytes code to more than they are: the file then holds them as they are (mode STORED),
+    decodes without the model's arithmetic, and checks them against the original's CRC."""
+    import struct
+    import zlib
+    from adaptive_lm.checkpoint import from_pretrained
+    from adaptive_lm.entropy.codec import STORED
+    _, model, tok = codec_lm
+    data = np.random.default_rng(3).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    blob = compress(data, model, tok, model_id="t", cfg=CodecConfig(chunk=32))
+    header, pos = read_header(blob)
+    assert header["stored"] and header["tokens"] == 0 and blob[pos - 1] == STORED
+    assert blob[pos:-4] == data and len(blob) - len(data) <= 60
+    assert decompress(blob, model, tok) == data
+    other, other_tok = from_pretrained(other_lm)
+    assert decompress(blob, other, other_tok) == data                  # stored bytes need no model
+    text = SAMPLES["text"] * 3                                          # text still codes
+    assert not read_header(compress(text, model, tok, model_id="t"))[0]["stored"]
+    for bad in (blob[:pos] + data[:-1], blob[:pos] + data + b"x"):       # a payload of the wrong size
+        with pytest.raises(CodecError, match="header is unreadable"):
+            decompress(bad + struct.pack("<I", zlib.crc32(bad)), model, tok)
+    flipped = blob[:pos] + bytes([data[0] ^ 1]) + data[1:]              # consistent frame, wrong bytes
+    with pytest.raises(CodecError, match="checksum"):
+        decompress(flipped + struct.pack("<I", zlib.crc32(flipped)), model, tok)
+    assert not read_header(compress(data, model, tok, model_id="t", version=3))[0]["stored"]   # format 3: never

@@ -34,7 +34,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 # Format 4 of the compressor depends on every constant below and on MixerConfig's defaults except
 # order and low (which a file's header records): change one and old files no longer decode. A golden
@@ -70,7 +69,8 @@ class ContextMixer:
         self.lam = np.full(nb, 0.5)                      # λ_k per bucket (bucket 0: no seen context)
         self.lam[0] = cfg.init_uni
         self.mu = np.full(nb, 0.5)                       # μ_k per bucket
-        self.out: torch.Tensor | None = None             # (rows, V) float64 the mixture, reused across steps
+        self.out: np.ndarray | None = None               # (rows, V) float64 the mixture, reused across steps
+        self.tmp: np.ndarray | None = None               # (rows, V) float64 scratch
         self._step: tuple | None = None                  # what mix() computed, for update()
 
     def _row(self, hist: tuple):
@@ -102,17 +102,17 @@ class ContextMixer:
         (live, V) float64, a buffer reused at the next step."""
         live, V = lm.shape
         if self.out is None:
-            self.out = torch.empty(len(self.hist), V, dtype=torch.float64)
-        out = self.out[:live]
+            self.out, self.tmp = np.empty((len(self.hist), V)), np.empty((len(self.hist), V))
+        res, tmp = self.out[:live], self.tmp[:live]
         p_uni = (self.uni + 0.5) / (self.n + 0.5 * V)                     # (V,)
         rows = [self._row(h) for h in self.hist[:live]]
         bucket = np.fromiter((r[3] for r in rows), np.int64, live)
         lam, mu = self.lam[bucket], self.mu[bucket]                      # (live,) each
         uni_w = lam * (mu * np.fromiter((r[1] for r in rows), np.float64, live)
                        + (1.0 - mu) * np.fromiter((r[2] for r in rows), np.float64, live))
-        torch.mul(torch.from_numpy(lm), torch.from_numpy(1.0 - lam)[:, None], out=out)
-        out.addr_(torch.from_numpy(uni_w), torch.from_numpy(p_uni))      # + λ·(p_0's weight) ⊗ p_uni, in place
-        res = out.numpy()
+        np.multiply(lm, (1.0 - lam)[:, None], out=res)                 # separate ufuncs, never a fused
+        np.multiply.outer(uni_w, p_uni, out=tmp)                        # multiply-add: the same rounding
+        res += tmp                                                      # on every CPU
         rs, ix, ws = [], [], []                                           # one (row, id) at most once per order
         for r, (chain, _, _, _) in enumerate(rows):
             lr_, m_ = lam[r], mu[r]

@@ -25,7 +25,8 @@ with the CPU's instruction set and numpy's version).
 
 Mixing a short chain (low = 2) with the long one (K = 3 by default) keeps what high orders give on
 repetitive text (pydocs) without their cost on text whose long contexts are rarely seen twice
-(prose). Every quantity is computed in float64 from the same inputs in the same order on both
+(prose). Every quantity is computed in float64 numpy, separate ufuncs (never a fused multiply-add,
+whose rounding differs), from the same inputs in the same order on both
 sides, so decoding reproduces the encoder's distribution bit for bit. Rows are a batch's first
 ``live`` rows (longest first).
 """

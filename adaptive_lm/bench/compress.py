@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import corpus_path, read_text
-from ..entropy.adapt import MAX_ORDER, ContextMixer, MixerConfig
+from ..entropy.adapt import MAX_ORDER, ContextMixer, mixer_config
 from ..entropy.codec import CodecConfig, batch_plan, compress, decompress, resolve_config, token_grid
 from ..entropy.runtime import DEFAULT_MODEL, Meter, load_codec_model, tune_allocator
 from ..errors import UsageError
@@ -84,7 +84,7 @@ def ngram_alone_bits(model, tok, data: bytes, cfg: CodecConfig, meta_seq_len) ->
     V, bits = model.config.vocab_size, 0.0                  # the logits' width, as the compressor's mixer
     for first, lengths in batch_plan(len(ids), chunk, batch):
         rows = token_grid(ids, first, lengths, chunk)                          # (b, chunk)
-        mixer = ContextMixer(V, len(lengths), MixerConfig(order=cfg.adapt, low=min(cfg.adapt, MixerConfig.low)))
+        mixer = ContextMixer(V, len(lengths), mixer_config(cfg.adapt))
         uniform = np.full((len(lengths), V), 1.0 / V)
         for t in range(lengths[0]):
             live = sum(1 for n in lengths if n > t)

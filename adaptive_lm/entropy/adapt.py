@@ -52,6 +52,12 @@ class MixerConfig:
     lo: float = 0.0025             # λ, μ within [lo, 1 − lo]
 
 
+def mixer_config(order: int):
+    """The mixing of ``compress --adapt order``: contexts of up to ``order`` tokens with the short
+    chain at MixerConfig.low (or ``order`` if shorter); None for 0 (the LM alone)."""
+    return MixerConfig(order=order, low=min(order, MixerConfig.low)) if order else None
+
+
 class ContextMixer:
     """The state of one lockstep batch: ``probs = mixer.mix(lm_probs)`` before a step is coded,
     ``mixer.update(ids)`` after (module docstring)."""
@@ -59,7 +65,7 @@ class ContextMixer:
     def __init__(self, vocab_size: int, rows: int, cfg: MixerConfig = MixerConfig()):
         if not 1 <= cfg.low <= cfg.order <= MAX_ORDER:
             raise ValueError(f"need 1 <= low <= order <= {MAX_ORDER}, not low={cfg.low}, order={cfg.order}")
-        self.V, self.cfg = vocab_size, cfg
+        self.cfg = cfg
         self.uni = np.zeros(vocab_size)                  # c(w)
         self.n = 0                                       # N
         # order o = 1 .. K at index o − 1: ctx (the last o tokens) -> entry [slots {w: i}, ids int64 (cap,),

@@ -53,7 +53,7 @@ import torch
 
 from ..errors import AdaptiveLMError, UsageError
 from ..model import kv_heads
-from .adapt import MAX_ORDER, ContextMixer, MixerConfig
+from .adapt import MAX_ORDER, ContextMixer, MixerConfig, mixer_config
 
 MAGIC, VERSION = b"ALMZ", 4         # versions 1 (JSON header), 2 (our quantiser), 3 (no mixing) are still read
 STORED = 0xFF                       # format 4's mode byte of a stored file
@@ -354,7 +354,7 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
     model.eval()
     header = {"model": model_id, "fingerprint": fingerprint(model, tok), "length": len(data),
               "crc32": zlib.crc32(data), "tokens": len(ids), "chunk": chunk, "batch": batch, "precision": PRECISION,
-              "adapt": cfg.adapt, "adapt_low": min(cfg.adapt, MixerConfig.low)}
+              "adapt": cfg.adapt, "adapt_low": mixer_config(cfg.adapt).low if cfg.adapt else 0}
     family = cs.stream.model.Categorical(perfect=False)
     ids_np, bos = np.asarray(ids, dtype=np.int32), _bos(tok)
 
@@ -377,10 +377,10 @@ def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = Codec
     workers = _concurrency(model, chunk, batch, cfg.workers, cfg.adapt)
     payload = _in_parallel(batch_plan(len(ids), chunk, batch), workers,
                            job, progress=progress, total=len(ids))
-    body = MAGIC + bytes([version]) + _pack_header(header, version) + b"".join(payload)
-    if version >= 4 and len(body) > len(data) + len(MAGIC) + 1 + len(_pack_header(header, version)):
-        stored = {**header, "tokens": 0, "stored": True}              # coding did not pay: keep the bytes
-        body = MAGIC + bytes([version]) + _pack_header(stored, version) + data
+    coded = b"".join(payload)
+    if version >= 4 and len(coded) > len(data):                        # coding did not pay: keep the bytes
+        header, coded = {**header, "tokens": 0, "stored": True}, data
+    body = MAGIC + bytes([version]) + _pack_header(header, version) + coded
     return body + struct.pack("<I", zlib.crc32(body))
 
 

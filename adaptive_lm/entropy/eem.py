@@ -200,9 +200,10 @@ def evaluate_eem(model, x: torch.Tensor, y: torch.Tensor, *, n_bytes: Optional[i
     """Held-out CE (nats/token), the CE with the embedding's bits charged at ``fmt``'s width, and bits
     per byte of both when the bytes the windows cover are given."""
     model.eval()
+    dev = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
         logits = model(torch.cat([xb[:, :1], yb], 1), fmt=fmt).float()
         total += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum").item()
         count += yb.numel()

@@ -4,7 +4,8 @@ On one tokenised corpus (default pydocs, BPE), with the same steps, batch and le
 the causal baseline (``baseline_layers`` layers), and an EEM (``enc_layers`` + ``dec_layers``,
 one shared token table, so the parameter counts match within the bottleneck's few thousand) for
 each injection mode. Held-out cross-entropy (nats/token), the EEM's CE with its embedding's bits
-charged at the storage width (``ce_charged``), and bits per byte. Then the quantisation table:
+charged at the storage width (``ce_charged``), the EEM's CE with another window's embedding
+(``ce_foreign``: what the decoder does without the oracle's information), and bits per byte. Then the quantisation table:
 the best injection retrained with noise-injection QAT (U(−q, q) on the embedding), both
 evaluated with the embedding stored in each format. Target (issue 6): the EEM's charged CE ≥ 5%
 below the baseline's CE.
@@ -24,7 +25,7 @@ from ..train import train
 from ..entropy.eem import FORMATS, INJECTIONS, evaluate_eem
 from ..model import MIXERS
 from ..lm import evaluate_lm
-from . import at_least, name_list, register
+from . import at_least, name_list, number_list, register
 
 
 @dataclass
@@ -36,7 +37,7 @@ class EEMBenchOptions:
     batch_size: int = 16            # windows per step
     lr: float = 2e-3                # peak learning rate
     d_model: int = 128              # width of every stack
-    baseline_layers: int = 4        # causal baseline depth
+    baseline_layers: str = "4"      # causal baseline depths; the first is the target's, others are controls
     enc_layers: int = 2             # EEM encoder depth
     dec_layers: int = 2             # EEM decoder depth
     mixer: str = "attention"        # attention | masked_conv, for every stack
@@ -49,11 +50,11 @@ class EEMBenchOptions:
     data_dir: str = ""              # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
 
 
-def _recipe(name: str, o: EEMBenchOptions, seed: int, **data_kw):
+def _recipe(name: str, o: EEMBenchOptions, seed: int, baseline_layers: int = 0, **data_kw):
     r = get_recipe(name)
     is_eem = isinstance(r.data, EEMSpec)
     model = dataclasses.replace(r.model, d_model=o.d_model, mixer=o.mixer, max_seq_len=o.seq_len + 2,
-                                n_layer=o.dec_layers if is_eem else o.baseline_layers)
+                                n_layer=o.dec_layers if is_eem else baseline_layers)
     train_cfg = dataclasses.replace(r.train, steps=o.steps, batch_size=o.batch_size, lr=o.lr, seed=seed,
                                     eval_every=0, save_every=0, warmup_steps=min(r.train.warmup_steps, o.steps // 10 + 1))
     if is_eem:                                                     # full windows only: the CE comparison
@@ -82,21 +83,22 @@ def bench_eem(seed: int, o: EEMBenchOptions) -> dict:
         raise UsageError(f"eval_format must be one of {', '.join(FORMATS)}, not {o.eval_format!r}")
     if o.mixer not in MIXERS:
         raise UsageError(f"mixer must be one of {', '.join(MIXERS)}, not {o.mixer!r}")
+    depths = number_list("baseline_layers", o.baseline_layers, lo=1)
     at_least(1, compression=o.compression, d_model=o.d_model, steps=o.steps, batch_size=o.batch_size, seq_len=o.seq_len,
-             enc_layers=o.enc_layers, dec_layers=o.dec_layers, baseline_layers=o.baseline_layers)
+             enc_layers=o.enc_layers, dec_layers=o.dec_layers)
     if o.d_model % o.compression:
         raise UsageError(f"compression={o.compression} must divide d_model={o.d_model}")
-    base = _recipe("eem-baseline-pydocs", o, seed)
-    data = lm_data(base.data, o.data_dir or None)
+    data = lm_data(_recipe("eem-baseline-pydocs", o, seed, depths[0]).data, o.data_dir or None)
     rows = []
-    m = _train(base, data, "causal baseline")
-    r = evaluate_lm(m, data.vx, data.vy, n_bytes=data.n_bytes)
-    rows.append({"model": f"causal-{o.baseline_layers}L", "format": "-", "params": m.num_params(), "ce": r["loss"],
-                 "ce_charged": r["loss"], "bpb": r["bits_per_byte"], "bpb_charged": r["bits_per_byte"]})
+    for n in depths:                                               # the target's baseline first
+        m = _train(_recipe("eem-baseline-pydocs", o, seed, n), data, f"causal baseline, {n} layers")
+        r = evaluate_lm(m, data.vx, data.vy, n_bytes=data.n_bytes)
+        rows.append({"model": f"causal-{n}L", "format": "-", "params": m.num_params(), "ce": r["loss"],
+                     "ce_charged": r["loss"], "bpb": r["bits_per_byte"], "bpb_charged": r["bits_per_byte"]})
     models = {}
     for inj in injections:
         m = models[inj] = _train(_recipe("eem-pydocs", o, seed, injection=inj, compression=o.compression), data, f"eem-{inj}")
-        rows.append(_eem_row(f"eem-{inj}", m, data, o.eval_format))
+        rows.append(_eem_row(f"eem-{inj}", m, data, o.eval_format, foreign=True))
     best = min(injections, key=lambda i: next(r["ce_charged"] for r in rows if r["model"] == f"eem-{i}"))
     qat = _train(_recipe("eem-pydocs", o, seed, injection=best, compression=o.compression, noise_q=o.qat_q),
                  data, f"eem-{best}-qat")
@@ -104,14 +106,20 @@ def bench_eem(seed: int, o: EEMBenchOptions) -> dict:
         rows.append(_eem_row(f"eem-{best}", models[best], data, fmt))
         rows.append(_eem_row(f"eem-{best}-qat", qat, data, fmt))
     causal_ce = rows[0]["ce"]
-    best_row = min((r for r in rows[1:] if r["format"] == o.eval_format), key=lambda r: r["ce_charged"])
+    best_row = min((r for r in rows if r["model"].startswith("eem-") and r["format"] == o.eval_format),
+                   key=lambda r: r["ce_charged"])
     return {"rows": rows, "best": best_row["model"],
             "charged_ce_vs_causal": round(best_row["ce_charged"] / causal_ce - 1, 4),
             "target": "eem charged CE <= 0.95 x causal CE"}
 
 
-def _eem_row(name: str, model, data, fmt: str) -> dict:
+def _eem_row(name: str, model, data, fmt: str, *, foreign: bool = False) -> dict:
+    """One EEM row; with ``foreign`` also ``ce_foreign``: the CE when each window is decoded with another
+    window's embedding (its excess over ``ce`` is what the embedding's information saves)."""
     r = evaluate_eem(model, data.vx, data.vy, n_bytes=data.n_bytes, fmt=fmt)
-    return {"model": name, "format": fmt, "params": model.num_params(),
-            "ce": r["ce"], "ce_charged": r["ce_charged"], "bpb": r["bpb"], "bpb_charged": r["bpb_charged"]}
+    row = {"model": name, "format": fmt, "params": model.num_params(),
+           "ce": r["ce"], "ce_charged": r["ce_charged"], "bpb": r["bpb"], "bpb_charged": r["bpb_charged"]}
+    if foreign:
+        row["ce_foreign"] = evaluate_eem(model, data.vx, data.vy, fmt=fmt, foreign=True)["ce"]
+    return row
 

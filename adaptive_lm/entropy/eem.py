@@ -196,17 +196,23 @@ def eem_objective(model, batch, *, left_pad: bool = False,
 
 @torch.no_grad()
 def evaluate_eem(model, x: torch.Tensor, y: torch.Tensor, *, n_bytes: Optional[int] = None, fmt: str = "fp32",
-                 batch_size: int = 16) -> dict:
+                 batch_size: int = 16, foreign: bool = False) -> dict:
     """Held-out CE (nats/token), the CE with the embedding's bits charged at ``fmt``'s width, and bits
-    per byte of both when the bytes the windows cover are given."""
+    per byte of both when the bytes the windows cover are given. ``foreign``: each window is decoded
+    with the NEXT window's embedding (the last with the first's) -- the CE without the oracle's
+    information about this window; its excess over the plain CE is what the embedding saves."""
     model.eval()
     dev = next(model.parameters()).device
+    windows = [torch.cat([x[i:i + batch_size, :1], y[i:i + batch_size]], 1).to(dev)   # (b, T+1) each
+               for i in range(0, x.shape[0], batch_size)]
+    e = torch.cat([model.embed_window(w, fmt=fmt) for w in windows])                 # (N, d_emb)
+    if foreign:
+        e = e.roll(-1, 0)
     total, count = 0.0, 0
-    for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-        logits = model(torch.cat([xb[:, :1], yb], 1), fmt=fmt).float()
-        total += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum").item()
-        count += yb.numel()
+    for w, eb in zip(windows, e.split(batch_size)):
+        logits = model.decode(w[:, :-1], eb).float()                                 # (b, T, V)
+        total += F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
+        count += w[:, 1:].numel()
     ce = total / max(count, 1)
     emb_nats = model.config.d_emb * FORMATS[fmt] * math.log(2) * x.shape[0]   # charged per window
     out = {"ce": ce, "ce_charged": (total + emb_nats) / max(count, 1), "tokens": count}

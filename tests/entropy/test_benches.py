@@ -37,17 +37,21 @@ def test_bench_eem_rows(tmp_path, capsys):
     corpus.write_text(TEXT * 3)
     out = tmp_path / "e.json"
     argv = ["bench", "eem", f"corpus={corpus}", "bpe_vocab=300", "seq_len=16", "steps=4", "batch_size=4",
-            "d_model=32", "eval_windows=4", "formats=fp16,e4m3", "injections=add,prepend", "--json", str(out)]
+            "d_model=32", "eval_windows=4", "formats=fp16,e4m3", "injections=add,prepend", "baseline_layers=4,1", "--json", str(out)]
     assert main(argv) == 0
     res = json.loads(out.read_text())
     names = [(r["model"], r["format"]) for r in res["rows"]]
-    assert names[:3] == [("causal-4L", "-"), ("eem-add", "fp16"), ("eem-prepend", "fp16")]
+    assert names[:4] == [("causal-4L", "-"), ("causal-1L", "-"), ("eem-add", "fp16"), ("eem-prepend", "fp16")]
+    assert res["rows"][1]["params"] < res["rows"][0]["params"]            # the control is shallower
+    for r in res["rows"][2:4]:                                            # the injection rows: CE without the oracle
+        assert r["ce_foreign"] > 0 and "ce_foreign" not in res["rows"][0]
     qat = [n for n, f in names if n.endswith("-qat")]
     assert qat and {(qat[0], "fp16"), (qat[0], "e4m3"), (qat[0][:-4], "e4m3")} <= set(names)
     assert res["best"] in {n for n, _ in names}
-    for r in res["rows"][1:]:
+    for r in res["rows"][2:]:
         assert r["ce_charged"] > r["ce"] and abs(r["params"] - res["rows"][0]["params"]) < 0.01 * r["params"]
     assert main(["bench", "eem", "formats=fp4"]) == 2
+    assert main(["bench", "eem", "baseline_layers=4,0"]) == 2
 
 
 def test_bench_compress_reads_a_named_corpus_split(codec_lm, tmp_path, corpus, capsys):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from adaptive_lm.checkpoint import from_pretrained, save_pretrained
 from adaptive_lm.entropy.eem import EEM, FORMATS, EEMConfig, eem_objective, evaluate_eem, quantize_embedding
@@ -59,6 +60,29 @@ def test_charged_ce_adds_the_embedding_bits():
         r = evaluate_eem(m, x, y, n_bytes=100, fmt=fmt)
         assert r["ce_charged"] == pytest.approx(r["ce"] + 8 * bits * math.log(2) / 16)
         assert r["bpb_charged"] - r["bpb"] == pytest.approx(4 * 8 * bits / 100)
+
+
+def test_evaluate_matches_the_forward_pass_and_foreign_embeddings_cost():
+    torch.manual_seed(0)
+    m = EEM(_cfg())
+    x = torch.randint(0, 40, (5, 16))
+    y = torch.roll(x, -1, 1)
+    full = torch.cat([x[:, :1], y], 1)
+    m.eval()
+    ref = F.cross_entropy(m(full, fmt="fp16").flatten(0, 1), y.flatten()).item()
+    r = evaluate_eem(m, x, y, fmt="fp16", batch_size=2)        # chunks of 2, 2, 1
+    assert r["ce"] == pytest.approx(ref, rel=1e-6)
+    # a fresh EEM's `up` is zero: the embedding changes nothing, so a foreign one costs nothing
+    assert evaluate_eem(m, x, y, foreign=True, batch_size=2)["ce"] == pytest.approx(r["ce"], rel=1e-6)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    m.train()
+    for _ in range(80):                                        # random tokens: learn to read the embedding
+        loss, _ = eem_objective(m, (x, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    own, other = evaluate_eem(m, x, y, batch_size=2)["ce"], evaluate_eem(m, x, y, foreign=True, batch_size=2)["ce"]
+    assert other > own + 0.5
 
 
 def test_storage_formats():

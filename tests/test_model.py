@@ -233,3 +233,11 @@ def test_causal_forward_of_a_bidirectional_model_equals_the_causal_model():
     x = torch.randint(0, 50, (2, 9))
     torch.testing.assert_close(causal_forward(bidir, x).logits, causal(x).logits, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(bidir(x).logits[:, 1:], causal(x).logits[:, :-1])   # the bidirectional pass differs
+
+
+def test_model_device_reads_the_first_parameter():
+    from adaptive_lm.model import model_device
+    assert model_device(torch.nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    assert model_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")          # no parameters
+    assert model_device(lambda x: x) == torch.device("cpu")              # duck-typed

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..model import forward_with_pattern
+from ..model import forward_with_pattern, model_device
 
 
 def draw_noise(batch_size: int, length: int, generator: torch.Generator, eps: float = 1e-3,
@@ -218,6 +218,8 @@ def mc_nll(model, input_ids: torch.Tensor, target_mask: torch.Tensor, *, mask_id
     response); the rest (prompt) stays visible. Returns (B,) averaged over n_samples draws.
     """
     B, L = input_ids.shape
+    dev = model_device(model)                                             # draws on the CPU, the model's work on dev
+    am = None if attention_mask is None else attention_mask.to(dev)
     n_t = target_mask.sum(1)                                              # (B,)
     total = torch.zeros(B, dtype=torch.float64)
     for _ in range(n_samples):
@@ -226,9 +228,9 @@ def mc_nll(model, input_ids: torch.Tensor, target_mask: torch.Tensor, *, mask_id
         rank = score.argsort(1).argsort(1)                                  # position's rank among targets
         masked = (rank < l[:, None]) & target_mask
         xt = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
-        logits = model(xt, attention_mask=attention_mask).logits.float()
-        ce = F.cross_entropy(logits.flatten(0, 1), input_ids.flatten(), reduction="none").view(B, L)
-        total += ((ce * masked).sum(1) * n_t / l).double().cpu()
+        logits = model(xt.to(dev), attention_mask=am).logits.float()
+        ce = F.cross_entropy(logits.flatten(0, 1), input_ids.to(dev).flatten(), reduction="none").view(B, L).cpu()
+        total += ((ce * masked).sum(1) * n_t / l).double()
     return (total / n_samples).float()
 
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import ARCHITECTURES
-from ..model import ModelConfig, TransformerLM
+from ..model import ModelConfig, TransformerLM, model_device
 
 INJECTIONS = ("prepend", "concat", "add")
 FORMATS = {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8, "e4m3": 8, "e5m2": 8}   # embedding storage -> bits/value
@@ -202,7 +202,7 @@ def evaluate_eem(model, x: torch.Tensor, y: torch.Tensor, *, n_bytes: Optional[i
     with the NEXT window's embedding (the last with the first's) -- the CE without the oracle's
     information about this window; its excess over the plain CE is what the embedding saves."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     windows = [torch.cat([x[i:i + batch_size, :1], y[i:i + batch_size]], 1).to(dev)   # (b, T+1) each
                for i in range(0, x.shape[0], batch_size)]
     e = torch.cat([model.embed_window(w, fmt=fmt) for w in windows])                 # (N, d_emb)

@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 
 from ..diffusion.objective import masked_ce
+from ..model import model_device
 from .model import VMD, gaussian_kl
 
 
@@ -87,7 +88,8 @@ def elbo(model: VMD, x0: torch.Tensor, *, mask_id: int, n_samples: int = 16,
     draws of (l, masked positions, z ~ r) each."""
     model.eval()
     B, L = x0.shape
-    dev = x0.device
+    dev = model_device(model)
+    x0 = x0.to(dev)
     total = torch.zeros(B, dtype=torch.float64)
     for b in range(model.config.n_blocks(L)):
         start, end = block_span(model, L, torch.full((B,), b, device=dev))

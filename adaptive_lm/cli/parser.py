@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         # also accepted after the command; SUPPRESS keeps a value given before it
         sp.add_argument("--threads", dest="_threads", type=int, default=argparse.SUPPRESS, metavar="N", help=THREADS_HELP)
         hints = typing.get_type_hints(fn)
+        optional_positionals = []
         for pos, (pname, par) in enumerate(inspect.signature(fn).parameters.items()):
             typ, h = _unoptional(hints.get(pname, str)), helps.get(pname.rstrip("_"), "")
             flag = "--" + pname.rstrip("_").replace("_", "-")
@@ -107,11 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
                 sp.add_argument(pname, type=typ, help=h)
             elif (pos == 0 or pname in OPTIONAL_POSITIONALS) and typ is str:   # `generate [MODEL]`, `sudoku solve [PUZZLE]`
                 sp.add_argument(pname, nargs="?", default=par.default, help=h)
+                optional_positionals.append((pname, par.default))
             elif typ is bool:
                 sp.add_argument(flag, dest=pname, action="store_true", help=h)
             else:
                 sp.add_argument(flag, *short, dest=pname, type=typ, default=par.default, help=h)
-        sp.set_defaults(_fn=fn)
+        sp.set_defaults(_fn=fn, _optpos=optional_positionals)
     return p
 
 
@@ -148,13 +150,26 @@ def bench_flags_as_options(argv: list[str]) -> list[str]:
     return out
 
 
+def _fill_optional_positionals(args, extra: list[str]) -> list[str]:
+    """`sudoku solve --nfe 20 PUZZLE`: argparse settles an optional positional (nargs="?") when it
+    meets the first word, so a word after the flags lands in ``extra``; it fills the positionals
+    still at their defaults, in order. Returns what is left of ``extra``."""
+    bare = [i for i, e in enumerate(extra) if not e.startswith("-") and "=" not in e]
+    used = []
+    for (name, default), i in zip([p for p in args._optpos if getattr(args, p[0]) == p[1]], bare):
+        setattr(args, name, extra[i])
+        used.append(i)
+    return [e for i, e in enumerate(extra) if i not in used]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(bench_flags_as_options(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "_fn", None):
         parser.print_help()
         return 2
-    kwargs = {k: v for k, v in vars(args).items() if k not in ("command", "_fn", "_threads")}
+    extra = _fill_optional_positionals(args, extra)
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("command", "_fn", "_threads", "_optpos")}
     # key=value words after --flags land in `extra`; they belong to the command's KEY=VALUE list
     rest = [k for k in ("overrides", "options") if k in kwargs]
     if extra and (not rest or any(e.startswith("-") or "=" not in e for e in extra)):

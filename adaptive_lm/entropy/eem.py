@@ -201,6 +201,8 @@ def evaluate_eem(model, x: torch.Tensor, y: torch.Tensor, *, n_bytes: Optional[i
     per byte of both when the bytes the windows cover are given. ``foreign``: each window is decoded
     with the NEXT window's embedding (the last with the first's) -- the CE without the oracle's
     information about this window; its excess over the plain CE is what the embedding saves."""
+    if foreign and x.shape[0] < 2:
+        raise ValueError("foreign=True needs two windows or more (each is decoded with another's embedding)")
     model.eval()
     dev = model_device(model)
     windows = [torch.cat([x[i:i + batch_size, :1], y[i:i + batch_size]], 1).to(dev)   # (b, T+1) each

@@ -2,6 +2,8 @@
 JSON written; bad options are one-line errors."""
 import json
 
+import pytest
+
 from adaptive_lm.cli import main
 
 from ..conftest import TEXT
@@ -47,11 +49,20 @@ def test_bench_eem_rows(tmp_path, capsys):
         assert r["ce_foreign"] > 0 and "ce_foreign" not in res["rows"][0]
     qat = [n for n, f in names if n.endswith("-qat")]
     assert qat and {(qat[0], "fp16"), (qat[0], "e4m3"), (qat[0][:-4], "e4m3")} <= set(names)
-    assert res["best"] in {n for n, _ in names}
+    eem = [r for r in res["rows"] if r["model"].startswith("eem-")]
+    best = min(eem, key=lambda r: r["ce_charged"])                       # over every format, QAT included
+    assert res["best"] == f"{best['model']} {best['format']}"
+    assert res["charged_ce_ratio"] == pytest.approx(best["ce_charged"] / res["rows"][0]["ce"], abs=1e-4)
+    assert res["target_met"] == (res["charged_ce_ratio"] <= 0.95)
     for r in res["rows"][2:]:
         assert r["ce_charged"] > r["ce"] and abs(r["params"] - res["rows"][0]["params"]) < 0.01 * r["params"]
     assert main(["bench", "eem", "formats=fp4"]) == 2
     assert main(["bench", "eem", "baseline_layers=4,0"]) == 2
+    assert main(["bench", "eem", "baseline_layers=4,4"]) == 2
+    assert "each depth once" in capsys.readouterr().err
+    one = tmp_path / "one.json"                                          # one held-out window: no other window
+    assert main(argv[:-2] + ["eval_windows=1", "injections=concat", "--json", str(one)]) == 0
+    assert all("ce_foreign" not in r for r in json.loads(one.read_text())["rows"])
 
 
 def test_bench_compress_reads_a_named_corpus_split(codec_lm, tmp_path, corpus, capsys):

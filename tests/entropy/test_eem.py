@@ -83,6 +83,8 @@ def test_evaluate_matches_the_forward_pass_and_foreign_embeddings_cost():
         opt.step()
     own, other = evaluate_eem(m, x, y, batch_size=2)["ce"], evaluate_eem(m, x, y, foreign=True, batch_size=2)["ce"]
     assert other > own + 0.5
+    with pytest.raises(ValueError, match="two windows"):
+        evaluate_eem(m, x[:1], y[:1], foreign=True)
 
 
 def test_storage_formats():

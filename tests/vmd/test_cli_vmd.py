@@ -145,3 +145,12 @@ def test_train_vmd_sudoku_warm_starts_from_an_mdm(sudoku_ckpts, tmp_path, capsys
     assert main(args + ["model.d_model=64", f"data.init_from={sudoku_ckpts['mdm']}", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "warm start" in err and not bad.exists()
+
+
+def test_sudoku_solve_takes_its_options_before_the_puzzle(sudoku_ckpts, capsys):
+    puzzle, _ = S.generate(7)
+    assert main(["sudoku", "solve", "--model", sudoku_ckpts["mdm"], "--json", "--tries", "1", puzzle]) in (0, 1)
+    assert json.loads(capsys.readouterr().out)["puzzle"] == puzzle
+    with pytest.raises(SystemExit) as e:
+        main(["sudoku", "solve", puzzle, "--model", sudoku_ckpts["mdm"], "stray"])
+    assert e.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err

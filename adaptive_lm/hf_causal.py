@@ -182,6 +182,8 @@ def load_hf_causal(spec: str, *, dtype=torch.float32):
         folder = spec[3:]
         if not Path(folder).is_dir():
             raise ValueError(f"{folder}: no such folder")
+        if not (Path(folder) / "config.json").is_file():
+            raise ValueError(f"{folder}: no config.json there, so not a Hugging Face model folder")
     else:
         raise ValueError(f"{spec!r}: expected hf:FOLDER, gguf:FILE or smollm2")
     try:

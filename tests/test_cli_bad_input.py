@@ -43,6 +43,10 @@ def here(tmp_path, monkeypatch):
     # options that were ignored or silently replaced
     (["eval", "builtin:mdlm-arith", "--split", "train"], 2, ["do not apply"]),
     (["generate", "builtin:shakespeare-char", "--temperature", "-2"], 2, ["--temperature"]),
+    (["generate", "builtin:shakespeare-char", "--top-k", "-3"], 2, ["--top-k must be >= 0, not -3"]),
+    (["generate", "builtin:shakespeare-char", "--num-samples", "0"], 2, ["--num-samples must be >= 1"]),
+    (["generate", "builtin:shakespeare-char", "--prompt", "x", "--show-exits"], 2, ["--show-exits", "--method calm"]),
+    (["generate", "builtin:shakespeare-char", "--prompt", "x", "--kv", "recompute"], 2, ["--kv", "--method calm"]),
     (["generate", "builtin:shakespeare-char", "--temperature", "-1"], 2, [">= 0, not -1.0"]),
     (["generate", "builtin:shakespeare-char", "--temperature", "nan"], 2, ["--temperature"]),
     (["generate", "builtin:shakespeare-char", "--prompt", "x", "--method", "calm", "--threshold", "-1"], 2, ["[0, 1]"]),

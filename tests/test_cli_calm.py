@@ -145,3 +145,10 @@ def test_shipped_calm_arith_exits_early_with_its_certified_threshold(tmp_path):
     assert rc == 0, se
     res = json.loads(so.strip().splitlines()[-1])
     assert res["corpus"] == "arith" and res["bits_per_byte"] < 1.0
+
+
+def test_show_exits_keeps_a_newline_tag_with_its_own_token():
+    from adaptive_lm.cli.calm import _tagged
+    assert _tagged("a", 3) == "a[3]"
+    assert _tagged("\n", 8) == "\\n[8]\n"                       # shown, tagged, then the line breaks
+    assert _tagged("x\n\n", 2) == "x\\n\\n[2]\n\n"

@@ -90,3 +90,13 @@ def test_smollm2_through_the_adapter_equals_transformers():
     never = generate(m, [x[0].tolist()], max_new_tokens=4, pad_id=0, temperature=0,
                      step=CalmStep(CalmConfig(threshold=1.0), 4))
     assert plain == never
+
+
+def test_load_hf_causal_names_what_is_missing(tmp_path):
+    from adaptive_lm.hf_causal import load_hf_causal
+    with pytest.raises(ValueError, match="no such folder"):
+        load_hf_causal(f"hf:{tmp_path / 'nope'}")
+    with pytest.raises(ValueError, match="no config.json"):
+        load_hf_causal(f"hf:{tmp_path}")
+    with pytest.raises(ValueError, match="no such GGUF file"):
+        load_hf_causal(f"gguf:{tmp_path / 'x.gguf'}")

@@ -46,6 +46,12 @@ def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_
     return config_from_calm({"every": trained_every, **stored}, measure=measure, threshold=threshold, kv=kv), clf
 
 
+def _tagged(text: str, layer: int) -> str:
+    """A token with its exit layer, token[layer]; a newline shows as \\n before the tag and breaks
+    the line after it, so the tag stays with its own token."""
+    return f"{text.replace(chr(10), chr(92) + 'n')}[{layer}]" + "\n" * text.count("\n")
+
+
 def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples, g, calm=None, show_exits=False) -> int:
     from ..lm import full_depth_step, generate as ar_generate
     ids = tok.encode(prompt) if prompt else [tok.encode("\n")[0]]
@@ -64,7 +70,7 @@ def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples
         if num_samples > 1:
             print(f"--- sample {i + 1}")
         if calm is not None and show_exits:
-            print(prompt + "".join(f"{tok.decode([t])}[{d}]" for t, d in zip(o, step.record.layers[i])))
+            print(prompt + "".join(_tagged(tok.decode([t]), d) for t, d in zip(o, step.record.layers[i])))
         else:
             print(prompt + tok.decode(o))
         if calm is not None:

@@ -123,8 +123,10 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
     as one JSON line on stderr.
     """
     import torch
-    if max_new_tokens < 1 or num_samples < 1 or top_k < 0 or length < 0:
-        raise UsageError("max_new_tokens and num_samples must be >= 1; top_k and length >= 0")
+    for flag, value, lo in (("--max-new-tokens", max_new_tokens, 1), ("--num-samples", num_samples, 1),
+                            ("--top-k", top_k, 0), ("--length", length, 0)):
+        if value < lo:
+            raise UsageError(f"{flag} must be >= {lo}, not {value}")
     if temperature is not None and not temperature >= 0:            # None: the method's default
         raise UsageError(f"--temperature must be >= 0, not {temperature}")
     if threshold is not None and not 0 <= threshold <= 1:            # None: the method's default
@@ -139,6 +141,10 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         raise UsageError(f"unknown --method {method!r}; use ar, calm, daedal, fixed or threshold")
     if eos_tail is not None and method != "daedal":
         raise UsageError(f"--eos-tail applies to --method daedal, not {method}")
+    calm_only = [f for f, given in (("--show-exits", show_exits), ("--measure", measure), ("--calm", calm),
+                                    ("--kv", kv)) if given]
+    if calm_only and method != "calm":
+        raise UsageError(f"{calm_only[0]} applies to --method calm, not {method}")
     if threshold is not None and method not in ("calm", "threshold"):
         raise UsageError(f"--threshold applies to --method calm or threshold, not {method}")
     if (method in ("ar", "calm")) != m.config.causal:

@@ -170,7 +170,7 @@ def resolve_config(model, meta_seq_len: Optional[int], cfg: CodecConfig, n_token
     c = model.config
     chunk = cfg.chunk or min(meta_seq_len or 512, 512, c.max_seq_len)
     if not 1 <= chunk <= c.max_seq_len:
-        raise UsageError(f"chunk must be within 1..{c.max_seq_len} (the model's max_seq_len), not {chunk}")
+        raise UsageError(f"chunk must be within 1..{c.max_seq_len} (the model's max_seq_len; 0 = the default), not {chunk}")
     if not 0 <= cfg.batch <= MAX_FILE_ROWS:
         raise UsageError(f"batch must be within 1..{MAX_FILE_ROWS} (or 0 for the default), not {cfg.batch}")
     if cfg.adapt and cfg.batch * chunk > MIX_BATCH_TOKENS:
@@ -452,6 +452,8 @@ def _mixing(header: dict) -> Optional[MixerConfig]:
 
 def read_header(blob: bytes) -> tuple[dict, int]:
     """Check a compressed file's frame (magic, version, CRC) -> (header, payload offset)."""
+    if blob and len(blob) < 13 and MAGIC.startswith(blob[:4]):
+        raise CodecError(f"the file is truncated ({len(blob)} bytes: shorter than a compressed file's frame)")
     if len(blob) < 13 or blob[:4] != MAGIC:
         raise CodecError("not an adaptive-lm compressed file (bad magic)")
     if struct.unpack("<I", blob[-4:])[0] != zlib.crc32(blob[:-4]):

@@ -153,6 +153,9 @@ def test_truncated_altered_and_foreign_files_are_refused(codec_lm):
     for name, b in bad.items():
         with pytest.raises(CodecError):
             decompress(b, model, tok)
+    for short in (blob[:2], blob[:10]):                       # a frame's start, cut: truncated, not foreign
+        with pytest.raises(CodecError, match="truncated"):
+            decompress(short, model, tok)
 
 
 @pytest.mark.parametrize("forge,why", [({"tokens": 10**12, "length": 10**12}, "payload ends early"),

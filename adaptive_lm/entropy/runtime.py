@@ -153,15 +153,16 @@ def load_estimator(model: str, short_model: str = "", window: int = 0):
 
 def estimate_file(src: str, *, model: str, short_model: str = "", window: int = 0, progress: bool = True) -> dict:
     """Per-token entropy estimates of a file (estimate.py) -> {"model", "window", "summary", "tokens":
-    [{"id", "text", "bits"}]} (bits None for the first token)."""
+    [{"id", "text", "bytes" (hex: the token's exact bytes), "bits"}]} (bits None for the first token)."""
     from .estimate import summarize, token_entropies
     data = _read_input(src)
     m, short, tok, n = load_estimator(model, short_model, window)
     ids = tok.encode_bytes(data)
     bar = Meter("entropy", len(data), progress)
     est = token_entropies(m, ids, window=n, short_model=short, pad_id=tok.pad_id or 0, progress=bar)
-    pieces = [tok.decode_bytes([i]).decode("utf-8", errors="replace") for i in ids]
+    raw = [tok.decode_bytes([i]) for i in ids]
+    pieces = [r.decode("utf-8", errors="replace") for r in raw]   # a character split across tokens shows as U+FFFD
     bits = [None if h is None else h / math.log(2) for h in est]
     return {"model": model, "short_model": short_model or None, "window": n,
             "summary": summarize(pieces, est),
-            "tokens": [{"id": i, "text": p, "bits": b} for i, p, b in zip(ids, pieces, bits)]}
+            "tokens": [{"id": i, "text": p, "bytes": r.hex(), "bits": b} for i, p, r, b in zip(ids, pieces, raw, bits)]}

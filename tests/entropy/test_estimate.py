@@ -82,6 +82,7 @@ def test_entropy_cli(tmp_path, corpus, capsys):
     res = json.loads((tmp_path / "t.txt.entropy.json").read_text())
     toks = res["tokens"]
     assert len(toks) == len(src.read_text()) and toks[0]["bits"] is None
+    assert b"".join(bytes.fromhex(t["bytes"]) for t in toks) == src.read_bytes()   # byte-exact, in order
     assert all(isinstance(t["bits"], float) for t in toks[1:]) and res["window"] == 33
     page = (tmp_path / "t.txt.entropy.html").read_text()
     spans = re.findall(r'<span class="tok" style="[^"]*" title="([^"]*)">(.*?)</span>', page, re.S)

@@ -88,6 +88,7 @@ def here(tmp_path, monkeypatch):
     (["bench", "train", "--json", "/dev/null"], 2, ["not a regular file"]),
     (["bench", "compress", "input=in.txt", "--json", "in.txt"], 2, ["overwrite the input"]),
     (["bench", "eem", "eval_format=fp16,int8"], 2, ["eval_format"]),
+    (["bench", "train", "--json", "in.txt"], 2, ["not a bench result"]),
     (["bench", "entropy-aware", "d_model=130"], 2, ["divisible"]),
     (["bench", "entropy-aware", "objectives=ce,bogus"], 2, ["objectives"]),
     (["bench", "daedal", "lengths=0"], 2, ["lengths=0"]),

@@ -165,6 +165,15 @@ def print_options(name: str) -> int:
     return 0
 
 
+def _is_bench_result(path) -> bool:
+    """Whether a file is a bench's JSON (which a rerun replaces by design)."""
+    try:
+        res = json.loads(Path(path).read_text())
+    except (OSError, ValueError):                             # unreadable, not JSON
+        return False
+    return isinstance(res, dict) and "bench" in res
+
+
 def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = ()) -> int:
     load_benches()
     if name == "list" and options:                                  # `bench list NAME`: that bench's options
@@ -182,6 +191,9 @@ def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = 
         named = [getattr(opts, k) for k in ("input", "puzzles", "corpus") if getattr(opts, k, "")]
         inputs = [f for v in named for f in (joined_parts(v) or [v]) if Path(f).expanduser().is_file()]
         check_output(json_path, force=True, inputs=inputs, flag="--json")
+        if Path(json_path).is_file() and not _is_bench_result(json_path):
+            raise UsageError(f"--json {json_path}: that file exists and is not a bench result, so it is not "
+                             "replaced; remove it or choose another path")
     torch.manual_seed(seed)
     result = fn(seed, opts)
     threads = os.environ.get(THREADS_ENV, "").strip()              # set by the CLI's --threads

@@ -133,7 +133,6 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-@functools.lru_cache(maxsize=32)
 def model_device(model) -> torch.device:
     """Where a model computes: its first parameter's device (the CPU for a parameter-less or
     duck-typed model). Evaluation helpers move their CPU-built inputs there."""
@@ -142,6 +141,7 @@ def model_device(model) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+@functools.lru_cache(maxsize=32)
 def rope_frequencies(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
     """(Dh/2,) inverse frequencies theta^(-2i/Dh) of RoPE, computed once per (Dh, theta, device)."""
     with torch.inference_mode(False), torch.no_grad():           # a plain tensor, usable in training too

@@ -238,6 +238,9 @@ def test_causal_forward_of_a_bidirectional_model_equals_the_causal_model():
 def test_model_device_reads_the_first_parameter():
     from adaptive_lm.model import model_device
     assert model_device(torch.nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    m = torch.nn.Linear(2, 2)
+    assert model_device(m) == torch.device("cpu")
+    assert model_device(m.to("meta")) == torch.device("meta")            # read afresh, never cached
     assert model_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
     assert model_device(torch.nn.ReLU()) == torch.device("cpu")          # no parameters
     assert model_device(lambda x: x) == torch.device("cpu")              # duck-typed

@@ -64,6 +64,8 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_k: int, generat
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(-1)
+    if generator is not None and generator.device != probs.device:   # a CPU generator: draw on the CPU
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 

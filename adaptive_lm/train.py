@@ -90,9 +90,15 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def autocast_dtype(precision: str, device: str) -> Optional[torch.dtype]:
-    if precision == "bf16" or (precision == "auto" and (device.startswith("cuda") or cpu_has_fast_bf16())):
+    """bf16 autocast when asked, or with ``auto`` where bf16 is fast: a GPU with bf16 units (Ampere
+    or later; older ones only emulate it), a CPU with AMX / AVX-512 BF16."""
+    if precision == "bf16":
         return torch.bfloat16
-    return None
+    if precision != "auto":
+        return None
+    fast = (torch.cuda.is_bf16_supported(including_emulation=False) if device.startswith("cuda")
+            else cpu_has_fast_bf16())
+    return torch.bfloat16 if fast else None
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:

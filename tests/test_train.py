@@ -93,3 +93,15 @@ def test_batch_must_divide_into_micro_batches(tmp_path, tiny_cfg):
     cfg.grad_accum = 3
     with pytest.raises(UsageError, match="divide"):
         train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False)
+
+
+def test_autocast_dtype_follows_the_precision_and_the_hardware(monkeypatch):
+    import adaptive_lm.train as T
+    assert T.autocast_dtype("bf16", "cpu") is torch.bfloat16
+    assert T.autocast_dtype("fp32", "cuda:0") is None
+    for fast in (True, False):
+        monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda: fast)
+        assert T.autocast_dtype("auto", "cpu") is (torch.bfloat16 if fast else None)
+    for fast in (True, False):                   # a GPU that only emulates bf16 trains in fp32
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: fast or including_emulation)
+        assert T.autocast_dtype("auto", "cuda:0") is (torch.bfloat16 if fast else None)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError
+from ..lm import evaluate_lm
 from ..recipes import apply_overrides, get_recipe
 from ..recipes.vmd import toy_metrics
 from ..vmd.model import READOUTS
@@ -169,11 +170,8 @@ def _ar_text(tok, stream, o: VMDTextOptions, seed: int, test: torch.Tensor) -> f
     print(f"[bench] training AR ({o.steps} steps)", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         train(model, lm_objective, batches, cfg=tcfg, out_dir=tmp, progress=True)
-    model.eval()
-    with torch.no_grad():
-        x, y = with_bos(test)
-        nll = sum(float(lm_objective(model, (x[i:i + 64], y[i:i + 64]))[0]) * len(y[i:i + 64]) for i in range(0, len(y), 64))
-    return nll / len(y)
+    x, y = with_bos(test)
+    return evaluate_lm(model, x, y, batch_size=64)["loss"]         # rows of one length: the mean over rows
 
 
 @register("vmd-text", VMDTextOptions)

@@ -18,6 +18,7 @@ import torch
 from ..errors import UsageError
 from ..io import atomic_write_text, read_json
 from ..lm import generate
+from ..model import model_device
 from .calibrate import DISTANCES, fixed_sequence_test
 from .decode import KV_MODES, MEASURES, CalmConfig, CalmStep, ExitRecord
 
@@ -176,14 +177,15 @@ def train_classifier(model, batches: Callable, *, steps: int = 300, lr: float = 
     frozen. ``batches(step)`` -> (x, y) causal-LM batches. Returns the classifier (eval mode)."""
     from .exits import ExitClassifier, classifier_loss, exit_layers
     L = model.config.n_layer
-    clf = ExitClassifier(model.config.d_model, layers or exit_layers(L)[:-1]).to(next(model.parameters()).device)
+    dev = model_device(model)
+    clf = ExitClassifier(model.config.d_model, layers or exit_layers(L)[:-1]).to(dev)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr)
     try:
         for step in range(steps):
-            loss, mets = classifier_loss(clf, model, batches(step))
+            loss, mets = classifier_loss(clf, model, tuple(t.to(dev) for t in batches(step)))
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -217,6 +217,7 @@ def mc_nll(model, input_ids: torch.Tensor, target_mask: torch.Tensor, *, mask_id
     input_ids (B, L); target_mask (B, L) bool marks the positions whose likelihood is bounded (the
     response); the rest (prompt) stays visible. Returns (B,) averaged over n_samples draws.
     """
+    input_ids, target_mask = input_ids.cpu(), target_mask.cpu()
     B, L = input_ids.shape
     dev = model_device(model)                                             # draws on the CPU, the model's work on dev
     am = None if attention_mask is None else attention_mask.to(dev)

@@ -37,6 +37,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import UsageError
+from ..model import model_device
 
 
 @dataclass(frozen=True)
@@ -216,9 +217,12 @@ class DiffusionOutput:
 def model_logits_fn(model) -> Callable:
     """Our TransformerLM, a VMD (or any model returning logits or an object with .logits) as a
     logits_fn; ``cond`` (B, C) is passed on only when a conditioner supplies one."""
-    def fn(input_ids, attention_mask, cond=None):
-        kw = {} if cond is None else {"cond": cond}
-        out = model(input_ids, attention_mask=attention_mask, **kw)
+    dev = model_device(model)
+
+    def fn(input_ids, attention_mask, cond=None):                  # inputs moved to the model's device
+        kw = {} if cond is None else {"cond": cond.to(dev)}
+        am = None if attention_mask is None else attention_mask.to(dev)
+        out = model(input_ids.to(dev), attention_mask=am, **kw)
         return out.logits if hasattr(out, "logits") else out
     return fn
 
@@ -327,13 +331,14 @@ def _predict(logits_fn, rows, ids, temperature, remasking, cfg_scale, device, co
         top2 = probs.topk(2, dim=-1).values
         gap = (top2[..., 0] - top2[..., 1]).cpu()                            # (B, T) top-prob margin
     p_eos = probs[..., ids.eos].cpu()
+    lg = logits.cpu() if temperature > 0 else None                               # one copy, not one per row
     out = []
     for i, r in enumerate(rows):
         r.nfe += 2 if cfg_scale > 0 else 1
         L = r.canvas.numel()
         masked = r.canvas == ids.mask
         if temperature > 0:
-            x0 = gumbel_argmax(logits[i, T - L:].cpu(), temperature, r.generator)
+            x0 = gumbel_argmax(lg[i, T - L:], temperature, r.generator)
         else:
             x0 = arg[i, T - L:]
         x0 = torch.where(masked, x0, r.canvas)

@@ -19,11 +19,14 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..model import model_device
+
 
 @torch.no_grad()
 def window_nats(model, windows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """S(w): the summed cross-entropy (nats) of each left-padded window's predicted tokens.
     windows, mask (B, N) -> (B,). A window with one real token predicts nothing: 0."""
+    windows, mask = windows.to(model_device(model)), mask.to(model_device(model))
     logits = model(windows, mask).float()                                  # (B, N-1, V)
     ce = F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none")   # (B, N-1)
     return (ce * mask[:, :-1]).sum(1)                                       # a prediction needs a real input

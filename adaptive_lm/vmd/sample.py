@@ -53,6 +53,7 @@ def sample(model: VMD, canvases: torch.Tensor, *, nfe: int, policy: str = "top_p
     so neither is ever read); without them, two ids other than the mask's stand in."""
     if policy not in POLICIES:
         raise UsageError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    canvases = canvases.cpu()                  # the loop's rows live on the CPU; the model's work moves to it
     N, L = canvases.shape
     cfg = model.config
     if nfe < 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..errors import UsageError
@@ -14,8 +15,8 @@ def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch
     """Compress any file losslessly: a causal LM's next-token probabilities + arithmetic coding.
 
     Args:
-        file: the file to compress (any bytes)
-        output: the compressed file (default FILE.almz); never overwritten without --force
+        file: the file to compress (any bytes); - reads standard input
+        output: the compressed file (default FILE.almz; with input -, standard output); - writes standard output; never overwritten without --force
         model: the LM: builtin:NAME, a checkpoint folder, hf:FOLDER, gguf:FILE or smollm2 (default builtin:compress-mix)
         chunk: tokens per independently coded chunk (0 = the model's training window)
         batch: chunks coded together, one forward per position (0 = automatic)
@@ -33,7 +34,8 @@ def compress(file: str, output: str = "", model: str = "", chunk: int = 0, batch
         rate = f"{r['bits_per_byte']:.3f} bits/byte, {r['bytes_in'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s"
     else:
         rate = "empty input: the header alone"
-    print(f"{r['output']}: {r['bytes_in']:,} -> {r['bytes_out']:,} bytes, {rate} ({r['model']})")
+    print(f"{r['output']}: {r['bytes_in']:,} -> {r['bytes_out']:,} bytes, {rate} ({r['model']})",
+          file=sys.stderr if r["output"] == "-" else sys.stdout)
     return 0
 
 
@@ -43,8 +45,8 @@ def decompress(file: str, output: str = "", model: str = "", workers: int = 0, f
     """Decompress a file made by `adaptive-lm compress`; nothing is written unless it decodes exactly.
 
     Args:
-        file: the compressed file
-        output: where to write the original (default FILE without .almz); never overwritten without --force
+        file: the compressed file; - reads standard input
+        output: where to write the original (default FILE without .almz; with input -, standard output); - writes standard output; never overwritten without --force
         model: the LM (default: the one named in the file; its fingerprint must match)
         workers: batches decoded at once, one thread each (0 = one per core torch uses)
         force: overwrite the output if it exists
@@ -52,7 +54,8 @@ def decompress(file: str, output: str = "", model: str = "", workers: int = 0, f
     """
     from ..entropy.runtime import decompress_file
     r = decompress_file(file, output, model=model, workers=workers, force=force, progress=not quiet)
-    print(f"{r['output']}: {r['bytes_out']:,} bytes, {r['bytes_out'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s")
+    speed = f"{r['bytes_out'] / 1024 / max(r['seconds'], 1e-9):,.1f} KB/s" if r["bytes_out"] else "empty"
+    print(f"{r['output']}: {r['bytes_out']:,} bytes, {speed}", file=sys.stderr if r["output"] == "-" else sys.stdout)
     return 0
 
 

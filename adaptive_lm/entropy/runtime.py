@@ -65,7 +65,14 @@ class Meter:
             print(file=sys.stderr)
 
 
+STDIO = "-"                  # an input or output path meaning standard input / output
+
+
 def _read_input(path: str) -> bytes:
+    if path == STDIO:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("- reads standard input, which is a terminal here: pipe or redirect the data in")
+        return sys.stdin.buffer.read()
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{path} is a folder, not a file")
@@ -77,12 +84,31 @@ def _read_input(path: str) -> bytes:
         raise AdaptiveLMError(f"{path}: cannot read ({e.strerror})") from None
 
 
+def _output(dst: str, *, force: bool, src: str, binary: bool):
+    """The output path, checked (``-``: standard output, which takes compressed bytes only through
+    a pipe or a redirection, never onto a terminal)."""
+    if dst == STDIO:
+        if binary and sys.stdout.isatty():
+            raise UsageError("compressed data is not written to a terminal: give -o FILE or redirect the output")
+        return STDIO
+    return check_output(Path(dst), force=force, inputs=[] if src == STDIO else [src])
+
+
+def _write_output(dst, data: bytes) -> None:
+    if dst == STDIO:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        atomic_write_bytes(dst, data)
+
+
 def compress_file(src: str, out: str = "", *, model: str = "", cfg: CodecConfig = CodecConfig(),
                   force: bool = False, progress: bool = True) -> dict:
-    """Compress ``src`` into ``out`` (default SRC.almz). Returns sizes, bits per byte and speed."""
+    """Compress ``src`` into ``out`` (default SRC.almz; ``-`` for either: standard input / output,
+    and standard input goes to standard output unless ``out`` is given). Returns sizes, bits per
+    byte and speed."""
     data = _read_input(src)
-    dst = Path(out or src + SUFFIX)
-    check_output(dst, force=force, inputs=[src])
+    dst = _output(out or (STDIO if src == STDIO else src + SUFFIX), force=force, src=src, binary=True)
     spec = model or DEFAULT_MODEL
     m, tok, seq_len = load_codec_model(spec)
     tune_allocator()
@@ -92,19 +118,20 @@ def compress_file(src: str, out: str = "", *, model: str = "", cfg: CodecConfig 
     blob = compress(data, m, tok, model_id=spec, cfg=cfg, meta_seq_len=seq_len,
                     progress=Meter("compress", len(data), progress))
     secs = time.time() - t0
-    atomic_write_bytes(dst, blob)
+    _write_output(dst, blob)
     return {"input": src, "output": str(dst), "bytes_in": len(data), "bytes_out": len(blob),
             "bits_per_byte": 8 * len(blob) / max(len(data), 1), "seconds": secs, "model": spec}
 
 
 def decompress_file(src: str, out: str = "", *, model: str = "", workers: int = 0, force: bool = False,
                     progress: bool = True) -> dict:
-    """Decompress ``src`` into ``out`` (default: SRC without .almz). Nothing is written unless the
-    result matches the original's checksum."""
+    """Decompress ``src`` into ``out`` (default: SRC without .almz; ``-``: standard input / output,
+    and standard input goes to standard output unless ``out`` is given). Nothing is written unless
+    the result matches the original's checksum."""
     blob = _read_input(src)
     header, _ = read_header(blob)
-    dst = Path(out or (src[:-len(SUFFIX)] if src.endswith(SUFFIX) else src + ".out"))
-    check_output(dst, force=force, inputs=[src])
+    default = STDIO if src == STDIO else (src[:-len(SUFFIX)] if src.endswith(SUFFIX) else src + ".out")
+    dst = _output(out or default, force=force, src=src, binary=False)
     if header.get("stored"):                              # the original bytes as they are: no model to load
         m = tok = None
     else:
@@ -113,7 +140,7 @@ def decompress_file(src: str, out: str = "", *, model: str = "", workers: int = 
     t0 = time.time()
     data = decompress(blob, m, tok, workers=workers, progress=Meter("decompress", header["length"], progress))
     secs = time.time() - t0
-    atomic_write_bytes(dst, data)
+    _write_output(dst, data)
     return {"input": src, "output": str(dst), "bytes_out": len(data), "seconds": secs, "model": model or header["model"]}
 
 

@@ -96,3 +96,46 @@ def test_another_process_with_other_thread_counts_decodes_it(codec_lm, tmp_path,
                             "--workers", workers, "--quiet"], env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert out.read_bytes() == DATA * 3
+
+
+class _Stream:
+    """A binary standard stream for the CLI: .buffer, isatty()."""
+    def __init__(self, data: bytes = b"", tty: bool = False):
+        import io
+        self.buffer, self.tty = io.BytesIO(data), tty
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text: str):                                       # print()'s text, kept apart
+        self.text = getattr(self, "text", "") + text
+
+    def flush(self):
+        pass
+
+
+def test_standard_input_and_output(codec_lm, tmp_path, capsys, monkeypatch):
+    """`-` reads standard input and writes standard output (the default for input `-`); the
+    summary then goes to standard error; compressed bytes never go onto a terminal."""
+    out = _Stream()
+    monkeypatch.setattr("sys.stdin", _Stream(DATA))
+    monkeypatch.setattr("sys.stdout", out)
+    assert main(["compress", "-", "--model", str(codec_lm[0]), "--quiet"]) == 0
+    blob = out.buffer.getvalue()
+    assert blob.startswith(b"ALMZ") and "bits/byte" in capsys.readouterr().err
+    back = _Stream()
+    monkeypatch.setattr("sys.stdin", _Stream(blob))
+    monkeypatch.setattr("sys.stdout", back)
+    assert main(["decompress", "-", "--quiet"]) == 0
+    assert back.buffer.getvalue() == DATA
+    monkeypatch.setattr("sys.stdin", _Stream(blob))                    # - in, a file out
+    assert main(["decompress", "-", "-o", str(tmp_path / "f.bin"), "--quiet"]) == 0
+    assert (tmp_path / "f.bin").read_bytes() == DATA and "f.bin" in back.text
+    monkeypatch.setattr("sys.stdin", _Stream(tty=True))
+    assert main(["compress", "-", "--model", str(codec_lm[0]), "--quiet"]) == 2
+    assert "terminal" in capsys.readouterr().err
+    src = tmp_path / "in.bin"
+    src.write_bytes(DATA)
+    monkeypatch.setattr("sys.stdout", _Stream(tty=True))
+    assert main(["compress", str(src), "-o", "-", "--model", str(codec_lm[0]), "--quiet"]) == 2
+    assert "not written to a terminal" in capsys.readouterr().err

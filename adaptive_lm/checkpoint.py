@@ -90,9 +90,11 @@ def write_model_files(folder: Path, model, tokenizer=None, meta: Optional[dict] 
 
 
 def save_pretrained(folder, model, tokenizer=None, meta: Optional[dict] = None,
-                    extra: Optional[Callable[[Path], None]] = None) -> Path:
-    """Write a complete checkpoint folder atomically. ``extra(tmp)`` may add files (trainer state)."""
-    with atomic_folder(folder) as tmp:
+                    extra: Optional[Callable[[Path], None]] = None, keep_others=None) -> Path:
+    """Write a complete checkpoint folder atomically. ``extra(tmp)`` may add files (trainer state).
+    Files of a previous checkpoint there that this one does not write (a calibration, an exit
+    classifier, notes) are deleted, or with ``keep_others`` (a folder) moved there."""
+    with atomic_folder(folder, keep_others=keep_others) as tmp:
         write_model_files(tmp, model, tokenizer, meta)
         if extra is not None:
             extra(tmp)

@@ -99,8 +99,10 @@ def atomic_write_text(path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(path):
-    """``with atomic_folder(p) as tmp: write files into tmp`` — on success tmp becomes p."""
+def atomic_folder(path, *, keep_others=None):
+    """``with atomic_folder(p) as tmp: write files into tmp`` — on success tmp becomes p. What the old
+    p held that tmp does not (files a user or another command put there) is deleted, or, with
+    ``keep_others`` (a folder path), moved there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_folder(path)
@@ -118,6 +120,12 @@ def atomic_folder(path):
         os.replace(path, old)
     os.replace(tmp, path)
     if old is not None:
+        others = sorted(set(os.listdir(old)) - set(os.listdir(path)))
+        if keep_others is not None and others:
+            keep = Path(keep_others)
+            keep.mkdir(parents=True, exist_ok=True)
+            for name in others:
+                os.replace(old / name, keep / name)
         shutil.rmtree(old, ignore_errors=True)
 
 

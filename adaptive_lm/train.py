@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -309,7 +310,14 @@ def _save(model, opt, ckpt_dir: Path, tokenizer, meta, cfg: TrainConfig, step: i
             groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
             (tmp / STATE_JSON).write_text(json.dumps({"step": step, "train": asdict(cfg), "world": info.world,
                                                       "param_groups": groups}, indent=2))
-        save_pretrained(ckpt_dir, unwrap(model), tokenizer, {**(meta or {}), "step": step}, extra)
+        keep, n = ckpt_dir.parent / f"{ckpt_dir.name}.before-step{step}", 1
+        while keep.exists():
+            n += 1
+            keep = ckpt_dir.parent / f"{ckpt_dir.name}.before-step{step}-{n}"
+        save_pretrained(ckpt_dir, unwrap(model), tokenizer, {**(meta or {}), "step": step}, extra, keep_others=keep)
+        if keep.is_dir():                # calm.json, an exit classifier...: they describe the earlier weights
+            print(f"[train] {', '.join(sorted(os.listdir(keep)))}: written for the earlier weights in {ckpt_dir}, "
+                  f"moved to {keep}", file=sys.stderr)
     D.barrier(info)
 
 

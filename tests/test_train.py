@@ -105,3 +105,20 @@ def test_autocast_dtype_follows_the_precision_and_the_hardware(monkeypatch):
     for fast in (True, False):                   # a GPU that only emulates bf16 trains in fp32
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: fast or including_emulation)
         assert T.autocast_dtype("auto", "cuda:0") is (torch.bfloat16 if fast else None)
+
+
+def test_a_resumed_save_moves_files_it_does_not_write_aside(tmp_path, tiny_cfg, capsys):
+    """calm.json, an exit classifier, notes: written for the earlier weights, kept beside, never lost."""
+    m, cfg, b = _setup(tiny_cfg)
+    train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, stop_at=4)
+    ck = tmp_path / "checkpoint"
+    (ck / "calm.json").write_text('{"threshold": 0.5}')
+    (ck / "notes.txt").write_text("mine")
+    m2, cfg2, b2 = _setup(tiny_cfg)
+    train(m2, lm_objective, b2, cfg=dataclasses.replace(cfg2, save_every=100), out_dir=tmp_path, progress=False,
+          resume=True)
+    kept = tmp_path / "checkpoint.before-step12"
+    assert sorted(p.name for p in kept.iterdir()) == ["calm.json", "notes.txt"]      # the trainer's own files stay
+    assert (kept / "calm.json").read_text() == '{"threshold": 0.5}' and (kept / "notes.txt").read_text() == "mine"
+    assert not (ck / "calm.json").exists() and (ck / "model.safetensors").exists()
+    assert "calm.json, notes.txt" in capsys.readouterr().err

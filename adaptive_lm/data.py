@@ -35,7 +35,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .errors import DataError
+from .errors import DataError, UsageError
 
 ENV_VAR = "ADAPTIVE_LM_DATA"
 CORPORA = {
@@ -109,6 +109,8 @@ def joined_parts(name: str) -> Optional[list[str]]:
 
 def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir_flag: Optional[str] = None) -> str:
     """The text of one split of a corpus (see the module docstring for the held-out rule)."""
+    if not 0 < holdout < 1:
+        raise UsageError(f"holdout must be in (0, 1), not {holdout}")
     parts = joined_parts(name)
     if parts:
         try:

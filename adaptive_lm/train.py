@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from . import distributed as D
 from .distributed import unwrap
 from .checkpoint import load_weights, save_pretrained
-from .errors import CheckpointError, UsageError
+from .errors import AdaptiveLMError, CheckpointError, UsageError
 from .io import atomic_write_text, recover_folder
 
 STATE_JSON = "trainer_state.json"
@@ -64,10 +64,17 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
         for name in ("eval_every", "save_every", "warmup_steps", "threads", "grad_clip", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"{name} must be >= 0")
-        if self.lr <= 0:
-            raise UsageError("lr must be > 0")
+            if not getattr(self, name) >= 0:                       # NaN fails too
+                raise UsageError(f"{name} must be >= 0, not {getattr(self, name)}")
+        if not 0 < self.lr < math.inf:
+            raise UsageError(f"lr must be a finite number > 0, not {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UsageError(f"{name} must be in [0, 1), not {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UsageError(f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
+        if not math.isfinite(self.grad_clip) or not math.isfinite(self.weight_decay):
+            raise UsageError("grad_clip and weight_decay must be finite")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -211,6 +218,9 @@ def train(model, objective: Callable, batches: Callable, *, cfg: TrainConfig, ou
         start = _resume(model, opt, ckpt_dir, cfg, info)
         if info.is_main:
             _truncate_log(log_path, start)
+            if start >= cfg.steps:
+                print(f"[train] {ckpt_dir} is already at step {start} of {cfg.steps}: nothing to do "
+                      "(raise train.steps to train on)", file=sys.stderr)
     else:
         torch.manual_seed(cfg.seed + info.rank)
         if info.is_main:
@@ -239,6 +249,9 @@ def train(model, objective: Callable, batches: Callable, *, cfg: TrainConfig, ou
         tok_since += n_tok * info.world
         done = step + 1
         loss_all = D.mean_across(loss_sum, info).item()
+        if not math.isfinite(loss_all):            # NaN weights are never saved over a good checkpoint
+            raise AdaptiveLMError(f"the training loss is {loss_all} at step {done}: stopped; "
+                                  f"{ckpt_dir} keeps the last good checkpoint, if any (lower train.lr?)")
         now = time.time()
         tok_s = tok_since / max(now - t_last, 1e-9)
         if done % cfg.log_every == 0 or done == end:
@@ -331,8 +344,15 @@ def _resume(model, opt, ckpt_dir: Path, cfg: TrainConfig, info: D.DistInfo) -> i
         tensors = load_file(str(ckpt_dir / STATE_TENSORS))
     except Exception as e:  # corrupt JSON or safetensors: one clear line
         raise CheckpointError(f"cannot resume from {ckpt_dir}: corrupt trainer state ({e})") from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("train"), dict)
+            and isinstance(state.get("param_groups"), list)):
+        raise CheckpointError(f"cannot resume from {ckpt_dir}: corrupt trainer state ({STATE_JSON} lacks step, "
+                              "train or param_groups)")
     load_weights(unwrap(model), ckpt_dir)
-    restore_state(opt, tensors, state["param_groups"], info.rank)
+    try:
+        restore_state(opt, tensors, state["param_groups"], info.rank)
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"cannot resume from {ckpt_dir}: its optimizer state does not fit ({e})") from None
     changed = {f.name for f in fields(cfg) if f.name in state["train"] and state["train"][f.name] != getattr(cfg, f.name)}
     if changed - {"steps", "eval_every", "save_every", "log_every", "threads"} and info.is_main:
         print(f"warning: resuming with changed settings {sorted(changed)}; the run will not match an uninterrupted one",

@@ -122,3 +122,28 @@ def test_a_resumed_save_moves_files_it_does_not_write_aside(tmp_path, tiny_cfg, 
     assert (kept / "calm.json").read_text() == '{"threshold": 0.5}' and (kept / "notes.txt").read_text() == "mine"
     assert not (ck / "calm.json").exists() and (ck / "model.safetensors").exists()
     assert "calm.json, notes.txt" in capsys.readouterr().err
+
+
+def test_bad_optimizer_settings_and_a_nan_loss_are_one_clear_error(tmp_path, tiny_cfg):
+    from adaptive_lm.errors import AdaptiveLMError, CheckpointError
+    for bad in ({"lr": float("nan")}, {"lr": float("inf")}, {"beta1": 2.0}, {"beta2": -0.1},
+                {"min_lr_ratio": 1.5}, {"weight_decay": float("nan")}):
+        with pytest.raises(UsageError, match=next(iter(bad))):
+            TrainConfig(**bad)
+    m, cfg, b = _setup(tiny_cfg)
+    nan_objective = lambda model, batch: (lm_objective(model, batch)[0] * float("nan"), {})
+    with pytest.raises(AdaptiveLMError, match="loss is nan at step 1"):
+        train(m, nan_objective, b, cfg=cfg, out_dir=tmp_path / "nan", progress=False)
+    assert not (tmp_path / "nan" / "checkpoint").exists()                 # NaN weights never saved
+    m, cfg, b = _setup(tiny_cfg)
+    train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path / "r", progress=False, stop_at=4)
+    (tmp_path / "r" / "checkpoint" / "trainer_state.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="corrupt trainer state"):
+        train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path / "r", progress=False, resume=True)
+
+
+def test_resuming_a_finished_run_says_so(tmp_path, tiny_cfg, capsys):
+    m, cfg, b = _setup(tiny_cfg)
+    train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False)
+    train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, resume=True)
+    assert "already at step 12 of 12: nothing to do" in capsys.readouterr().err

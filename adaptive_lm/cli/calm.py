@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -189,6 +190,8 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
     from ..hf_causal import is_hf_spec, load_causal_lm
     if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1:
         raise UsageError("--steps, --batch-size and --every must be >= 1, --seq-len >= 2")
+    if not 0 < lr < math.inf:
+        raise UsageError(f"--lr must be a finite number > 0, not {lr}")
     hf = is_hf_spec(model)
     if (hf or model.startswith("builtin:")) and not out:
         raise UsageError(f"{model} has no folder of ours to write into: pass --out FOLDER")
@@ -255,7 +258,7 @@ def calm_finetune(model: str, out: str = "", steps: int = 100, lr: float = 5e-5,
     if not out:
         raise UsageError("--out FOLDER is required")
     check_output_folder(out)
-    if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1 or lr <= 0 or save_every < 0 or stop_at < 0:
+    if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1 or not 0 < lr < math.inf or save_every < 0 or stop_at < 0:
         raise UsageError("--steps, --batch-size and --every must be >= 1, --seq-len >= 2, --lr > 0, "
                          "--save-every and --stop-at >= 0")
     if weights not in WEIGHT_SCHEMES:

@@ -105,7 +105,8 @@ def read_config(folder) -> dict:
     folder = resolve(folder)
     p = folder / CONFIG
     if not p.exists():
-        raise CheckpointError(f"{folder}: missing {CONFIG}")
+        hint = f" (a training run's model is {folder / 'checkpoint'})" if (folder / "checkpoint" / CONFIG).exists() else ""
+        raise CheckpointError(f"{folder}: missing {CONFIG}{hint}")
     cfg = read_json(p, CheckpointError, bad="is corrupt")
     if not isinstance(cfg, dict) or "model" not in cfg:
         raise CheckpointError(f"{p}: not an adaptive_lm config (no 'model' section)")

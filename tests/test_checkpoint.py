@@ -110,3 +110,12 @@ def test_shipped_checkpoints_load_and_fit_the_size_limit():
         assert sum(p.stat().st_size for p in folder.iterdir()) <= 10 * 2**20
         model, tok = ck.from_pretrained(f"builtin:{name}")
         assert model.config.vocab_size == tok.vocab_size
+
+
+def test_a_run_folder_given_for_its_checkpoint_gets_a_hint(tmp_path):
+    from adaptive_lm.checkpoint import read_config
+    from adaptive_lm.errors import CheckpointError
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="a training run's model is .*checkpoint"):
+        read_config(tmp_path)

@@ -53,6 +53,7 @@ def here(tmp_path, monkeypatch):
     (["generate", "builtin:shakespeare-char", "--prompt", "x", "--threshold", "0.5"], 2, ["--method calm or threshold"]),
     (["generate", "builtin:shakespeare-char", "--prompt", "x", "--threshold", "1.5"], 2, ["[0, 1]"]),
     (["bench", "vmd-toy", "readout=max"], 2, ["readout"]),
+    (["bench", "vmd-toy", "datasets=pair", "blocks=2"], 2, ["no setting", "pair B=1"]),
     # bench options checked before any work
     (["bench", "train", "n_layer=-1"], 2, ["n_layer must be >= 1"]),
     (["bench", "train", "n_head=3", "d_model=16"], 2, ["divisible"]),
@@ -153,3 +154,6 @@ def test_a_bad_threads_variable_is_one_line(capsys, monkeypatch):
     monkeypatch.setenv("ADAPTIVE_LM_THREADS", "two")
     rc, err = _run(capsys, "bench", "list")
     _one_line(rc, err, 2, "ADAPTIVE_LM_THREADS", "'two'")
+    monkeypatch.setenv("ADAPTIVE_LM_THREADS", "-3")
+    rc, err = _run(capsys, "bench", "list")
+    _one_line(rc, err, 2, "ADAPTIVE_LM_THREADS must be >= 0")

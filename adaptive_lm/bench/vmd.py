@@ -70,6 +70,10 @@ def bench_vmd_toy(seed: int, o: VMDToyOptions) -> dict:
     at_least(1, samples=o.samples, steps=o.steps)
     if o.readout and o.readout not in READOUTS:
         raise UsageError(f"readout={o.readout}: expected one of {', '.join(READOUTS)}")
+    if not any((d, B) in TOY_SETTINGS for d in datasets for B in blocks):
+        known = ", ".join(f"{d} B={B}" for d, B in TOY_SETTINGS)
+        raise UsageError(f"no setting of the brief's table in datasets={o.datasets} x blocks={o.blocks}: "
+                         f"it has {known}")
     rows = []
     for d in datasets:
         L = toys.length(d)

@@ -180,7 +180,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         threads = args._threads or _env_threads()
         if threads < 0:
-            raise UsageError(f"--threads must be >= 0, got {threads}")
+            raise UsageError(f"--threads must be >= 0, got {threads}" if args._threads
+                             else f"{THREADS_ENV} must be >= 0, not {threads}")
         if threads:
             import torch
             threads_before = torch.get_num_threads()

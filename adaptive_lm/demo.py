@@ -186,7 +186,9 @@ SECTIONS = {"daedal": (DEFAULT_MDM, "DAEDAL vs fixed length on a fresh arithmeti
             "entropy": (DEFAULT_EEM, "per-token entropy of a text by the EEM", entropy_section)}
 
 
-BENCH_FOLDERS = ("runs", "docs/bench")      # where the report looks for bench JSONs (relative to the working folder)
+# where the report looks for bench JSONs: the working folder's runs/ and docs/bench/, and the docs/bench/
+# of the checkout this package runs from (an editable install), wherever the demo is started
+BENCH_FOLDERS = ("runs", "docs/bench", str(Path(__file__).resolve().parents[1] / "docs" / "bench"))
 
 
 def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
@@ -212,8 +214,10 @@ def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
         _, what, fn = SECTIONS[sec]
         print(f"\n[{k}/{sections}] {what} ...", file=sys.stderr)
         summary[sec] = fn(seed)
-    print(f"\n[{sections}/{sections}] writing the report (bench plots from {', '.join(BENCH_FOLDERS)}) ...", file=sys.stderr)
-    benches = find_benches(list(BENCH_FOLDERS))
+    folders = list(dict.fromkeys(str(Path(f).resolve()) for f in BENCH_FOLDERS if Path(f).is_dir()))
+    print(f"\n[{sections}/{sections}] writing the report (bench plots from {', '.join(folders) or 'no folder'}) ...",
+          file=sys.stderr)
+    benches = find_benches(folders)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "summary.json", json.dumps(summary))

@@ -46,7 +46,7 @@ class DaedalBenchOptions:
     fast_tau_high: float = 0.7          # DAEDAL+threshold row: a lower fill threshold
     small_w_eos: int = 8                # extra DAEDAL rows with this EOS window (W_eos/2 tail); 0 = none
     batch_size: int = 16                # sequences per sampling call
-    data_seed: int = 1234               # which held-out problems
+    data_seed: int = 1234               # which held-out problems: those of data_seed + --seed
     device: str = "cpu"                 # where the model runs: cpu, cuda, or auto (cuda when available)
     ar_model: str = ""                  # optional reference row: a causal LM on the same problems (greedy)
     order: str = "confidence"           # which masks a step commits: confidence (the papers) or left_to_right

@@ -18,7 +18,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -194,6 +196,30 @@ def _truncate_log(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
+class _CtrlC:
+    """While it is entered (one process, the main thread): the first Ctrl-C only sets ``hit``, so the
+    step in flight finishes and the loop can save before stopping; a second one stops at once."""
+    def __init__(self, active: bool):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.hit = False
+
+    def _handler(self, signum, frame):
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        print("\n[train] interrupted: saving a checkpoint after this step (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if self.active:
+            self.old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.signal(signal.SIGINT, self.old)
+
+
 def train(model, objective: Callable, batches: Callable, *, cfg: TrainConfig, out_dir, tokenizer=None,
           meta: Optional[dict] = None, eval_fn: Optional[Callable] = None, resume: bool = False,
           stop_at: Optional[int] = None, progress: bool = True, dist: Optional[D.DistInfo] = None) -> dict:
@@ -202,6 +228,7 @@ def train(model, objective: Callable, batches: Callable, *, cfg: TrainConfig, ou
     batches(step, micro, rank, world) gives this process's share of micro-step ``micro`` of global
     step ``step``. eval_fn(model) -> dict of held-out metrics. ``stop_at`` ends the run early after
     that step with a checkpoint, exactly as a kill right after a checkpoint would (tests, budgets).
+    Ctrl-C (one process) finishes the step in flight, saves, and raises KeyboardInterrupt.
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
@@ -236,9 +263,20 @@ def train(model, objective: Callable, batches: Callable, *, cfg: TrainConfig, ou
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[info.local_rank] if info.device.startswith("cuda") else None)
     amp = autocast_dtype(cfg.precision, info.device)
     bar = Progress(cfg.steps, progress and info.is_main, cfg.log_every)
+    end = min(cfg.steps, stop_at) if stop_at else cfg.steps
+    with _CtrlC(info.world == 1) as ctrl_c:
+        last = _loop(model, net, opt, objective, batches, cfg=cfg, info=info, amp=amp, bar=bar, start=start, end=end,
+                     ckpt_dir=ckpt_dir, log_path=log_path, tokenizer=tokenizer, meta=meta, eval_fn=eval_fn,
+                     ctrl_c=ctrl_c)
+    bar.close()
+    return last
+
+
+def _loop(model, net, opt, objective, batches, *, cfg, info, amp, bar, start, end, ckpt_dir, log_path, tokenizer,
+          meta, eval_fn, ctrl_c) -> dict:
+    """The optimizer steps start..end-1 of ``train``: logging, evaluation, checkpoints."""
     last: dict = {}
     t_last, tok_since = time.time(), 0
-    end = min(cfg.steps, stop_at) if stop_at else cfg.steps
     for step in range(start, end):
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
@@ -269,9 +307,12 @@ def train(model, objective: Callable, batches: Callable, *, cfg: TrainConfig, ou
             ev = {f"val_{k}": v for k, v in eval_fn(model).items()}
             _log(log_path, {"step": done, **ev})
             last = {**last, **ev}
-        if (cfg.save_every and done % cfg.save_every == 0) or done == end:
+        saved = (cfg.save_every and done % cfg.save_every == 0) or done == end
+        if saved or ctrl_c.hit:
             _save(model, opt, ckpt_dir, tokenizer, meta, cfg, done, info)
-    bar.close()
+        if ctrl_c.hit:
+            print(f"[train] saved at step {done}: continue with --resume", file=sys.stderr)
+            raise KeyboardInterrupt
     return last
 
 

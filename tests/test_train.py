@@ -147,3 +147,26 @@ def test_resuming_a_finished_run_says_so(tmp_path, tiny_cfg, capsys):
     train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False)
     train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, resume=True)
     assert "already at step 12 of 12: nothing to do" in capsys.readouterr().err
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path, tiny_cfg, capsys):
+    import os
+    import signal
+    m1, cfg, b1 = _setup(tiny_cfg)
+    cfg = dataclasses.replace(cfg, save_every=100)                      # no periodic save before the end
+    train(m1, lm_objective, b1, cfg=cfg, out_dir=tmp_path / "a", progress=False)
+    m2, _, b2 = _setup(tiny_cfg)
+
+    def interrupted(step, micro, rank, world):                          # Ctrl-C while step 5 is built
+        if step == 5 and micro == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return b2(step, micro, rank, world)
+    with pytest.raises(KeyboardInterrupt):
+        train(m2, lm_objective, interrupted, cfg=cfg, out_dir=tmp_path / "b", progress=False)
+    state = json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and "saved at step 6" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # the handler is put back
+    m3, _, b3 = _setup(tiny_cfg)
+    train(m3, lm_objective, b3, cfg=cfg, out_dir=tmp_path / "b", progress=False, resume=True)
+    for (k, p1), p3 in zip(m1.state_dict().items(), m3.state_dict().values()):
+        assert torch.equal(p1, p3), k

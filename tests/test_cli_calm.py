@@ -82,6 +82,7 @@ def test_calibrate_refuses_when_nothing_can_be_certified(calm_ckpt):
     (["generate", "CK", "--method", "calm", "--threshold", "2", "--prompt", "a"], ["--threshold"]),
     (["generate", "CK", "--method", "calm", "--kv", "copy", "--prompt", "a"], ["--kv"]),
     (["calibrate", "CK", "--kv", "copy"], ["--kv"]),
+    (["calibrate", "CK", "--measure", "classifier"], ["calm-classifier"]),
 ])
 def test_bad_calm_input_is_one_line(calm_ckpt, args, words):
     rc, so, se = run(*[str(calm_ckpt) if a == "CK" else a for a in args])
@@ -152,3 +153,20 @@ def test_show_exits_keeps_a_newline_tag_with_its_own_token():
     assert _tagged("a", 3) == "a[3]"
     assert _tagged("\n", 8) == "\\n[8]\n"                       # shown, tagged, then the line breaks
     assert _tagged("x\n\n", 2) == "x\\n\\n[2]\n\n"
+
+
+def test_calibrate_the_classifier_measure_and_generate_with_it(calm_ckpt, tmp_path):
+    import shutil
+    ck = tmp_path / "ck"
+    shutil.copytree(calm_ckpt, ck)
+    rc, so, se = run("calm-classifier", str(ck), "--steps", "3", "--seq-len", "16", "--batch-size", "4")
+    assert rc == 0 and (ck / "exit_classifier.safetensors").exists(), se
+    rc, so, se = run("calibrate", str(ck), "--measure", "classifier", "--delta", "0.5", "--n", "40", "--prompt-len",
+                     "8", "--max-new-tokens", "6", "--split", "train")
+    assert rc == 0, se
+    stored = json.loads((ck / "calm.json").read_text())
+    assert stored["measure"] == "classifier" and stored["threshold"] < 1.0
+    rc, so, se = run("generate", str(ck), "--method", "calm", "--measure", "classifier", "--prompt", "All",
+                     "--max-new-tokens", "4")
+    assert rc == 0, se
+    assert json.loads(se.strip().splitlines()[-1])["threshold"] == stored["threshold"]   # the certified one

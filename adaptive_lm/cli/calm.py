@@ -92,7 +92,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         model: causal LM checkpoint folder, or hf:FOLDER, gguf:FILE, smollm2 (these and builtin:NAME need --out)
         delta: tolerated mean dissimilarity between early-exit and full-model outputs
         epsilon: allowed probability that the guarantee fails
-        measure: confidence measure: margin, top1, state
+        measure: confidence measure: margin, top1, state, classifier (needs `calm-classifier` first)
         distance: dissimilarity: mismatch (token mismatch rate) or rouge (1 - ROUGE-L)
         n: calibration prompts
         prompt_len: tokens per calibration prompt
@@ -108,14 +108,14 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     """
     from ..calm.calibrate import DISTANCES
     from ..calm.decode import KV_MODES, CalmConfig
-    from ..calm.runtime import (CALM_FILE, calibrate_threshold, calibration_prompts, save_calm, trained_corpus,
-                                trained_exit_every)
+    from ..calm.runtime import (CALM_FILE, calibrate_threshold, calibration_prompts, load_classifier, save_calm,
+                                trained_corpus, trained_exit_every)
     from ..checkpoint import resolve
     from ..data import read_text
     if not 0 < delta < 1 or not 0 < epsilon < 1:
         raise UsageError("--delta and --epsilon must be in (0, 1)")
-    if measure not in ("margin", "top1", "state"):
-        raise UsageError(f"--measure must be margin, top1 or state, not {measure!r}")
+    if measure not in ("margin", "top1", "state", "classifier"):
+        raise UsageError(f"--measure must be margin, top1, state or classifier, not {measure!r}")
     if distance not in DISTANCES:
         raise UsageError(f"--distance must be one of {', '.join(sorted(DISTANCES))}, not {distance!r}")
     if n < 1 or prompt_len < 1 or max_new_tokens < 1 or batch_size < 1:
@@ -136,6 +136,13 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     m, tok = load_causal_lm(model)
     if not m.config.causal:
         raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
+    clf = None
+    if measure == "classifier":                  # ours: next to the checkpoint; hf:FOLDER: in FOLDER
+        where = folder if folder else (Path(model[3:]) if model.startswith("hf:") else None)
+        clf = load_classifier(where, m) if where else None
+        if clf is None:
+            raise UsageError(f"--measure classifier needs an exit classifier next to the model "
+                             f"(`adaptive-lm calm-classifier MODEL`); {model} has none")
     corpus = corpus or trained_corpus(model)
     every = trained_exit_every(model)                         # exits where the model was trained to exit
     if not corpus:
@@ -155,7 +162,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
           file=sys.stderr)
     res = calibrate_threshold(m, prompts, delta=delta, epsilon=epsilon, pad_id=pad_id_of(tok), eos_id=tok.eos_id,
                               base=CalmConfig(measure=measure, tau=tau, every=every, kv=kv), distance=distance,
-                              max_new_tokens=max_new_tokens, batch_size=batch_size, on_test=show)
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, on_test=show, classifier=clf)
     if res["threshold"] is None or res["threshold"] >= 1.0:
         raise AdaptiveLMError(f"no threshold below 1.0 can be certified at delta={delta}, epsilon={epsilon} "
                               f"with {n} prompts (try a larger --delta or --n); nothing written")

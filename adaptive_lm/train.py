@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from . import distributed as D
 from .distributed import unwrap
-from .checkpoint import load_weights, save_pretrained
+from .checkpoint import load_weights, read_config, save_pretrained
 from .errors import AdaptiveLMError, CheckpointError, UsageError
 from .io import atomic_write_text, recover_folder
 
@@ -242,7 +242,7 @@ def train(model, objective: Callable, batches: Callable, *, cfg: TrainConfig, ou
     opt = make_optimizer(model, cfg)
     start = 0
     if resume:
-        start = _resume(model, opt, ckpt_dir, cfg, info)
+        start = _resume(model, opt, ckpt_dir, cfg, info, meta)
         if info.is_main:
             _truncate_log(log_path, start)
             if start >= cfg.steps:
@@ -375,7 +375,20 @@ def _save(model, opt, ckpt_dir: Path, tokenizer, meta, cfg: TrainConfig, step: i
     D.barrier(info)
 
 
-def _resume(model, opt, ckpt_dir: Path, cfg: TrainConfig, info: D.DistInfo) -> int:
+def _check_same_run(model, ckpt_dir: Path, meta: Optional[dict]) -> None:
+    """Refuse to resume a run made by another recipe, corpus or model shape, naming what differs."""
+    saved = read_config(ckpt_dir)
+    was, now = saved.get("meta", {}), meta or {}
+    diff = [f"{k} {was[k]!r} -> {now[k]!r}" for k in ("recipe", "corpus") if k in was and k in now and was[k] != now[k]]
+    if hasattr(model, "config") and hasattr(model.config, "to_dict") and isinstance(saved.get("model"), dict):
+        cur = json.loads(json.dumps(model.config.to_dict()))
+        diff += [f"model.{k} {saved['model'][k]!r} -> {cur[k]!r}" for k in cur
+                 if k in saved["model"] and saved["model"][k] != cur[k]]
+    if diff:
+        raise CheckpointError(f"cannot resume {ckpt_dir}: it was trained with other settings ({', '.join(diff[:4])})")
+
+
+def _resume(model, opt, ckpt_dir: Path, cfg: TrainConfig, info: D.DistInfo, meta: Optional[dict] = None) -> int:
     recover_folder(ckpt_dir)
     p = ckpt_dir / STATE_JSON
     if not p.exists():
@@ -389,6 +402,7 @@ def _resume(model, opt, ckpt_dir: Path, cfg: TrainConfig, info: D.DistInfo) -> i
             and isinstance(state.get("param_groups"), list)):
         raise CheckpointError(f"cannot resume from {ckpt_dir}: corrupt trainer state ({STATE_JSON} lacks step, "
                               "train or param_groups)")
+    _check_same_run(unwrap(model), ckpt_dir, meta)
     load_weights(unwrap(model), ckpt_dir)
     try:
         restore_state(opt, tensors, state["param_groups"], info.rank)

@@ -170,3 +170,14 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path, tiny_cfg, 
     train(m3, lm_objective, b3, cfg=cfg, out_dir=tmp_path / "b", progress=False, resume=True)
     for (k, p1), p3 in zip(m1.state_dict().items(), m3.state_dict().values()):
         assert torch.equal(p1, p3), k
+
+
+def test_resuming_with_another_model_or_recipe_names_what_differs(tmp_path, tiny_cfg):
+    from adaptive_lm.errors import CheckpointError
+    m, cfg, b = _setup(tiny_cfg)
+    train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, stop_at=4, meta={"recipe": "a"})
+    with pytest.raises(CheckpointError, match="recipe 'a' -> 'b'"):
+        train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, resume=True, meta={"recipe": "b"})
+    wider = TransformerLM(dataclasses.replace(tiny_cfg, n_layer=tiny_cfg.n_layer + 1))
+    with pytest.raises(CheckpointError, match=f"model.n_layer {tiny_cfg.n_layer} -> {tiny_cfg.n_layer + 1}"):
+        train(wider, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, resume=True, meta={"recipe": "a"})

@@ -80,7 +80,7 @@ def data_dir(flag: Optional[str] = None) -> Path:
 def corpus_path(name: str, split: str = "train", data_dir_flag: Optional[str] = None) -> tuple[Path, bool]:
     """(file, has_own_splits) for a corpus name or a file path."""
     if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        raise UsageError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if name in CORPORA:
         pattern = CORPORA[name]
         p = data_dir(data_dir_flag) / pattern.format(split=SPLIT_FILES.get(name, {}).get(split, split))
@@ -119,7 +119,7 @@ def read_text(name: str, split: str = "train", *, holdout: float = 0.1, data_dir
             raise DataError(f"corpus {name!r}: {e}") from None
     if name in GENERATED:                                 # like the named corpora: a file of that name is ./NAME
         if split not in SPLITS:
-            raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+            raise UsageError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         return GENERATED[name](split)
     p, own = corpus_path(name, split, data_dir_flag)
     if name in JSONL_FIELDS:

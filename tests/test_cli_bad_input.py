@@ -44,6 +44,8 @@ def here(tmp_path, monkeypatch):
     (["eval", "builtin:mdlm-arith", "--split", "train"], 2, ["do not apply"]),
     (["generate", "builtin:shakespeare-char", "--temperature", "-2"], 2, ["--temperature"]),
     (["generate", "builtin:shakespeare-char", "--top-k", "-3"], 2, ["--top-k must be >= 0, not -3"]),
+    (["generate", "builtin:mdlm-arith", "--prompt", "x", "--top-k", "5"], 2, ["--top-k", "ar or calm"]),
+    (["eval", "builtin:shakespeare-char", "--split", "bogus"], 2, ["unknown split 'bogus'"]),
     (["generate", "builtin:shakespeare-char", "--num-samples", "0"], 2, ["--num-samples must be >= 1"]),
     (["generate", "builtin:shakespeare-char", "--prompt", "x", "--show-exits"], 2, ["--show-exits", "--method calm"]),
     (["generate", "builtin:shakespeare-char", "--prompt", "x", "--kv", "recompute"], 2, ["--kv", "--method calm"]),

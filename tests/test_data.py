@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaptive_lm import data
-from adaptive_lm.errors import DataError
+from adaptive_lm.errors import DataError, UsageError
 
 
 def test_data_dir_flag_env_and_errors(tmp_path, monkeypatch):
@@ -111,7 +111,7 @@ def test_plus_joins_corpora_each_split_by_its_own_rule(tmp_path, corpus):
     plus.write_text("a file whose name has plus signs\n" * 20)
     assert data.read_text(str(plus), "train").startswith("a file whose")
     (tmp_path / "benchmarks" / "gsm8k_test.jsonl").unlink()
-    with pytest.raises(DataError, match=f"corpus 'gsm8k[+].*': corpus file .*gsm8k_test.jsonl does not exist"):
+    with pytest.raises(DataError, match="corpus 'gsm8k[+].*': corpus file .*gsm8k_test.jsonl does not exist"):
         data.read_text(f"gsm8k+{corpus}", "test", data_dir_flag=dd)
 
 
@@ -121,7 +121,7 @@ def test_a_generated_corpus_needs_no_data_folder_and_joins(monkeypatch, corpus):
     assert [data.read_text("gen", s) for s in data.SPLITS] == ["text of train\n", "text of valid\n", "text of test\n"]
     assert data.read_text(f"gen+{corpus}", "valid") == "text of valid\n" + "\n\n" + data.read_text(str(corpus), "valid")
     assert "gen" in data.known_corpora()
-    with pytest.raises(DataError, match="unknown split"):
+    with pytest.raises(UsageError, match="unknown split"):
         data.read_text("gen", "dev")
 
 

@@ -108,7 +108,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         top_k: ar: sample among the k most likely tokens (0 = all)
         num_samples: samples generated as one batch
         seed: random seed
-        length: diffusion canvas: L for fixed/threshold (default 256), L_init for daedal (default 64)
+        length: diffusion canvas: L for fixed/threshold, L_init for daedal (0 = the default: 256, or 64 for daedal)
         max_length: daedal: L_max, the longest canvas
         eos_tail: daedal: EOS tokens appended after stage 1 (default W_eos/2 = 16, as the reference code)
         block_length: diffusion: semi-autoregressive block length
@@ -145,6 +145,8 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
                                     ("--kv", kv)) if given]
     if calm_only and method != "calm":
         raise UsageError(f"{calm_only[0]} applies to --method calm, not {method}")
+    if top_k and method not in ("ar", "calm"):
+        raise UsageError(f"--top-k applies to --method ar or calm, not {method}")
     if threshold is not None and method not in ("calm", "threshold"):
         raise UsageError(f"--threshold applies to --method calm or threshold, not {method}")
     if (method in ("ar", "calm")) != m.config.causal:

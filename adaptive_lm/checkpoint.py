@@ -143,7 +143,9 @@ def load_lm(path_or_name, *, device="cpu"):
     masked diffusion): a VMD, an EEM or another architecture is one clear error."""
     arch = read_config(resolve(path_or_name)).get("architecture", "TransformerLM")
     if arch != "TransformerLM":
-        raise UsageError(f"{path_or_name} ({arch}) is not a causal or masked diffusion LM")
+        use = {"VMD": "a VMD-family denoiser (its MDM baseline too): use `sudoku solve` or the vmd benches",
+               "EEM": "an entropy estimation model: use `adaptive-lm entropy`"}.get(arch, f"a {arch}")
+        raise UsageError(f"{path_or_name} is {use}, not a causal or masked diffusion LM of the backbone")
     return from_pretrained(path_or_name, device=device)
 
 

@@ -36,10 +36,10 @@ def here(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv,code,words", [
     # a model of another family where a causal / masked-diffusion LM is needed
-    (["eval", "builtin:mdm-sudoku"], 2, ["(VMD)", "not a causal or masked diffusion LM"]),
-    (["generate", "builtin:eem-pydocs", "--prompt", "x"], 2, ["(EEM)"]),
-    (["calibrate", "builtin:vmd-toy", "--out", "c.json"], 2, ["(VMD)"]),
-    (["bench", "daedal", "model=builtin:mdm-sudoku"], 2, ["(VMD)"]),
+    (["eval", "builtin:mdm-sudoku"], 2, ["VMD-family", "sudoku solve", "not a causal or masked diffusion LM"]),
+    (["generate", "builtin:eem-pydocs", "--prompt", "x"], 2, ["entropy estimation model", "adaptive-lm entropy"]),
+    (["calibrate", "builtin:vmd-toy", "--out", "c.json"], 2, ["VMD-family"]),
+    (["bench", "daedal", "model=builtin:mdm-sudoku"], 2, ["VMD-family"]),
     # options that were ignored or silently replaced
     (["eval", "builtin:mdlm-arith", "--split", "train"], 2, ["do not apply"]),
     (["generate", "builtin:shakespeare-char", "--temperature", "-2"], 2, ["--temperature"]),

@@ -197,10 +197,12 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 class _CtrlC:
-    """While it is entered (one process, the main thread): the first Ctrl-C only sets ``hit``, so the
-    step in flight finishes and the loop can save before stopping; a second one stops at once."""
+    """While it is entered (one process, the main thread, Ctrl-C not ignored or handled by someone
+    else): the first Ctrl-C only sets ``hit``, so the step in flight finishes and the loop can save
+    before stopping; a second one stops at once."""
     def __init__(self, active: bool):
-        self.active = active and threading.current_thread() is threading.main_thread()
+        self.active = (active and threading.current_thread() is threading.main_thread()
+                       and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
         self.hit = False
 
     def _handler(self, signum, frame):

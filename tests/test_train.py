@@ -161,11 +161,15 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path, tiny_cfg, 
         if step == 5 and micro == 0:
             os.kill(os.getpid(), signal.SIGINT)
         return b2(step, micro, rank, world)
-    with pytest.raises(KeyboardInterrupt):
-        train(m2, lm_objective, interrupted, cfg=cfg, out_dir=tmp_path / "b", progress=False)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(m2, lm_objective, interrupted, cfg=cfg, out_dir=tmp_path / "b", progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # the handler is put back
+    finally:
+        signal.signal(signal.SIGINT, before)
     state = json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 6 and "saved at step 6" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # the handler is put back
     m3, _, b3 = _setup(tiny_cfg)
     train(m3, lm_objective, b3, cfg=cfg, out_dir=tmp_path / "b", progress=False, resume=True)
     for (k, p1), p3 in zip(m1.state_dict().items(), m3.state_dict().values()):

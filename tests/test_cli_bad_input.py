@@ -96,6 +96,7 @@ def here(tmp_path, monkeypatch):
     (["train", "tiny-test", "train.lr=nan"], 2, ["lr must be a finite number"]),
     (["train", "tiny-test", "train.beta1=2"], 2, ["beta1 must be in [0, 1)"]),
     (["train", "tiny-test", "data.holdout=1.5"], 2, ["holdout must be in (0, 1)"]),
+    (["train", "tiny-test", "model.vocab_size=10"], 2, ["model.vocab_size is set by the recipe"]),
     (["bench", "entropy-aware", "d_model=130"], 2, ["divisible"]),
     (["bench", "entropy-aware", "objectives=ce,bogus"], 2, ["objectives"]),
     (["bench", "daedal", "lengths=0"], 2, ["lengths=0"]),

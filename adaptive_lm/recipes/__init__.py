@@ -81,6 +81,11 @@ def coerce(value: str, typ, key: str):
         raise UsageError(f"{key}={value}: expected {kind}") from None
 
 
+# model fields every recipe derives itself (an override would be silently replaced)
+SET_BY_RECIPE = {"vocab_size": "from the tokenizer; for BPE choose data.bpe_vocab",
+                 "causal": "from the model family"}
+
+
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     """A copy of the recipe with ``key=value`` overrides applied (UsageError on unknown keys)."""
     r = copy.deepcopy(recipe)
@@ -104,6 +109,8 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
         obj = sections[sec]
         if not name_in(obj, name):
             raise UsageError(f"unknown key {sec}.{name}; see `adaptive-lm recipes {recipe.name}` for the keys")
+        if sec == "model" and name in SET_BY_RECIPE:
+            raise UsageError(f"model.{name} is set by the recipe ({SET_BY_RECIPE[name]}), not by an override")
         f = {f.name: f for f in dataclasses.fields(obj)}[name]
         changes.setdefault(sec, {})[name] = coerce(value, f.type, key)
     try:

@@ -170,3 +170,10 @@ def test_calibrate_the_classifier_measure_and_generate_with_it(calm_ckpt, tmp_pa
                      "--max-new-tokens", "4")
     assert rc == 0, se
     assert json.loads(se.strip().splitlines()[-1])["threshold"] == stored["threshold"]   # the certified one
+
+
+def test_calm_classifier_seq_len_fits_the_model(calm_ckpt, tmp_path):
+    rc, so, se = run("calm-classifier", str(calm_ckpt), "--steps", "1", "--seq-len", "100000", "--out", str(tmp_path))
+    assert_one_line_error(rc, se, 2, "--seq-len 100000", "64-token context")
+    rc, so, se = run("calm-classifier", str(calm_ckpt), "--steps", "1", "--batch-size", "2", "--out", str(tmp_path))
+    assert rc == 0, se                                                 # default: the model's 64, not 128

@@ -173,7 +173,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
 
 
 @command
-def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: int = 16, seq_len: int = 128,
+def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: int = 16, seq_len: int = 0,
                     seed: int = 0, every: int = 1, corpus: str = "", data_dir: str = "", out: str = "") -> int:
     """Train CALM's early-exit classifier with the backbone frozen (CALM's second training step) and
     write exit_classifier.safetensors next to the model.
@@ -183,7 +183,7 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
         steps: optimisation steps
         lr: learning rate
         batch_size: windows per step
-        seq_len: tokens per window
+        seq_len: tokens per window (0 = 128, or the model's context if shorter)
         seed: data order
         every: exit layers every k-th layer (k = 1: all but the top one)
         corpus: training text (default: the checkpoint's corpus; pydocs for a Hugging Face model)
@@ -195,8 +195,8 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
     from ..checkpoint import resolve
     from ..data import TokenStream, pack, read_text, step_generator
     from ..hf_causal import is_hf_spec, load_causal_lm
-    if steps < 1 or batch_size < 1 or seq_len < 2 or every < 1:
-        raise UsageError("--steps, --batch-size and --every must be >= 1, --seq-len >= 2")
+    if steps < 1 or batch_size < 1 or seq_len < 0 or seq_len == 1 or every < 1:
+        raise UsageError("--steps, --batch-size and --every must be >= 1, --seq-len >= 2 (or 0 for the default)")
     if not 0 < lr < math.inf:
         raise UsageError(f"--lr must be a finite number > 0, not {lr}")
     hf = is_hf_spec(model)
@@ -213,7 +213,10 @@ def calm_classifier(model: str, steps: int = 300, lr: float = 1e-3, batch_size: 
     corpus = corpus or trained_corpus(model) or ("pydocs" if hf else "")
     if not corpus:
         raise UsageError("the checkpoint does not say what corpus it was trained on")
-    stream = TokenStream(pack(tok, read_text(corpus, "train", data_dir_flag=data_dir or None)), min(seq_len, m.config.max_seq_len))
+    seq_len = seq_len or min(128, m.config.max_seq_len)
+    if seq_len > m.config.max_seq_len:
+        raise UsageError(f"--seq-len {seq_len} exceeds the model's {m.config.max_seq_len}-token context")
+    stream = TokenStream(pack(tok, read_text(corpus, "train", data_dir_flag=data_dir or None)), seq_len)
 
     def show(step, mets):
         if step % 50 == 0 or step == steps:

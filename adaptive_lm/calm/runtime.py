@@ -165,9 +165,17 @@ def trained_corpus(spec: str) -> str:
     return str(read_config(resolve(spec)).get("meta", {}).get("corpus", ""))
 
 
+def _folder(model) -> Path:
+    """A model's folder: ``builtin:NAME`` resolved, ``hf:FOLDER`` its folder, a path checked to exist."""
+    from ..checkpoint import resolve
+    s = str(model)
+    return resolve(s[3:] if s.startswith("hf:") else s)
+
+
 def load_calm(folder) -> dict:
-    """The calibration stored next to a checkpoint, or {} when it has none."""
-    path = Path(folder) / CALM_FILE
+    """The calibration stored next to a checkpoint (a folder, builtin:NAME or hf:FOLDER), or {} when
+    it has none; a folder that does not exist is an error."""
+    path = _folder(folder) / CALM_FILE
     return read_json(path, UsageError) if path.exists() else {}
 
 
@@ -245,10 +253,11 @@ def save_classifier(folder, clf) -> Path:
 
 
 def load_classifier(folder, model):
-    """The exit classifier stored next to a checkpoint, or None."""
+    """The exit classifier stored next to a checkpoint (a folder, builtin:NAME or hf:FOLDER), or None;
+    a folder that does not exist is an error."""
     from safetensors import safe_open
     from .exits import ExitClassifier
-    path = Path(folder) / CLASSIFIER_FILE
+    path = _folder(folder) / CLASSIFIER_FILE
     if not path.exists():
         return None
     with safe_open(str(path), "pt") as f:

@@ -1,5 +1,6 @@
 """CALM early-exit training: exit layers and weights, the weighted loss against a direct
 computation, and the classifier's second step leaving the backbone untouched."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -59,3 +60,17 @@ def test_classifier_step_trains_heads_only():
         back = load_classifier(d, m)
         h = torch.randn(4, 16)
         assert back.layers == clf.layers and torch.equal(back(3, h), clf(3, h))
+
+
+def test_shipped_calibration_and_classifier_load_by_builtin_name(tmp_path):
+    from adaptive_lm.calm.runtime import config_from_calm, load_calm, load_classifier
+    from adaptive_lm.checkpoint import from_pretrained, resolve
+    from adaptive_lm.errors import CheckpointError
+    stored = load_calm("builtin:calm-arith")
+    assert stored and stored == load_calm(resolve("builtin:calm-arith"))
+    assert config_from_calm(stored).threshold == stored["threshold"]
+    m, _ = from_pretrained("builtin:calm-arith")
+    assert load_classifier("builtin:calm-arith", m) is not None
+    assert load_calm(tmp_path) == {}                                   # a folder without one
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_calm(tmp_path / "missing")

@@ -56,6 +56,9 @@ def _as_float32(x: float) -> float:
 
 @dataclass
 class CalmConfig:
+    """How CALM decodes (module docstring): the confidence measure compared after each exit layer
+    with the decaying threshold λ_t (``threshold_at``), where exits are tried, and how skipped layers
+    get their K/V. ``threshold`` is usually the certified λ of ``calibrate`` (calm.json)."""
     measure: str = "margin"        # confidence measure: margin, top1, state, classifier, oracle
     threshold: float = 1.0         # λ; >= 1 never exits (the plain model)
     tau: float = 4.0               # decay temperature τ of λ_t; 0 = constant threshold
@@ -64,6 +67,18 @@ class CalmConfig:
     min_layer: int = 1             # no exit below this layer
     horizon: int = 0               # N of λ_t; 0 = the generation budget (calibrate stores the one it used)
     kv: str = "propagate"          # skipped layers' K/V: propagate (the paper: from the exit state) or recompute (exact, later)
+
+    def __post_init__(self):
+        num = (int, float)
+        if not (isinstance(self.threshold, num) and self.threshold == self.threshold):    # not NaN
+            raise ValueError(f"threshold must be a number (>= 1: never exit; λ_t is clipped to [0, 1]), "
+                             f"not {self.threshold!r}")
+        if not (isinstance(self.tau, num) and self.tau >= 0):
+            raise ValueError(f"tau must be a number >= 0, not {self.tau!r}")
+        if not (isinstance(self.every, int) and self.every >= 1 and isinstance(self.min_layer, int)
+                and self.min_layer >= 1 and isinstance(self.horizon, int) and self.horizon >= 0):
+            raise ValueError(f"every and min_layer must be integers >= 1 and horizon >= 0, not "
+                             f"{self.every!r}, {self.min_layer!r}, {self.horizon!r}")
 
 
 def threshold_at(cfg: CalmConfig, t: int, n: int) -> float:
@@ -93,8 +108,9 @@ class ExitRecord:
 class CalmStep:
     """The step policy: ``generate(model, prompts, ..., step=CalmStep(cfg, max_new_tokens))``.
 
-    The prompt (the step that starts an empty cache) runs at full depth, so the first generated token counts
-    n_layer. ``record.layers[r]`` holds the depth of every token sequence r produced, its EOS
+    ``max_new_tokens`` is the N of λ_t (unless ``cfg.horizon`` is set): pass the budget given to
+    ``generate``. The prompt (the step that starts an empty cache) runs at full depth, so the first
+    generated token counts n_layer. ``record.layers[r]`` holds the depth of every token sequence r produced, its EOS
     included; a finished sequence (fed padding) records nothing."""
 
     def __init__(self, cfg: CalmConfig, max_new_tokens: int, classifier: Optional[ExitClassifier] = None):

@@ -35,6 +35,11 @@ def eos_confidence(pred: Prediction, eos_id: int, window: int) -> float:
 
 @dataclass
 class Daedal(Policy):
+    """DAEDAL's two stages as a policy of ``denoise``: stage 1 grows a short all-mask canvas by
+    W_eos masks while the model's EOS confidence at its end is below ``tau_eos`` (Algorithm 1,
+    initial length adjustment); stage 2 denoises block by block, fills masks above ``tau_high`` and
+    expands the least confident one (below ``tau_low``) into ``w_expand`` masks (mask insertion).
+    Pass an instance: ``denoise(fn, prompts, policy=Daedal(init_length=32), ids=...)``."""
     init_length: int = 64         # L_init: response masks to start from
     max_length: int = 2048        # L_max: the canvas never grows past it
     block_length: int = 32        # stage-2 block pointer granularity

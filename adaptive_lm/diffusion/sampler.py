@@ -42,6 +42,8 @@ from ..model import model_device
 
 @dataclass(frozen=True)
 class SpecialIds:
+    """The token ids the sampling loop needs, from the tokenizer (never inline); ``check()`` refuses
+    ids outside the vocabulary or colliding with the mask."""
     mask: int                     # the [MASK] id
     eos: int                      # EOS: end of answer and the padding of the canvas tail
     pad: int                      # left padding of the batch (never attended)
@@ -140,6 +142,8 @@ def linear_schedule(n_masks: int, steps: int) -> list[int]:
 
 @dataclass
 class FixedLength(Policy):
+    """LLaDA's baseline: a fixed canvas of ``length`` masks, filled block by block in ``steps``
+    denoising steps (the k most confident masks, or the k leftmost, per step)."""
     length: int = 128             # response canvas L
     block_length: int = 32        # semi-autoregressive block
     steps: int = 0                # total denoising steps; 0 = L (one token per step)
@@ -172,6 +176,8 @@ class FixedLength(Policy):
 
 @dataclass
 class Threshold(Policy):
+    """Confidence-threshold parallel decoding on a fixed canvas: each step commits every mask of the
+    current block whose confidence exceeds ``threshold`` (at least one)."""
     length: int = 128             # response canvas L
     threshold: float = 0.9        # commit every block mask with confidence above it
     block_length: int = 32

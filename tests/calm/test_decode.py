@@ -276,3 +276,10 @@ def test_recomputed_kv_on_hugging_face_models_matches_slow_reference(family, pro
     assert sum(d < 4 for _, depths in refs for d in depths) >= 10         # exits did happen
     batch, _ = _calm(m, prompts, cfg)
     assert batch == [toks for toks, _ in refs]
+
+
+def test_calm_config_refuses_what_is_not_a_setting():
+    for bad in ({"threshold": "0.5"}, {"threshold": float("nan")}, {"tau": -1.0}, {"every": 0}, {"horizon": -2}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CalmConfig(**bad)
+    assert CalmConfig(threshold=-0.1).threshold == -0.1                 # the paper's λ_t clips it to [0, 1]

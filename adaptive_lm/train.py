@@ -54,7 +54,7 @@ class TrainConfig:
     eval_every: int = 250         # steps between evaluations; 0 = only at the end
     save_every: int = 500         # steps between checkpoints; 0 = only at the end
     log_every: int = 10           # steps between metrics.jsonl lines
-    seed: int = 0                 # model init, data order and dropout
+    seed: int = 0                 # data order and dropout (train() seeds torch's global RNG with it); recipes also init the model from it
     precision: str = "auto"       # auto | fp32 | bf16 (autocast); auto = bf16 on GPU or CPUs with bf16 units
     threads: int = 0              # torch CPU threads per process; 0 = leave torch's default
     compile: bool = False         # torch.compile the model (needs a C++ compiler on CPU)

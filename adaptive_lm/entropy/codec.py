@@ -329,9 +329,16 @@ def token_grid(ids: np.ndarray, first: int, lengths: list[int], chunk: int) -> n
 def compress(data: bytes, model, tok, *, model_id: str, cfg: CodecConfig = CodecConfig(),
              meta_seq_len: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None,
              version: int = VERSION) -> bytes:
-    """Bytes -> the compressed file (module docstring). ``progress(tokens_done, tokens_total)``
-    (called from worker threads, serialised). ``version=2`` or ``3`` writes a previous format
-    (neither mixes: ``cfg.adapt`` is then ignored)."""
+    """Bytes -> the compressed file (module docstring). ``model_id``: how decompression finds the
+    model again (builtin:NAME, a folder, hf:FOLDER...), stored in the header with the model's
+    fingerprint. ``meta_seq_len``: the model's training window, the default chunk length
+    (``runtime.load_codec_model`` returns it; without it chunks are min(512, max_seq_len)).
+    ``progress(tokens_done, tokens_total)`` (called from worker threads, serialised).
+    ``version=2`` or ``3`` writes a previous format (neither mixes: ``cfg.adapt`` is then ignored)."""
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise TypeError(f"compress takes bytes, not {type(data).__name__} (encode text first, e.g. s.encode())")
     cs = _constriction()
     try:
         ids = tok.encode_bytes(data)
@@ -498,6 +505,10 @@ def decompress(blob: bytes, model, tok, *, progress: Optional[Callable[[int, int
                workers: int = 0) -> bytes:
     """The compressed file -> the original bytes, exactly; CodecError when it cannot be. ``workers``
     batches are decoded at once (0 = torch.get_num_threads()); any count gives the same bytes."""
+    if isinstance(blob, (bytearray, memoryview)):
+        blob = bytes(blob)
+    if not isinstance(blob, bytes):
+        raise TypeError(f"decompress takes the compressed bytes, not {type(blob).__name__}")
     cs = _constriction()
     header, pos = read_header(blob)
     if header.get("stored"):                                           # the original bytes, no model needed

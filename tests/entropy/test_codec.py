@@ -535,3 +535,15 @@ def test_incompressible_bytes_are_stored_and_grow_by_the_frame_only(codec_lm, ot
     with pytest.raises(CodecError, match="checksum"):
         decompress(flipped + struct.pack("<I", zlib.crc32(flipped)), model, tok)
     assert not read_header(compress(data, model, tok, model_id="t", version=3))[0]["stored"]   # format 3: never
+
+
+def test_bytes_like_inputs_and_clear_type_errors(codec_lm):
+    _, model, tok = codec_lm
+    data = b"def f(x):\n    return x\n"
+    blob = compress(memoryview(data), model, tok, model_id="t")
+    assert blob == compress(bytearray(data), model, tok, model_id="t") == compress(data, model, tok, model_id="t")
+    assert decompress(memoryview(blob), model, tok) == data
+    with pytest.raises(TypeError, match="encode text first"):
+        compress("text", model, tok, model_id="t")
+    with pytest.raises(TypeError, match="compressed bytes"):
+        decompress(blob.decode("latin-1"), model, tok)

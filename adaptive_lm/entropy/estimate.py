@@ -47,7 +47,9 @@ def token_entropies(model, ids: list[int], *, window: int, short_model=None, pad
                     batch_size: int = 64, progress: Optional[Callable[[int, int], None]] = None) -> list[Optional[float]]:
     """Entropy estimate (nats) of every token given up to ``window - 1`` tokens before it; None for the
     first token (nothing to condition on). ``short_model``: the EEM of window ``window - 1`` (the
-    two-model method); None: ``model`` scores both windows (the single-model method)."""
+    two-model method); None: ``model`` scores both windows (the single-model method). ``window`` is
+    the model's training window + 1 (129 for builtin:eem-pydocs; ``runtime.load_estimator`` works
+    it out). Each estimate is a difference of two cross-entropies, so it can come out negative."""
     if window < 2:
         raise ValueError(f"window must be >= 2, got {window}")
     model.eval()

@@ -6,7 +6,7 @@ from the NFE budget (``FixedLength``'s linear schedule, per block). VMD adds onl
 z ~ N(0, I) drawn once per block of each sequence (brief: "draw z once per sequence"), or again
 before every step with ``redraw=True`` (the reviewers' question).
 
-    out = sample(model, canvases, nfe=5, policy="margin", mask_id=tok.mask_id, generator=g)
+    out, nfes = sample(model, canvases, nfe=5, policy="margin", mask_id=tok.mask_id, generator=g)
 """
 from __future__ import annotations
 

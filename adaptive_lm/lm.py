@@ -7,6 +7,7 @@ computed (CALM's early exit) pass a policy instead of copying the loop.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -69,6 +70,25 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_k: int, generat
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def check_prompts(prompts, vocab_size: Optional[int], *, allow_empty: bool = False) -> None:
+    """A batch of prompts must be a list of lists of token ids (ints in [0, vocab_size)), each
+    non-empty unless ``allow_empty``: one ValueError saying what is wrong, instead of a deep torch
+    error. (A tensor (B, T) is refused too: pass ``t.tolist()``.)"""
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of token-id lists (e.g. [tok.encode(text)]), "
+                         f"not {type(prompts).__name__}{' (use .tolist())' if torch.is_tensor(prompts) else ''}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, (list, tuple)):
+            raise ValueError(f"prompt {i} is a {type(p).__name__}, not a list of token ids "
+                             "(a batch of one is [tok.encode(text)])")
+        if not p and not allow_empty:
+            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+        bad = [t for t in p if not isinstance(t, numbers.Integral) or isinstance(t, bool)
+               or (vocab_size is not None and not 0 <= t < vocab_size)]
+        if bad:
+            raise ValueError(f"prompt {i} holds {bad[0]!r}, not a token id in [0, {vocab_size})")
+
+
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int, eos_id: Optional[int] = None,
              temperature: float = 1.0, top_k: int = 0, generator: Optional[torch.Generator] = None,
@@ -79,9 +99,12 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: in
     padding (masked out) until all are done. Returns the generated ids per row, EOS excluded.
     ``on_token(t, ids (B,), alive (B,))`` is called after every step (progress, tracing).
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
     m = unwrap(model)
+    check_prompts(prompts, m.config.vocab_size)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, not {max_new_tokens}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), not {temperature}")
     m.eval()
     dev = next(m.parameters()).device
     B, P = len(prompts), max(len(p) for p in prompts)

@@ -1,4 +1,5 @@
 """The causal LM sampling loop: batching, per-row stop, determinism."""
+import pytest
 import torch
 
 from adaptive_lm.lm import generate
@@ -38,3 +39,21 @@ def test_sampling_is_reproducible_with_a_generator(tiny_model):
     a = generate(tiny_model, [[4, 5]] * 2, generator=torch.Generator().manual_seed(1), **kw)
     b = generate(tiny_model, [[4, 5]] * 2, generator=torch.Generator().manual_seed(1), **kw)
     assert a == b
+
+
+def test_generate_refuses_prompts_that_are_not_token_id_lists(tiny_cfg):
+    import numpy as np
+    from adaptive_lm.lm import generate
+    from adaptive_lm.model import TransformerLM
+    m = TransformerLM(tiny_cfg)
+    kw = dict(max_new_tokens=2, pad_id=0, temperature=0)
+    for bad, words in ((torch.tensor([[1, 2]]), ".tolist()"), ([1, 2, 3], "a batch of one"), (["ab"], "not a list"),
+                       ([[1, tiny_cfg.vocab_size]], "not a token id"), ([[1, -1]], "not a token id"),
+                       ([[]], "empty"), ([], "non-empty")):
+        with pytest.raises(ValueError, match=words):
+            generate(m, bad, **kw)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(m, [[1]], max_new_tokens=0, pad_id=0)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(m, [[1]], max_new_tokens=1, pad_id=0, temperature=float("nan"))
+    assert generate(m, [list(np.array([1, 2]))], **kw) == generate(m, [[1, 2]], **kw)   # numpy ints are ids too

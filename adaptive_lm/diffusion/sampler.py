@@ -37,6 +37,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import UsageError
+from ..lm import check_prompts
 from ..model import model_device
 
 
@@ -260,13 +261,19 @@ def denoise(logits_fn: Callable, prompts: list[list[int]], *, policy: Policy, id
     ``conditioner(row) -> (C,)``: a conditioning vector per row and step, handed to
     ``logits_fn(x, attention_mask, cond (B, C))`` — VMD's latent z (vmd/sample.py).
     """
+    if not isinstance(ids, SpecialIds):
+        raise UsageError(f"ids must be SpecialIds(mask=..., eos=..., pad=...), not {type(ids).__name__}")
     ids.check()
     if remasking not in REMASKING:
         raise UsageError(f"remasking must be one of {', '.join(REMASKING)}, not {remasking!r}")
     if remasking == "random" and policy.thresholded:
         raise UsageError(f"{type(policy).__name__} decides from confidence thresholds; use remasking=low_confidence")
-    if not prompts or (canvases is None and any(len(p) == 0 for p in prompts)):
-        raise UsageError("every prompt needs at least one token")
+    if isinstance(policy, type):
+        raise UsageError(f"policy must be an instance, e.g. {policy.__name__}(), not the class")
+    try:
+        check_prompts(prompts, ids.vocab_size, allow_empty=canvases is not None)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     L0 = policy.initial_length()
     if canvases is not None and (len(canvases) != len(prompts) or any(len(c) != L0 for c in canvases)):
         raise UsageError(f"give one starting canvas of {L0} positions per prompt")

@@ -472,3 +472,16 @@ def test_ids_outside_the_models_vocabulary_and_context_are_refused():
         denoise(Oracle(answer_rule()), [[3, 4]], policy=FixedLength(length=40), ids=IDS, max_seq_len=16)
     with pytest.raises(UsageError, match="must differ"):
         denoise(Oracle(answer_rule()), [[3]], policy=FixedLength(length=4), ids=SpecialIds(mask=1, eos=1, pad=0))
+
+
+def test_denoise_refuses_what_is_not_its_input():
+    from adaptive_lm.diffusion.sampler import FixedLength, SpecialIds, denoise
+    from adaptive_lm.errors import UsageError
+    ids = SpecialIds(mask=1, eos=2, pad=0, vocab_size=10)
+    fn = lambda x, am: torch.zeros(x.shape[0], x.shape[1], 10)
+    for kw, words in ((dict(prompts=[[3]], ids=(1, 2, 0), policy=FixedLength(length=4, block_length=4)), "SpecialIds"),
+                      (dict(prompts=[[3]], ids=ids, policy=FixedLength), "an instance"),
+                      (dict(prompts=[[3, 12]], ids=ids, policy=FixedLength(length=4, block_length=4)), "not a token id"),
+                      (dict(prompts=["ab"], ids=ids, policy=FixedLength(length=4, block_length=4)), "not a list")):
+        with pytest.raises(UsageError, match=words):
+            denoise(fn, kw["prompts"], policy=kw["policy"], ids=kw["ids"])

@@ -64,12 +64,14 @@ class Attempt:
 
 def solve(model, tok, puzzle: str, *, nfe: int = 0, policy: str = "margin", tries: int = 4,
           generator: Optional[torch.Generator] = None, trace: Optional[list] = None) -> Attempt:
-    """Solve one puzzle (already checked by ``tasks.sudoku.parse``). ``nfe`` = 0: one cell per step.
+    """Solve one puzzle (81 characters, '.' or '0' for blanks; checked by ``tasks.sudoku.parse``,
+    whose SudokuError says what is wrong). ``nfe`` = 0: one cell per step.
     Up to ``tries`` attempts (each a fresh draw), all in one batch; the first valid grid wins, else
     the attempt with the fewest rule breaks is returned with valid=False. ``trace``: a list that
     receives each attempt's step-by-step trace (vmd.sample)."""
     if tries < 1:
         raise UsageError(f"tries must be >= 1, got {tries}")
+    puzzle = S.parse(puzzle)
     blanks = puzzle.count(".")
     if blanks == 0:
         return Attempt(puzzle, S.is_solution(puzzle), 0, 0)

@@ -154,3 +154,15 @@ def test_sudoku_solve_takes_its_options_before_the_puzzle(sudoku_ckpts, capsys):
     with pytest.raises(SystemExit) as e:
         main(["sudoku", "solve", puzzle, "--model", sudoku_ckpts["mdm"], "stray"])
     assert e.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+def test_solve_from_python_parses_the_puzzle(sudoku_ckpts):
+    from adaptive_lm.checkpoint import from_pretrained
+    from adaptive_lm.tasks.sudoku import SudokuError
+    from adaptive_lm.vmd.sudoku import solve
+    m, tok = from_pretrained(sudoku_ckpts["mdm"])
+    _, sol = S.generate(7)
+    assert solve(m, tok, sol.replace(sol[0], "0", 1)).tries >= 1         # '0' is a blank, as on the CLI
+    for bad in ("123", "x" + "." * 80, "11" + "." * 79):
+        with pytest.raises(SudokuError):
+            solve(m, tok, bad)

@@ -82,6 +82,8 @@ def here(tmp_path, monkeypatch):
     (["report", "adir"], 2, ["is a folder, not a file"]),
     (["sudoku", "generate", "-o", "adir", "--n", "1", "--force"], 2, ["is a folder"]),
     (["sudoku", "generate", "-o", "nodir/g.csv", "--n", "1"], 2, ["no such folder"]),
+    (["sudoku", "solve", "5" * 81, "--n", "5"], 2, ["--n applies to `sudoku generate`"]),
+    (["sudoku", "generate", "-o", "g.csv", "--nfe", "5"], 2, ["--nfe applies to `sudoku solve`"]),
     (["compress", "in.txt", "-o", "adir", "--force"], 2, ["is a folder"]),
     (["compress", "in.txt", "-o", "in.txt/x.almz"], 2, ["is not a folder"]),
     (["compress", "adir"], 2, ["is a folder, not a file"]),

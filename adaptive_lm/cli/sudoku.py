@@ -33,6 +33,14 @@ def sudoku(action: str, puzzle: str = "", model: str = "builtin:mdm-sudoku", nfe
     """
     import torch
     from ..tasks import sudoku as S
+    only = {"solve": [("--model", model != "builtin:mdm-sudoku"), ("--nfe", nfe != 0), ("--policy", policy != "margin"),
+                      ("--tries", tries != 4), ("--json", json_), ("PUZZLE", bool(puzzle))],
+            "generate": [("--n", n != 100), ("--generator", generator != "A"), ("--level", level != "easy"),
+                         ("--blanks", blanks != 54), ("-o", bool(output)), ("--force", force)]}
+    for other, flags in only.items():
+        given = [f for f, on in flags if on]
+        if action != other and action in only and given:
+            raise UsageError(f"{given[0]} applies to `sudoku {other}`, not `sudoku {action}`")
     if action == "generate":
         from ..io import atomic_write_text, check_output
         if not output:

@@ -377,8 +377,9 @@ def _save(model, opt, ckpt_dir: Path, tokenizer, meta, cfg: TrainConfig, step: i
     D.barrier(info)
 
 
-def _check_same_run(model, ckpt_dir: Path, meta: Optional[dict]) -> None:
-    """Refuse to resume a run made by another recipe, corpus or model shape, naming what differs."""
+def _check_same_run(model, ckpt_dir: Path, meta: Optional[dict]) -> list[str]:
+    """Refuse to resume a run made by another recipe, corpus or model shape, naming what differs.
+    Returns the data settings (``meta["data"]``) that changed, for a warning."""
     saved = read_config(ckpt_dir)
     was, now = saved.get("meta", {}), meta or {}
     diff = [f"{k} {was[k]!r} -> {now[k]!r}" for k in ("recipe", "corpus") if k in was and k in now and was[k] != now[k]]
@@ -388,6 +389,10 @@ def _check_same_run(model, ckpt_dir: Path, meta: Optional[dict]) -> None:
                  if k in saved["model"] and saved["model"][k] != cur[k]]
     if diff:
         raise CheckpointError(f"cannot resume {ckpt_dir}: it was trained with other settings ({', '.join(diff[:4])})")
+    d0, d1 = was.get("data"), now.get("data")
+    if not (isinstance(d0, dict) and isinstance(d1, dict)):
+        return []
+    return [f"data.{k}" for k in sorted(d1) if k in d0 and d0[k] != d1[k]]
 
 
 def _resume(model, opt, ckpt_dir: Path, cfg: TrainConfig, info: D.DistInfo, meta: Optional[dict] = None) -> int:
@@ -404,14 +409,16 @@ def _resume(model, opt, ckpt_dir: Path, cfg: TrainConfig, info: D.DistInfo, meta
             and isinstance(state.get("param_groups"), list)):
         raise CheckpointError(f"cannot resume from {ckpt_dir}: corrupt trainer state ({STATE_JSON} lacks step, "
                               "train or param_groups)")
-    _check_same_run(unwrap(model), ckpt_dir, meta)
+    data_changed = _check_same_run(unwrap(model), ckpt_dir, meta)
     load_weights(unwrap(model), ckpt_dir)
     try:
         restore_state(opt, tensors, state["param_groups"], info.rank)
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
         raise CheckpointError(f"cannot resume from {ckpt_dir}: its optimizer state does not fit ({e})") from None
     changed = {f.name for f in fields(cfg) if f.name in state["train"] and state["train"][f.name] != getattr(cfg, f.name)}
-    if changed - {"steps", "eval_every", "save_every", "log_every", "threads"} and info.is_main:
-        print(f"warning: resuming with changed settings {sorted(changed)}; the run will not match an uninterrupted one",
+    changed = sorted(changed - {"steps", "eval_every", "save_every", "log_every", "threads"}) + \
+        [k for k in data_changed if k != "data.eval_windows"]
+    if changed and info.is_main:
+        print(f"warning: resuming with changed settings {changed}; the run will not match an uninterrupted one",
               file=sys.stderr)
     return int(state["step"])

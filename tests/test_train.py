@@ -185,3 +185,15 @@ def test_resuming_with_another_model_or_recipe_names_what_differs(tmp_path, tiny
     wider = TransformerLM(dataclasses.replace(tiny_cfg, n_layer=tiny_cfg.n_layer + 1))
     with pytest.raises(CheckpointError, match=f"model.n_layer {tiny_cfg.n_layer} -> {tiny_cfg.n_layer + 1}"):
         train(wider, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, resume=True, meta={"recipe": "a"})
+
+
+def test_resuming_with_changed_data_settings_warns(tmp_path, tiny_cfg, capsys):
+    m, cfg, b = _setup(tiny_cfg)
+    train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, stop_at=4,
+          meta={"data": {"seq_len": 32, "eval_windows": 8}})
+    train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, resume=True, stop_at=8,
+          meta={"data": {"seq_len": 32, "eval_windows": 4}})
+    assert "warning" not in capsys.readouterr().err                     # held-out windows: harmless
+    train(m, lm_objective, b, cfg=cfg, out_dir=tmp_path, progress=False, resume=True,
+          meta={"data": {"seq_len": 16, "eval_windows": 4}})
+    assert "changed settings ['data.seq_len']" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`adaptive-lm` commands of the core and the faces: train, eval, generate, bench, recipes, demo, report."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -36,8 +37,9 @@ def train(recipe: str, overrides: list[str] = (), out: str = "", resume: bool = 
         built = r.build(r, data_dir or None)
         if info.is_main and not quiet:
             print(f"recipe {r.name}: {built.model.num_params():,} parameters, {r.train.steps} steps -> {out_dir}", file=sys.stderr)
+        data = json.loads(json.dumps(dataclasses.asdict(r.data), default=str))   # compared on --resume
         last = run_train(built.model, built.objective, built.batches, cfg=r.train, out_dir=out_dir,
-                         tokenizer=built.tokenizer, meta=built.meta, eval_fn=built.eval_fn, resume=resume,
+                         tokenizer=built.tokenizer, meta={**built.meta, "data": data}, eval_fn=built.eval_fn, resume=resume,
                          progress=not quiet, dist=info)
     finally:
         D.teardown()

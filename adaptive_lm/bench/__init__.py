@@ -165,13 +165,18 @@ def print_options(name: str) -> int:
     return 0
 
 
+def is_bench_result(res) -> bool:
+    """Whether parsed JSON is what `bench NAME --json OUT` writes."""
+    return isinstance(res, dict) and "bench" in res and isinstance(res.get("rows"), list)
+
+
 def _is_bench_result(path) -> bool:
     """Whether a file is a bench's JSON (which a rerun replaces by design)."""
     try:
         res = json.loads(Path(path).read_text())
     except (OSError, ValueError):                             # unreadable, not JSON
         return False
-    return isinstance(res, dict) and "bench" in res
+    return is_bench_result(res)
 
 
 def run_bench(name: str, *, json_path=None, seed: int = 0, options: list[str] = ()) -> int:

@@ -119,10 +119,11 @@ def _eem_row(name: str, model, data, fmt: str, *, foreign: bool = False) -> dict
     """One EEM row; with ``foreign`` also ``ce_foreign`` (when there are two held-out windows or more):
     the CE when each window is decoded with another window's embedding (its excess over ``ce`` is
     what the embedding's information saves)."""
-    r = evaluate_eem(model, data.vx, data.vy, n_bytes=data.n_bytes, fmt=fmt)
+    foreign = foreign and data.vx.shape[0] >= 2                     # one window has no other window
+    r = evaluate_eem(model, data.vx, data.vy, n_bytes=data.n_bytes, fmt=fmt, foreign=foreign)
     row = {"model": name, "format": fmt, "params": model.num_params(),
            "ce": r["ce"], "ce_charged": r["ce_charged"], "bpb": r["bpb"], "bpb_charged": r["bpb_charged"]}
-    if foreign and data.vx.shape[0] >= 2:                           # one window has no other window
-        row["ce_foreign"] = evaluate_eem(model, data.vx, data.vy, fmt=fmt, foreign=True)["ce"]
+    if foreign:
+        row["ce_foreign"] = r["ce_foreign"]
     return row
 

@@ -13,12 +13,18 @@ from ..io import check_output, check_output_folder, read_json
 from .parser import command
 
 
+def _classifier_of(model: str, m):
+    """The exit classifier next to a model with a folder (ours, builtin:NAME, hf:FOLDER), or None."""
+    from ..calm.runtime import load_classifier
+    return None if model == "smollm2" or model.startswith("gguf:") else load_classifier(model, m)
+
+
 def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_file: str = "", kv: str = ""):
     """(CalmConfig, exit classifier or None) from the flags, falling back on the calm.json given or
     in the model folder, then on the defaults. The stored threshold is used only for the measure
     and K/V policy it was certified with."""
     from ..calm.decode import KV_MODES, MEASURES
-    from ..calm.runtime import check_calm, config_from_calm, load_calm, load_classifier, trained_exit_every
+    from ..calm.runtime import check_calm, config_from_calm, load_calm, trained_exit_every
     from ..checkpoint import resolve
     from ..hf_causal import is_hf_spec
     folder = None if is_hf_spec(model) else resolve(model)
@@ -40,9 +46,9 @@ def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_
         threshold = stored["threshold"] if certified else 0.9
     if not 0 <= threshold <= 1:
         raise UsageError(f"--threshold must be in [0, 1], not {threshold}")
-    clf = load_classifier(folder, m) if measure == "classifier" and folder else None
+    clf = _classifier_of(model, m) if measure == "classifier" else None
     if measure == "classifier" and clf is None:
-        raise UsageError(f"--measure classifier needs an exit classifier next to one of our checkpoints "
+        raise UsageError(f"--measure classifier needs an exit classifier next to the model (ours or hf:FOLDER) "
                          f"(`adaptive-lm calm-classifier CHECKPOINT`); {model} has none")
     return config_from_calm({"every": trained_every, **stored}, measure=measure, threshold=threshold, kv=kv), clf
 
@@ -108,8 +114,8 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     """
     from ..calm.calibrate import DISTANCES
     from ..calm.decode import KV_MODES, CalmConfig
-    from ..calm.runtime import (CALM_FILE, calibrate_threshold, calibration_prompts, load_classifier, save_calm,
-                                trained_corpus, trained_exit_every)
+    from ..calm.runtime import (CALM_FILE, calibrate_threshold, calibration_prompts, save_calm, trained_corpus,
+                                trained_exit_every)
     from ..checkpoint import resolve
     from ..data import read_text
     if not 0 < delta < 1 or not 0 < epsilon < 1:
@@ -138,8 +144,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         raise UsageError(f"{model} is a masked diffusion LM; CALM needs a causal LM")
     clf = None
     if measure == "classifier":                  # ours: next to the checkpoint; hf:FOLDER: in FOLDER
-        where = folder if folder else (Path(model[3:]) if model.startswith("hf:") else None)
-        clf = load_classifier(where, m) if where else None
+        clf = _classifier_of(model, m)
         if clf is None:
             raise UsageError(f"--measure classifier needs an exit classifier next to the model "
                              f"(`adaptive-lm calm-classifier MODEL`); {model} has none")

@@ -1,12 +1,18 @@
 """`adaptive-lm sudoku`: solve or generate puzzles (VMD / MDM)."""
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
 
 from ..errors import UsageError
 from .parser import command
+
+
+# the options of one action only: given to the other, they are refused (not silently ignored)
+ACTION_ONLY = {"solve": ["puzzle", "model", "nfe", "policy", "tries", "json_"],
+               "generate": ["n", "generator", "level", "blanks", "output", "force"]}
 
 
 @command
@@ -33,14 +39,12 @@ def sudoku(action: str, puzzle: str = "", model: str = "builtin:mdm-sudoku", nfe
     """
     import torch
     from ..tasks import sudoku as S
-    only = {"solve": [("--model", model != "builtin:mdm-sudoku"), ("--nfe", nfe != 0), ("--policy", policy != "margin"),
-                      ("--tries", tries != 4), ("--json", json_), ("PUZZLE", bool(puzzle))],
-            "generate": [("--n", n != 100), ("--generator", generator != "A"), ("--level", level != "easy"),
-                         ("--blanks", blanks != 54), ("-o", bool(output)), ("--force", force)]}
-    for other, flags in only.items():
-        given = [f for f, on in flags if on]
-        if action != other and action in only and given:
-            raise UsageError(f"{given[0]} applies to `sudoku {other}`, not `sudoku {action}`")
+    given = {k: v for k, v in locals().items() if k in ACTION_ONLY["solve"] + ACTION_ONLY["generate"]}
+    for other, names in ACTION_ONLY.items():
+        changed = [k for k in names if given[k] != inspect.signature(sudoku).parameters[k].default]
+        if action != other and action in ACTION_ONLY and changed:
+            flag = "PUZZLE" if changed[0] == "puzzle" else "--" + changed[0].rstrip("_").replace("_", "-")
+            raise UsageError(f"{flag} applies to `sudoku {other}`, not `sudoku {action}`")
     if action == "generate":
         from ..io import atomic_write_text, check_output
         if not output:

@@ -221,6 +221,7 @@ def mc_nll(model, input_ids: torch.Tensor, target_mask: torch.Tensor, *, mask_id
     B, L = input_ids.shape
     dev = model_device(model)                                             # draws on the CPU, the model's work on dev
     am = None if attention_mask is None else attention_mask.to(dev)
+    targets = input_ids.to(dev).flatten()                                 # (B*L,) on the model's device
     n_t = target_mask.sum(1)                                              # (B,)
     total = torch.zeros(B, dtype=torch.float64)
     for _ in range(n_samples):
@@ -230,7 +231,7 @@ def mc_nll(model, input_ids: torch.Tensor, target_mask: torch.Tensor, *, mask_id
         masked = (rank < l[:, None]) & target_mask
         xt = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
         logits = model(xt.to(dev), attention_mask=am).logits.float()
-        ce = F.cross_entropy(logits.flatten(0, 1), input_ids.to(dev).flatten(), reduction="none").view(B, L).cpu()
+        ce = F.cross_entropy(logits.flatten(0, 1), targets, reduction="none").view(B, L).cpu()
         total += ((ce * masked).sum(1) * n_t / l).double()
     return (total / n_samples).float()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UsageError
+from ..bench import is_bench_result
 from ..io import read_json
 from . import views
 from .page import esc, page
@@ -38,7 +39,7 @@ def load_bench(path) -> dict:
     """A bench JSON written by `adaptive-lm bench NAME --json OUT`; a clear error for anything else."""
     p = Path(path)
     result = read_json(p, UsageError)
-    if not isinstance(result, dict) or "bench" not in result or not isinstance(result.get("rows"), list):
+    if not is_bench_result(result):
         raise NotABench(f"{p} is not a bench result (expected the JSON of `adaptive-lm bench NAME --json OUT`)")
     return result
 

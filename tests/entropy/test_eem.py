@@ -73,7 +73,7 @@ def test_evaluate_matches_the_forward_pass_and_foreign_embeddings_cost():
     r = evaluate_eem(m, x, y, fmt="fp16", batch_size=2)        # chunks of 2, 2, 1
     assert r["ce"] == pytest.approx(ref, rel=1e-6)
     # a fresh EEM's `up` is zero: the embedding changes nothing, so a foreign one costs nothing
-    assert evaluate_eem(m, x, y, foreign=True, batch_size=2)["ce"] == pytest.approx(r["ce"], rel=1e-6)
+    assert evaluate_eem(m, x, y, foreign=True, batch_size=2)["ce_foreign"] == pytest.approx(r["ce"], rel=1e-6)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     m.train()
     for _ in range(80):                                        # random tokens: learn to read the embedding
@@ -81,7 +81,9 @@ def test_evaluate_matches_the_forward_pass_and_foreign_embeddings_cost():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    own, other = evaluate_eem(m, x, y, batch_size=2)["ce"], evaluate_eem(m, x, y, foreign=True, batch_size=2)["ce"]
+    both = evaluate_eem(m, x, y, foreign=True, batch_size=2)
+    own, other = evaluate_eem(m, x, y, batch_size=2)["ce"], both["ce_foreign"]
+    assert both["ce"] == own                                            # the plain CE is unchanged by the option
     assert other > own + 0.5
     with pytest.raises(ValueError, match="two windows"):
         evaluate_eem(m, x[:1], y[:1], foreign=True)

@@ -17,7 +17,6 @@ import torch
 
 from ..diffusion.sampler import FixedLength, Row, SpecialIds, denoise, model_logits_fn
 from ..errors import UsageError
-from ..model import model_device
 from .model import VMD
 
 POLICIES = {"top_prob": "low_confidence", "margin": "margin", "random": "random"}
@@ -70,8 +69,7 @@ def sample(model: VMD, canvases: torch.Tensor, *, nfe: int, policy: str = "top_p
         chunk = canvases[a:a + batch_size]
         res = denoise(model_logits_fn(model), [[] for _ in range(len(chunk))], policy=pol, ids=ids,
                       remasking=POLICIES[policy], temperature=temperature, generator=g,
-                      canvases=list(chunk), conditioner=cond, max_seq_len=cfg.max_seq_len, trace=trace is not None,
-                      device=model_device(model))
+                      canvases=list(chunk), conditioner=cond, max_seq_len=cfg.max_seq_len, trace=trace is not None)
         outs.append(torch.tensor(res.canvases))
         nfes += [s["nfe"] for s in res.stats]
         if trace is not None:

@@ -70,6 +70,7 @@ def here(tmp_path, monkeypatch):
     (["bench", "vmd-sudoku", "policies=bogus"], 2, ["policies=bogus"]),
     (["bench", "vmd-sudoku", "nfes=0"], 2, ["nfes=0"]),
     (["bench", "vmd-sudoku", "generator=C"], 2, ["generator"]),
+    (["bench", "vmd-sudoku", "device=tpu"], 2, ["device=tpu"]),
     (["bench", "vmd-sudoku", "mdm=builtin:shakespeare-char"], 2, ["not a Sudoku model"]),
     (["bench", "vmd-text", "blocks=abc"], 2, ["expected comma-separated integers"]),
     (["bench", "vmd-text", "seq_len=0"], 2, ["seq_len"]),

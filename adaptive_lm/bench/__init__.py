@@ -39,6 +39,18 @@ def register(name: str, options_cls: type):
     return deco
 
 
+def bench_device(spec: str) -> str:
+    """A bench's ``device`` option: cpu, cuda, cuda:N, or auto (cuda when available); one UsageError."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"device={spec}: use cpu, cuda, cuda:N or auto") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device={spec} but no CUDA device is available")
+    return device
+
+
 def environment() -> dict:
     cpu = platform.processor() or ""
     try:

@@ -23,15 +23,13 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-
 from ..checkpoint import load_lm, read_config, resolve
 from ..diffusion.daedal import Daedal
 from ..diffusion.sampler import FixedLength, SpecialIds, Threshold, denoise, model_logits_fn
 from ..errors import UsageError
 from ..tasks.arith import make_split, score
 from ..tasks.metrics import paired_counts, wilson_interval
-from . import number_list, register
+from . import bench_device, number_list, register
 
 
 @dataclass
@@ -129,13 +127,7 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
     if o.n < 1 or o.batch_size < 1:
         raise UsageError("n and batch_size must be >= 1")
     lengths, inits = number_list("lengths", o.lengths, lo=1), number_list("init_lengths", o.init_lengths, lo=1)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if o.device == "auto" else o.device
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"device={o.device}: use cpu, cuda, cuda:N or auto") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("device=cuda but no CUDA device is available")
+    device = bench_device(o.device)
     model, tok = load_lm(o.model)
     model.to(device)
     if model.config.causal:

@@ -30,7 +30,7 @@ from ..vmd.sudoku import load_sudoku_model, sudoku_accuracy
 from ..tasks import sudoku as S
 from ..tasks import toys
 from ..train import train
-from . import at_least, name_list, number_list, register
+from . import at_least, bench_device, name_list, number_list, register
 
 # the brief's table: (dataset, blocks) -> NFE settings; the 2-token sets at one and two steps
 TOY_SETTINGS = {("pair", 1): (1, 2), ("pair-skewed", 1): (1, 2),
@@ -107,6 +107,7 @@ class VMDSudokuOptions:
     level: str = "easy"                        # generated puzzles: easy (singles solve them, the training class) | hard
     policies: str = "top_prob,margin"          # mask predictor scores
     nfes: str = "5,10,20"                      # unmasking steps
+    device: str = "cpu"                        # where the models run: cpu, cuda, or auto (cuda when available)
     redraw: bool = False                       # VMD: a fresh z before every step
 
 
@@ -115,8 +116,11 @@ def bench_vmd_sudoku(seed: int, o: VMDSudokuOptions) -> dict:
     """Whole-grid Sudoku accuracy and rule violations: MDM vs VMD x policy x NFE."""
     policies = name_list("policies", o.policies, POLICIES)
     nfes = number_list("nfes", o.nfes, lo=1)
+    device = bench_device(o.device)
     nets = {label: load_sudoku_model(path, what=f"{label.lower()}={path}")            # bad models fail first
             for label, path in (("MDM", o.mdm), ("VMD", o.vmd))}
+    for model, _ in nets.values():
+        model.to(device)
     if not o.puzzles and o.generator not in ("A", "B"):
         raise UsageError(f"generator must be A or B, not {o.generator!r}")
     if o.puzzles:

@@ -47,6 +47,7 @@ def test_bench_eem_rows(tmp_path, capsys):
     assert res["rows"][1]["params"] < res["rows"][0]["params"]            # the control is shallower
     for r in res["rows"][2:4]:                                            # the injection rows: CE without the oracle
         assert r["ce_foreign"] > 0 and "ce_foreign" not in res["rows"][0]
+    assert len(set(names)) == len(names)                                  # each model and format once
     qat = [n for n, f in names if n.endswith("-qat")]
     assert qat and {(qat[0], "fp16"), (qat[0], "e4m3"), (qat[0][:-4], "e4m3")} <= set(names)
     eem = [r for r in res["rows"] if r["model"].startswith("eem-")]

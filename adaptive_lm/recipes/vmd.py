@@ -54,6 +54,7 @@ class VMDSpec:
     stratified: bool = True       # low-discrepancy noise levels across the batch
     pool: int = 600               # sudoku: distinct training puzzles (each augmented on the fly)
     blanks: int = 54              # sudoku: blanks per generated puzzle
+    level: str = "easy"           # sudoku: easy (naked + hidden singles solve it) | hard (unique, may need search)
     eval_puzzles: int = 64        # sudoku: held-out puzzles at each evaluation
     corpus: str = "tinyshakespeare"   # text: corpus name or path
     seq_len: int = 64             # text: window length in characters
@@ -92,10 +93,10 @@ def noised_batch(x0: torch.Tensor, *, cfg: VMDConfig, spec: VMDSpec, step: int, 
     return out
 
 
-def sudoku_pool(n: int, blanks: int, seed: int) -> list[tuple[str, str]]:
-    """n training pairs of generator A, cached on disk (generation takes ~0.25 s per pair)."""
+def sudoku_pool(n: int, blanks: int, seed: int, level: str = "easy") -> list[tuple[str, str]]:
+    """n training pairs of generator A, cached on disk (generation takes ~0.1–0.25 s per pair)."""
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "adaptive_lm"
-    path = root / f"sudoku-train-A-n{n}-b{blanks}-s{seed}.json"
+    path = root / f"sudoku-train-A-n{n}-b{blanks}-s{seed}{'' if level == 'easy' else '-' + level}.json"
     if path.exists():
         try:
             pool = [tuple(p) for p in json.loads(path.read_text())]
@@ -103,7 +104,7 @@ def sudoku_pool(n: int, blanks: int, seed: int) -> list[tuple[str, str]]:
                 return pool
         except (ValueError, TypeError):
             pass
-    pool = S.puzzles(n, split="train", seed=seed, blanks=blanks)
+    pool = S.puzzles(n, split="train", seed=seed, blanks=blanks, level=level)
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -180,9 +181,11 @@ def build_vmd(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
     elif spec.task == "sudoku":
         if mcfg.max_seq_len < 81:
             raise UsageError("the Sudoku denoiser needs model.max_seq_len >= 81")
-        pool = sudoku_pool(spec.pool, spec.blanks, tc.seed)
-        held = S.puzzles(spec.eval_puzzles, split="test", seed=tc.seed + 1, blanks=spec.blanks)
-        meta.update(blanks=spec.blanks, pool=spec.pool)
+        if spec.level not in S.LEVELS:
+            raise UsageError(f"data.level must be one of {', '.join(S.LEVELS)}, not {spec.level!r}")
+        pool = sudoku_pool(spec.pool, spec.blanks, tc.seed, spec.level)
+        held = S.puzzles(spec.eval_puzzles, split="test", seed=tc.seed + 1, blanks=spec.blanks, level=spec.level)
+        meta.update(blanks=spec.blanks, pool=spec.pool, level=spec.level)
 
         def rows(g):
             rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=g)))

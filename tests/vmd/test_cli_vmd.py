@@ -166,3 +166,18 @@ def test_solve_from_python_parses_the_puzzle(sudoku_ckpts):
     for bad in ("123", "x" + "." * 80, "11" + "." * 79):
         with pytest.raises(SudokuError):
             solve(m, tok, bad)
+
+
+def test_train_sudoku_on_hard_puzzles(tmp_path, capsys, monkeypatch):
+    """data.level=hard: the training pool and the held-out puzzles are of the hard class (cached apart
+    from the easy pool), the level is recorded in meta; an unknown level is one line, exit 2."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["train", "mdm-sudoku", "model.n_layer=1", "model.n_head=2", "model.d_model=32", "data.pool=3",
+            "data.eval_puzzles=2", "train.steps=1", "train.batch_size=2", "train.eval_every=1", "--quiet"]
+    assert main(args + ["data.level=hard", "--out", str(tmp_path / "run")]) == 0
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text())["meta"]
+    assert meta["level"] == "hard"
+    pool = json.loads((tmp_path / "cache" / "adaptive_lm" / "sudoku-train-A-n3-b54-s0-hard.json").read_text())
+    assert [tuple(p) for p in pool] == S.puzzles(3, split="train", seed=0, blanks=54, level="hard")
+    assert main(args + ["data.level=medium", "--out", str(tmp_path / "bad")]) == 2
+    assert "data.level must be one of" in capsys.readouterr().err

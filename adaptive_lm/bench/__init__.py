@@ -40,14 +40,16 @@ def register(name: str, options_cls: type):
 
 
 def bench_device(spec: str) -> str:
-    """A bench's ``device`` option: cpu, cuda, cuda:N, or auto (cuda when available); one UsageError."""
+    """A bench's ``device`` option: cpu, cuda, cuda:N, or auto (cuda when available) -> the device
+    used; anything else, or a GPU this machine lacks, is one UsageError."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"device={spec}: use cpu, cuda, cuda:N or auto") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    m = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if not m:
+        raise UsageError(f"device={spec}: use cpu, cuda, cuda:N or auto")
+    if device != "cpu" and not torch.cuda.is_available():
         raise UsageError(f"device={spec} but no CUDA device is available")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise UsageError(f"device={spec}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
     return device
 
 

@@ -45,7 +45,7 @@ class DaedalBenchOptions:
     small_w_eos: int = 8                # extra DAEDAL rows with this EOS window (W_eos/2 tail); 0 = none
     batch_size: int = 16                # sequences per sampling call
     data_seed: int = 1234               # which held-out problems: those of data_seed + --seed
-    device: str = "cpu"                 # where the model runs: cpu, cuda, or auto (cuda when available)
+    device: str = "cpu"                 # where the model runs: cpu, cuda, cuda:N, or auto (cuda when available)
     ar_model: str = ""                  # optional reference row: a causal LM on the same problems (greedy)
     order: str = "confidence"           # which masks a step commits: confidence (the papers) or left_to_right
     tau_low: float = 0.1                # DAEDAL rows' expansion threshold τ_low (the brief's 0.1)
@@ -161,7 +161,7 @@ def bench_daedal(seed: int, o: DaedalBenchOptions) -> dict:
               for i, r in enumerate(rows) if r["method"].startswith("daedal")}
     summary = {
         "best_fixed_length": best["length"], "best_fixed_acc": best["acc"], "best_fixed_nfe": best["nfe"],
-        "n_problems": o.n, "order": o.order, "tau_low": o.tau_low, "tau_eos": o.tau_eos,
+        "n_problems": o.n, "device": device, "order": o.order, "tau_low": o.tau_low, "tau_eos": o.tau_eos,
         "eos_tail": "w_eos/2" if o.eos_tail < 0 else o.eos_tail, "paired_vs_best_fixed": paired,
         # with no problem solved by any row the comparisons below say nothing: the first target is
         # then False, and the others are read only together with it

@@ -107,8 +107,9 @@ class VMDSudokuOptions:
     level: str = "easy"                        # generated puzzles: easy (singles solve them, the training class) | hard
     policies: str = "top_prob,margin"          # mask predictor scores
     nfes: str = "5,10,20"                      # unmasking steps
-    device: str = "cpu"                        # where the models run: cpu, cuda, or auto (cuda when available)
+    device: str = "cpu"                        # where the models run: cpu, cuda, cuda:N, or auto (cuda when available)
     redraw: bool = False                       # VMD: a fresh z before every step
+    temperature: float = 0.0                   # 0: each committed cell is the argmax; 1: drawn from the model's p
 
 
 @register("vmd-sudoku", VMDSudokuOptions)
@@ -117,6 +118,10 @@ def bench_vmd_sudoku(seed: int, o: VMDSudokuOptions) -> dict:
     policies = name_list("policies", o.policies, POLICIES)
     nfes = number_list("nfes", o.nfes, lo=1)
     device = bench_device(o.device)
+    if not o.puzzles and o.level not in S.LEVELS:
+        raise UsageError(f"level must be one of {', '.join(S.LEVELS)}, not {o.level!r}")
+    if not o.temperature >= 0:
+        raise UsageError(f"temperature must be >= 0, not {o.temperature}")
     nets = {label: load_sudoku_model(path, what=f"{label.lower()}={path}")            # bad models fail first
             for label, path in (("MDM", o.mdm), ("VMD", o.vmd))}
     for model, _ in nets.values():
@@ -134,11 +139,12 @@ def bench_vmd_sudoku(seed: int, o: VMDSudokuOptions) -> dict:
         for pol in policies:
             for nfe in nfes:
                 g = torch.Generator().manual_seed(seed)
-                m = sudoku_accuracy(model, tok, pairs, nfe=nfe, policy=pol, generator=g, redraw=o.redraw)
+                m = sudoku_accuracy(model, tok, pairs, nfe=nfe, policy=pol, generator=g, redraw=o.redraw,
+                                    temperature=o.temperature)
                 rows.append({"model": label, "policy": pol, "nfe": nfe, **m})
                 print(f"[bench] {rows[-1]}", file=sys.stderr)
     blanks = sum(p.count(".") for p, _ in pairs) / len(pairs)
-    return {"rows": rows, "puzzles": len(pairs), "source": source, "mean_blanks": blanks}
+    return {"rows": rows, "puzzles": len(pairs), "source": source, "mean_blanks": blanks, "device": device}
 
 
 @dataclass

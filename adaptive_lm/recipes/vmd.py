@@ -151,6 +151,8 @@ def build_vmd(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
                         free_bits=spec.free_bits, readout=spec.readout)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if spec.level not in S.LEVELS:
+        raise UsageError(f"data.level must be one of {', '.join(S.LEVELS)}, not {spec.level!r}")
     torch.manual_seed(tc.seed)
     model = VMD(cfg)
     meta = {"recipe": recipe.name, "family": "vmd", "task": spec.task}
@@ -181,8 +183,6 @@ def build_vmd(recipe: Recipe, data_dir: Optional[str] = None) -> Built:
     elif spec.task == "sudoku":
         if mcfg.max_seq_len < 81:
             raise UsageError("the Sudoku denoiser needs model.max_seq_len >= 81")
-        if spec.level not in S.LEVELS:
-            raise UsageError(f"data.level must be one of {', '.join(S.LEVELS)}, not {spec.level!r}")
         pool = sudoku_pool(spec.pool, spec.blanks, tc.seed, spec.level)
         held = S.puzzles(spec.eval_puzzles, split="test", seed=tc.seed + 1, blanks=spec.blanks, level=spec.level)
         meta.update(blanks=spec.blanks, pool=spec.pool, level=spec.level)

@@ -42,12 +42,14 @@ def load_sudoku_model(spec: str, *, what: str = ""):
     return net, tok
 
 
-def sudoku_accuracy(model, tok, pairs, *, nfe: int, policy: str, generator=None, redraw: bool = False) -> dict:
+def sudoku_accuracy(model, tok, pairs, *, nfe: int, policy: str, generator=None, redraw: bool = False,
+                    temperature: float = 0.0) -> dict:
     """Whole-grid accuracy and the share of outputs breaking a rule (or a given), over
-    (puzzle, solution) pairs."""
+    (puzzle, solution) pairs. ``temperature`` 0: each committed cell is the argmax; 1: a draw from
+    p(x_i | x_t, z) (how the toys are measured)."""
     out, _ = sample(model, encode_grids(tok, [p for p, _ in pairs]), nfe=nfe, policy=policy,
                     mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator,
-                    redraw=redraw)
+                    redraw=redraw, temperature=temperature)
     grids = decode_grids(tok, out)
     ok = [g == s for g, (_, s) in zip(grids, pairs)]
     bad = [not S.is_solution(g, p) for g, (p, _) in zip(grids, pairs)]

@@ -100,6 +100,21 @@ def test_bench_vmd_sudoku_rows(sudoku_ckpts, tmp_path, capsys):
     assert res["puzzles"] == 3
 
 
+def test_bench_vmd_sudoku_passes_the_temperature_down(sudoku_ckpts, tmp_path, monkeypatch, capsys):
+    """temperature=1 reaches the sampler (each committed cell a draw); 0 stays greedy; < 0 is refused."""
+    import adaptive_lm.vmd.sudoku as VS
+    seen = []
+    real = VS.sample
+    monkeypatch.setattr(VS, "sample", lambda *a, **k: seen.append(k["temperature"]) or real(*a, **k))
+    csv = tmp_path / "p.csv"
+    assert main(["sudoku", "generate", "--n", "2", "-o", str(csv)]) == 0
+    argv = ["bench", "vmd-sudoku", f"mdm={sudoku_ckpts['mdm']}", f"vmd={sudoku_ckpts['vmd']}", f"puzzles={csv}",
+            "nfes=5", "policies=top_prob"]
+    assert main(argv + ["temperature=1"]) == 0 and seen == [1.0, 1.0]
+    assert main(argv) == 0 and seen[2:] == [0.0, 0.0]
+    assert main(argv + ["temperature=-1"]) == 2 and "temperature must be >= 0" in capsys.readouterr().err
+
+
 def test_bench_vmd_toy_rows(tmp_path, capsys):
     out = tmp_path / "t.json"
     assert main(["bench", "vmd-toy", "datasets=pair,D1", "blocks=2", "steps=2", "samples=50", "--json", str(out)]) == 0

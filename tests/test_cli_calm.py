@@ -116,14 +116,16 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
                                                               for k in ("propagate", "recompute")}
     for r in res["rows"]:
         assert set(r) == {"model", "delta", "measure", "kv", "threshold", "avg_layers", "oracle_layers", "risk",
-                          "consistency", "speedup_b1", "speedup_b8"}
+                          "consistency", "speedup_b1", "speedup_b8", "speedup_b1_e2e", "speedup_b8_e2e"}
         assert 1 <= r["oracle_layers"] <= 4 and 1 <= r["avg_layers"] <= 4
-        assert 0 <= r["consistency"] <= 1 and r["speedup_b1"] > 0 and r["speedup_b8"] > 0
+        assert 0 <= r["consistency"] <= 1 and min(r[k] for k in r if k.startswith("speedup")) > 0
         assert abs(r["risk"] + r["consistency"] - 1) < 1e-9                # risk: what Learn-then-Test bounds by δ
         if r["threshold"] == 1.0:                                      # nothing certified: the full model
             assert r["avg_layers"] == 4 and r["consistency"] == 1
     rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "n_cal=0")
     assert_one_line_error(rc, se, 2, "n_cal")
+    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "max_new_tokens=1")
+    assert_one_line_error(rc, se, 2, "max_new_tokens >= 2")
     rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "kvs=copy")
     assert_one_line_error(rc, se, 2, "kvs")
 
@@ -177,3 +179,20 @@ def test_calm_classifier_seq_len_fits_the_model(calm_ckpt, tmp_path):
     assert_one_line_error(rc, se, 2, "--seq-len 100000", "64-token context")
     rc, so, se = run("calm-classifier", str(calm_ckpt), "--steps", "1", "--batch-size", "2", "--out", str(tmp_path))
     assert rc == 0, se                                                 # default: the model's 64, not 128
+
+
+def test_timed_decode_separates_the_prompt_pass(calm_ckpt):
+    """The decode seconds start after each batch's prompt pass: a prompt pass that sleeps 50 ms is in
+    the total and not in the decode time."""
+    import time
+    from adaptive_lm.bench.calm import timed_decode
+    from adaptive_lm.checkpoint import from_pretrained
+    from adaptive_lm.lm import full_depth_step
+    m, tok = from_pretrained(calm_ckpt)
+
+    def slow_prompt(model, ids, mask, cache):
+        if cache.length == 0:
+            time.sleep(0.05)
+        return full_depth_step(model, ids, mask, cache)
+    total, decode = timed_decode(m, [[1, 2, 3]] * 2, lambda: slow_prompt, batch_size=1, max_new_tokens=3, pad_id=tok.pad_id)
+    assert 0 < decode and total - decode >= 2 * 0.05                  # two batches, each slept once

@@ -8,8 +8,10 @@ the oracle's (exit at the first layer whose argmax equals the top layer's — th
 risk achieved (the mean dissimilarity to the full model's output: token mismatch rate or
 1 − ROUGE-L — the quantity certified ≤ δ) and the consistency (1 − risk), and the wall-clock decode speed of CALM over the same model at full depth with
 its KV cache, greedy, at batch 1 and batch 8 (median of 3 interleaved timings after a warm-up;
-the prompt pass is included on both sides; for a Hugging Face model both sides run through our
-adapter). avg_layers counts every generated token, the first one (from the full-depth prompt
+for a Hugging Face model both sides run through our adapter). ``speedup_b*`` times the decode
+steps alone: the prompt pass (prefill) is the same full-depth work on both sides and decodes
+nothing but the first token. ``speedup_b*_e2e`` includes it (the only figure before 2026-12-04).
+avg_layers counts every generated token, the first one (from the full-depth prompt
 pass) included. A row whose δ certifies nothing below λ = 1 is the full model.
 """
 from __future__ import annotations
@@ -50,25 +52,39 @@ class CalmBenchOptions:
     data_dir: str = ""                   # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
 
 
-def timed_decode(model, prompts, step_factory, *, batch_size: int, max_new_tokens: int, pad_id: int) -> float:
-    """Wall seconds of a greedy decode of the prompts, batch_size at a time (prompt pass included)."""
-    t0 = time.perf_counter()
+def timed_decode(model, prompts, step_factory, *, batch_size: int, max_new_tokens: int, pad_id: int
+                 ) -> tuple[float, float]:
+    """A greedy decode of the prompts, batch_size at a time -> (wall seconds in all, wall seconds
+    after each batch's prompt pass: the decode steps alone)."""
+    total = decode = 0.0
     for b in range(0, len(prompts), batch_size):
+        step, after_prompt = step_factory(), []
+
+        def timed_step(m, ids, mask, cache, _step=step):
+            out = _step(m, ids, mask, cache)
+            if not after_prompt:                                    # the first call is the prompt pass
+                after_prompt.append(time.perf_counter())
+            return out
+        t0 = time.perf_counter()
         generate(model, prompts[b:b + batch_size], max_new_tokens=max_new_tokens, pad_id=pad_id,
-                 temperature=0, step=step_factory())
-    return time.perf_counter() - t0
+                 temperature=0, step=timed_step)
+        t1 = time.perf_counter()
+        total, decode = total + t1 - t0, decode + t1 - after_prompt[0]
+    return total, decode
 
 
-def speedup(model, prompts, calm_factory, *, batch_size: int, repeats: int = 3, **kw) -> float:
-    """Median over ``repeats`` of (full-depth seconds / CALM seconds), the two decodes interleaved
-    so that drift of the machine hits both; one untimed warm-up of each first. Every row decodes
-    max_new_tokens per prompt (no EOS stop), so equal token counts."""
+def speedup(model, prompts, calm_factory, *, batch_size: int, repeats: int = 3, **kw) -> tuple[float, float]:
+    """Medians over ``repeats`` of full-depth seconds / CALM seconds -> (decode steps alone,
+    prompt pass included), the two decodes interleaved so that drift of the machine hits both; one
+    untimed warm-up of each first. Every row decodes max_new_tokens per prompt (no EOS stop), so
+    equal token counts."""
     full = lambda: full_depth_step
     timed_decode(model, prompts, full, batch_size=batch_size, **kw)
     timed_decode(model, prompts, calm_factory, batch_size=batch_size, **kw)
-    ratios = [timed_decode(model, prompts, full, batch_size=batch_size, **kw) /
-              timed_decode(model, prompts, calm_factory, batch_size=batch_size, **kw) for _ in range(repeats)]
-    return sorted(ratios)[len(ratios) // 2]
+    pairs = [(timed_decode(model, prompts, full, batch_size=batch_size, **kw),
+              timed_decode(model, prompts, calm_factory, batch_size=batch_size, **kw)) for _ in range(repeats)]
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    return median([f[1] / c[1] for f, c in pairs]), median([f[0] / c[0] for f, c in pairs])
 
 
 @register("calm", CalmBenchOptions)
@@ -84,8 +100,9 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     names = [x.strip() for x in o.models.split(",") if x.strip()]
     if not names:
         raise UsageError("models: give at least one model")
-    if min(o.n_cal, o.n_test, o.prompt_len, o.max_new_tokens, o.timing_prompts) < 1 or o.tau < 0:
-        raise UsageError("n_cal, n_test, prompt_len, max_new_tokens and timing_prompts must be >= 1, tau >= 0")
+    if min(o.n_cal, o.n_test, o.prompt_len, o.timing_prompts) < 1 or o.max_new_tokens < 2 or o.tau < 0:
+        raise UsageError("n_cal, n_test, prompt_len and timing_prompts must be >= 1, max_new_tokens >= 2 "
+                         "(the first token comes from the prompt pass), tau >= 0")
     rows, per_model = [], {}
     for name in names:
         model_rows, info = bench_one(name, seed, o, deltas, list(measures), kvs)
@@ -119,9 +136,9 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     full_test, oracle = calm_generate(model, test, CalmConfig(measure="oracle"), **kw)   # oracle tokens = full model's
     timed = test[:o.timing_prompts]
     tps = dict(max_new_tokens=o.max_new_tokens, pad_id=pad)
-    n_tok = len(timed) * o.max_new_tokens
-    full_b1 = n_tok / timed_decode(model, timed, lambda: full_depth_step, batch_size=1, **tps)
-    full_b8 = n_tok / timed_decode(model, timed, lambda: full_depth_step, batch_size=8, **tps)
+    n_tok = len(timed) * (o.max_new_tokens - 1)                     # the decode steps' tokens (the first: the prompt pass)
+    full_b1 = n_tok / timed_decode(model, timed, lambda: full_depth_step, batch_size=1, **tps)[1]
+    full_b8 = n_tok / timed_decode(model, timed, lambda: full_depth_step, batch_size=8, **tps)[1]
     rows = []
     for measure in measures:
         for kv in kvs:
@@ -155,9 +172,11 @@ def _measure_rows(model, name, o, prompts, deltas, measure, kv, *, every, clf, p
         row["consistency"] = round(1 - row["risk"], 4)
         if lam < 1.0:
             mk = lambda: CalmStep(cfg, o.max_new_tokens, clf)
-            row["speedup_b1"] = round(speedup(model, timed, mk, batch_size=1, **tps), 3)
-            row["speedup_b8"] = round(speedup(model, timed, mk, batch_size=8, **tps), 3)
+            for b in (1, 8):
+                dec, e2e = speedup(model, timed, mk, batch_size=b, **tps)
+                row[f"speedup_b{b}"], row[f"speedup_b{b}_e2e"] = round(dec, 3), round(e2e, 3)
         else:
-            row["speedup_b1"] = row["speedup_b8"] = 1.0                      # nothing certified: the full model
+            for k in ("speedup_b1", "speedup_b8", "speedup_b1_e2e", "speedup_b8_e2e"):
+                row[k] = 1.0                                               # nothing certified: the full model
         rows.append(row)
     return rows

@@ -185,6 +185,7 @@ class CalmStep:
         exits = set(exit_layers(L, self.cfg.every))
         lam32 = _as_float32(lam)                      # compared as torch compares a float32 score with λ
         open_ = [True] * len(rows)                    # per running row: is its token still undecided?
+        late_rows, late_h = [], []                    # decided rows whose logits are not computed yet: one unembed at the end
         for i in range(1, L + 1):
             if not rows:
                 break
@@ -199,7 +200,8 @@ class CalmStep:
                     self.hid[rows if len(rows) < B else slice(None), win:end] = h
             if i == L:
                 still = [j for j, o in enumerate(open_) if o]
-                out[[rows[j] for j in still]] = m.unembed(h[still, -1]).to(out.dtype)
+                late_rows += [rows[j] for j in still]
+                late_h.append(h[still, -1])
                 for j in still:
                     self.record.layers[rows[j]].append(L)
                 break
@@ -212,8 +214,11 @@ class CalmStep:
             g = [j for j, x in enumerate(go) if x]
             if len(g) == B and logits is not None:                        # every row decides here (batch 1: always)
                 out = logits.to(out.dtype)
+            elif logits is not None:
+                out[[rows[j] for j in g]] = logits[g].to(out.dtype)
             else:
-                out[[rows[j] for j in g]] = (logits[g] if logits is not None else m.unembed(h[g, -1])).to(out.dtype)
+                late_rows += [rows[j] for j in g]
+                late_h.append(h[g, -1])
             for j in g:
                 self.record.layers[rows[j]].append(i)
             if recompute:                   # decided rows ride along (their upper K/V come out exact too,
@@ -228,6 +233,8 @@ class CalmStep:
             keep = [j for j, x in enumerate(go) if not x]
             ki = torch.tensor(keep, dtype=torch.long, device=h.device)
             rows, h, sub, open_ = [rows[j] for j in keep], h[ki], sub.select(ki), [open_[j] for j in keep]
+        if late_rows:
+            out[late_rows] = m.unembed(torch.cat(late_h) if len(late_h) > 1 else late_h[0]).to(out.dtype)
         m.commit(ctx)
         return out
 

@@ -80,6 +80,7 @@ def here(tmp_path, monkeypatch):
     (["bench", "vmd-text", "seq_len=0"], 2, ["seq_len"]),
     (["bench", "compress", "max_bytes=-1"], 2, ["max_bytes"]),
     (["bench", "calm", "deltas=0.1,1.5"], 2, ["deltas", "(0, 1)"]),
+    (["bench", "calm", "device=tpu"], 2, ["device=tpu"]),
     # outputs that cannot be written: refused up front
     (["entropy", "in.txt", "-o", "nodir/x.json"], 2, ["no such folder"]),
     (["entropy", "in.txt", "-o", "same.x", "--html", "same.x"], 2, ["same file"]),

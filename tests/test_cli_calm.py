@@ -112,6 +112,7 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
     assert rc == 0, se
     res = json.loads(out.read_text())
     assert len(res["rows"]) == 8                                         # 2 measures x 2 K/V policies x 2 deltas
+    assert res["device"] == "cpu"                                        # the default, recorded
     assert {(r["measure"], r["kv"]) for r in res["rows"]} == {(m, k) for m in ("margin", "state")
                                                               for k in ("propagate", "recompute")}
     for r in res["rows"]:

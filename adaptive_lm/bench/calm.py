@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
 
 from ..calm.calibrate import DISTANCES
 from ..calm.decode import KV_MODES, MEASURES, CalmConfig, CalmStep
@@ -30,7 +31,7 @@ from ..data import read_text
 from ..errors import UsageError
 from ..hf_causal import is_hf_spec, load_causal_lm, pad_id_of
 from ..lm import full_depth_step, generate
-from . import name_list, number_list, register
+from . import bench_device, name_list, number_list, register
 
 
 @dataclass
@@ -50,6 +51,7 @@ class CalmBenchOptions:
     corpus: str = ""                     # default: the corpus the checkpoint was trained on (pydocs for HF models)
     hf_classifier: str = ""              # a folder with the exit classifier of the Hugging Face model(s) (`calm-classifier smollm2 --out DIR`)
     data_dir: str = ""                   # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
+    device: str = "cpu"                  # where the models run: cpu, cuda, cuda:N, or auto (cuda when available)
 
 
 def timed_decode(model, prompts, step_factory, *, batch_size: int, max_new_tokens: int, pad_id: int
@@ -63,6 +65,8 @@ def timed_decode(model, prompts, step_factory, *, batch_size: int, max_new_token
         def timed_step(m, ids, mask, cache, _step=step):
             out = _step(m, ids, mask, cache)
             if not after_prompt:                                    # the first call is the prompt pass
+                if out.is_cuda:
+                    torch.cuda.synchronize(out.device)              # its kernels done, not only queued
                 after_prompt.append(time.perf_counter())
             return out
         t0 = time.perf_counter()
@@ -103,17 +107,20 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     if min(o.n_cal, o.n_test, o.prompt_len, o.timing_prompts) < 1 or o.max_new_tokens < 2 or o.tau < 0:
         raise UsageError("n_cal, n_test, prompt_len and timing_prompts must be >= 1, max_new_tokens >= 2 "
                          "(the first token comes from the prompt pass), tau >= 0")
+    device = bench_device(o.device)
     rows, per_model = [], {}
     for name in names:
-        model_rows, info = bench_one(name, seed, o, deltas, list(measures), kvs)
+        model_rows, info = bench_one(name, seed, o, deltas, list(measures), kvs, device)
         rows += model_rows
         per_model[name] = info
-    return {"models": per_model, "rows": rows}
+    return {"models": per_model, "rows": rows, "device": device}
 
 
-def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], measures: list[str], kvs: list[str]):
+def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], measures: list[str], kvs: list[str],
+              device: str = "cpu"):
     """The rows of one model (module docstring) and its full-depth figures."""
     model, tok = load_causal_lm(name)
+    model.to(device)                                 # before the classifier, which loads onto the model's device
     if not model.config.causal:
         raise UsageError(f"{name} is a masked diffusion LM; CALM needs a causal LM")
     folder = None if is_hf_spec(name) else resolve(name)

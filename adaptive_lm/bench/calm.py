@@ -143,15 +143,17 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     full_test, oracle = calm_generate(model, test, CalmConfig(measure="oracle"), **kw)   # oracle tokens = full model's
     timed = test[:o.timing_prompts]
     tps = dict(max_new_tokens=o.max_new_tokens, pad_id=pad)
-    n_tok = len(timed) * (o.max_new_tokens - 1)                     # the decode steps' tokens (the first: the prompt pass)
-    full_b1 = n_tok / timed_decode(model, timed, lambda: full_depth_step, batch_size=1, **tps)[1]
-    full_b8 = n_tok / timed_decode(model, timed, lambda: full_depth_step, batch_size=8, **tps)[1]
+    full = {b: timed_decode(model, timed, lambda: full_depth_step, batch_size=b, **tps) for b in (1, 8)}
+    speed = {}                                        # end to end (all tokens) and the decode steps alone (all but the first)
+    for b, (total, decode) in full.items():
+        speed[f"full_tokens_per_s_b{b}"] = round(len(timed) * o.max_new_tokens / total, 1)
+        speed[f"full_decode_tokens_per_s_b{b}"] = round(len(timed) * (o.max_new_tokens - 1) / decode, 1)
     rows = []
     for measure in measures:
         for kv in kvs:
             rows += _measure_rows(model, name, o, (cal, test, full_test, oracle, timed), deltas, measure, kv,
                                   every=every, clf=clf, pad=pad)
-    return rows, {"n_layer": L, "full_tokens_per_s_b1": round(full_b1, 1), "full_tokens_per_s_b8": round(full_b8, 1),
+    return rows, {"n_layer": L, **speed,
                   "corpus": corpus}
 
 

@@ -104,7 +104,7 @@ class VMDSudokuOptions:
     generator: str = "A"                       # A (the training generator, test split) | B (independent)
     n: int = 500                               # generated puzzles
     blanks: int = 54                           # blanks of generated puzzles
-    level: str = "easy"                        # generated puzzles: easy (singles solve them, the training class) | hard
+    level: str = "easy"                        # generated puzzles: easy (singles solve them, the training class) | hard | search
     policies: str = "top_prob,margin"          # mask predictor scores
     nfes: str = "5,10,20"                      # unmasking steps
     device: str = "cpu"                        # where the models run: cpu, cuda, cuda:N, or auto (cuda when available)

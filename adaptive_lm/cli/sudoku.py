@@ -31,7 +31,7 @@ def sudoku(action: str, puzzle: str = "", model: str = "builtin:mdm-sudoku", nfe
         seed: random seed
         n: generate: number of puzzles
         generator: generate: A (the training generator, its test split) | B (the independent one)
-        level: generate: easy (naked + hidden singles solve it) | hard (unique, may need search)
+        level: generate: easy (naked + hidden singles solve it) | hard (unique, may need search) | search (unique, singles do not solve it)
         blanks: generate: blanks to aim for (fewer when the class cannot keep more)
         output: generate: the CSV file (columns puzzle,solution)
         force: generate: overwrite an existing output

@@ -54,7 +54,7 @@ class VMDSpec:
     stratified: bool = True       # low-discrepancy noise levels across the batch
     pool: int = 600               # sudoku: distinct training puzzles (each augmented on the fly)
     blanks: int = 54              # sudoku: blanks per generated puzzle
-    level: str = "easy"           # sudoku: easy (naked + hidden singles solve it) | hard (unique, may need search)
+    level: str = "easy"           # sudoku: easy (singles solve it) | hard (unique) | search (unique, singles do not solve it)
     eval_puzzles: int = 64        # sudoku: held-out puzzles at each evaluation
     corpus: str = "tinyshakespeare"   # text: corpus name or path
     seq_len: int = 64             # text: window length in characters

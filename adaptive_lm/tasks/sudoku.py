@@ -11,7 +11,8 @@ recipes, ``bench vmd-sudoku`` and ``adaptive-lm sudoku solve`` build on it (brie
 - ``generate(seed)`` — generator A: a random full grid (randomised DFS), then cells removed in a
   random order as long as singles still solve the puzzle, down to ``blanks`` blanks (or as far as
   it goes). Deterministic from the seed. ``level="hard"`` keeps only uniqueness instead, so the
-  puzzles may need search (``difficulty`` says how much).
+  puzzles may need search (``difficulty`` says how much; many still do not). ``level="search"``
+  draws "hard" puzzles until one that singles do NOT solve.
 - ``generate_symmetric(seed)`` — generator B, independent of A in every step: a full grid made
   by shuffling a canonical pattern and then mixing it with random row-swaps of digit pairs
   ("digit swap chains"), blanks removed in 180°-rotation-symmetric pairs, DFS-checked uniqueness.
@@ -206,22 +207,41 @@ def random_full_grid(rng: random.Random) -> str:
     return solve("." * 81, limit=1, rng=rng).solutions[0]
 
 
-LEVELS = ("easy", "hard")
+LEVELS = ("easy", "hard", "search")
+SEARCH_DRAWS = 200                 # level "search": "hard" puzzles drawn before giving up
 
 
 def keeps_class(grid: str, level: str) -> bool:
     """easy: naked + hidden singles solve it (so the solution is unique); hard: the solution is
-    unique, whatever technique it takes."""
+    unique, whatever technique it takes; search: unique, and singles alone do not solve it."""
     if level == "easy":
         return singles_solve(grid) is not None
     if level == "hard":
         return len(solve(grid, limit=2).solutions) == 1
+    if level == "search":
+        return keeps_class(grid, "hard") and singles_solve(grid) is None
     raise SudokuError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+
+
+def _needing_search(gen, seed: int, blanks: int, tag: str) -> tuple[str, str]:
+    """Level "search" of a generator: its "hard" removal, drawn again (from seeds of its own) until
+    singles do not solve the puzzle; a SudokuError after SEARCH_DRAWS draws (too few blanks)."""
+    for attempt in range(SEARCH_DRAWS):
+        puzzle, sol = gen(random.Random(f"{tag}search{seed}:{attempt}"), blanks, "hard")
+        if singles_solve(puzzle) is None:
+            return puzzle, sol
+    raise SudokuError(f"no puzzle with {blanks} blanks that needs more than singles in {SEARCH_DRAWS} draws: "
+                      "use more blanks")
 
 
 def generate(seed: int, blanks: int = 54, level: str = "easy") -> tuple[str, str]:
     """Generator A: (puzzle, solution); removal in random order while the puzzle keeps its class."""
-    rng = random.Random(f"A{seed}" if level == "easy" else f"A{level}{seed}")
+    if level == "search":
+        return _needing_search(_remove_a, seed, blanks, "A")
+    return _remove_a(random.Random(f"A{seed}" if level == "easy" else f"A{level}{seed}"), blanks, level)
+
+
+def _remove_a(rng: random.Random, blanks: int, level: str) -> tuple[str, str]:
     sol = random_full_grid(rng)
     cells = list(sol)
     for i in rng.sample(range(81), 81):
@@ -263,7 +283,12 @@ def _pattern_grid(rng: random.Random) -> list[int]:
 def generate_symmetric(seed: int, blanks: int = 54, level: str = "easy") -> tuple[str, str]:
     """Generator B: (puzzle, solution); 180°-symmetric removal with a DFS uniqueness check, kept
     only while the puzzle keeps its class (easy: singles solve it — generator A's class)."""
-    rng = random.Random(f"B{seed}" if level == "easy" else f"B{level}{seed}")
+    if level == "search":
+        return _needing_search(_remove_b, seed, blanks, "B")
+    return _remove_b(random.Random(f"B{seed}" if level == "easy" else f"B{level}{seed}"), blanks, level)
+
+
+def _remove_b(rng: random.Random, blanks: int, level: str) -> tuple[str, str]:
     sol = _grid(_pattern_grid(rng))
     cells = list(sol)
     for i in rng.sample(range(41), 41):

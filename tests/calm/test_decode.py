@@ -59,6 +59,14 @@ def _threshold_for_median_margin(model, prompts):
     return (float(conf.median()) - 0.1) / 0.9
 
 
+def _threshold_for_median_cosine(model, prompts):
+    """The same for the state measure: the median cosine between consecutive layers' states."""
+    x = torch.tensor([p[:3] for p in prompts])
+    hs = model(x, output_hidden_states=True).hidden_states
+    conf = torch.cat([torch.nn.functional.cosine_similarity(hs[i], hs[i - 1], dim=-1).flatten() for i in (1, 2, 3)])
+    return (float(conf.detach().median()) - 0.1) / 0.9
+
+
 @torch.no_grad()
 def reference_calm(model, prompt, cfg, n):
     """The slow obvious CALM at batch 1: no KV cache; every step re-runs the whole sequence layer
@@ -155,11 +163,14 @@ def test_recompute_with_sparse_exits_matches_slow_reference(untied_model, prompt
     assert any(d < 4 for _, depths in refs for d in depths)
 
 
-def test_recompute_batched_with_rows_stopping_at_eos_equals_one_at_a_time(untied_model, prompts):
+@pytest.mark.parametrize("measure,kv", [("margin", "recompute"), ("state", "recompute"), ("state", "propagate")])
+def test_batched_with_rows_stopping_at_eos_equals_one_at_a_time(untied_model, prompts, measure, kv):
     """Rows that stop early are fed padding and left out of the later windows; the rows still
-    running must decode exactly as they would alone."""
+    running must decode exactly as they would alone — tokens, exit layers and every step's logits
+    (with the state measure the decided rows' logits come from one unembed at the end of the step)."""
     m = untied_model
-    cfg = CalmConfig(measure="margin", threshold=_threshold_for_median_margin(m, prompts), tau=0.0, kv="recompute")
+    lam = (_threshold_for_median_margin if measure == "margin" else _threshold_for_median_cosine)(m, prompts)
+    cfg = CalmConfig(measure=measure, threshold=lam, tau=0.0, kv=kv)
     free = [_calm(m, [p], cfg)[0][0] for p in prompts]
     eos = next(t for row in free for k, t in enumerate(row) if 2 <= k < N - 2 and t not in row[:k])
 

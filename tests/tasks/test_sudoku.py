@@ -428,3 +428,18 @@ def test_pretty_layout():
     p = S.pretty(WIKI_P).split("\n")
     assert len(p) == 11 and p[0] == "5 3 . | . 7 . | . . ."
     assert all(len(line) == 21 for line in lines + p)
+
+
+@pytest.mark.parametrize("generator", ["A", "B"])
+def test_search_level_puzzles_are_unique_and_beyond_singles(generator, monkeypatch):
+    """level="search": every puzzle has one solution, keeps its givens, and singles alone do not
+    solve it; the easy and hard levels' puzzles are unchanged by the new level (their own streams)."""
+    pairs = S.puzzles(3, split="train", seed=4, blanks=54, level="search", generator=generator)
+    for p, s in pairs:
+        assert S.is_solution(s, p) and len(S.solve(p, limit=2).solutions) == 1
+        assert S.singles_solve(p) is None and S.keeps_class(p, "search")
+    gen = S.generate if generator == "A" else S.generate_symmetric
+    assert gen(4, 54, "hard") != gen(4, 54, "search") and gen(4, 54, "easy") == gen(4, 54)
+    monkeypatch.setattr(S, "SEARCH_DRAWS", 5)
+    with pytest.raises(S.SudokuError, match="use more blanks"):
+        gen(0, 20, "search")                                  # 20 blanks: singles always suffice

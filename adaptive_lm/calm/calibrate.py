@@ -53,6 +53,19 @@ def hb_pvalue(risk: float, n: int, delta: float) -> float:
     return min(hoeffding, bentkus, 1.0)
 
 
+def max_certifiable_risk(n: int, delta: float, epsilon: float) -> float:
+    """The largest empirical risk R̂ on n examples whose Hoeffding–Bentkus p-value is still ≤ ε:
+    the most a threshold may risk on the calibration set and be certified at δ (0 when even R̂ = 0
+    is not enough). p is non-decreasing in R̂, so bisection finds it (to 1e-6)."""
+    if hb_pvalue(0.0, n, delta) > epsilon:
+        return 0.0
+    lo, hi = 0.0, delta
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if hb_pvalue(mid, n, delta) <= epsilon else (lo, mid)
+    return lo
+
+
 def fixed_sequence_test(thresholds: Sequence[float], risk_of: Callable[[float], float], *, n: int,
                         delta: float, epsilon: float, on_test: Optional[Callable] = None) -> Optional[float]:
     """Walk the candidates from the most conservative down; return the last λ whose null was

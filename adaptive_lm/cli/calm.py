@@ -112,7 +112,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
         out: where to write calm.json (default: inside the model folder)
     """
-    from ..calm.calibrate import DISTANCES
+    from ..calm.calibrate import DISTANCES, max_certifiable_risk
     from ..calm.decode import KV_MODES, CalmConfig
     from ..calm.runtime import (CALM_FILE, calibrate_threshold, calibration_prompts, save_calm, trained_corpus,
                                 trained_exit_every)
@@ -168,9 +168,14 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     res = calibrate_threshold(m, prompts, delta=delta, epsilon=epsilon, pad_id=pad_id_of(tok), eos_id=tok.eos_id,
                               base=CalmConfig(measure=measure, tau=tau, every=every, kv=kv), distance=distance,
                               max_new_tokens=max_new_tokens, batch_size=batch_size, on_test=show, classifier=clf)
+    room = max_certifiable_risk(n, delta, epsilon)             # the most a certified λ may risk on these prompts
     if res["threshold"] is None or res["threshold"] >= 1.0:
         raise AdaptiveLMError(f"no threshold below 1.0 can be certified at delta={delta}, epsilon={epsilon} "
-                              f"with {n} prompts (try a larger --delta or --n); nothing written")
+                              f"with {n} prompts (they certify an empirical risk up to {room:.3f}; try a larger "
+                              f"--delta or --n); nothing written")
+    if room < delta / 2:
+        print(f"note: with {n} prompts only an empirical risk up to {room:.3f} certifies at δ={delta}; "
+              f"more prompts (--n) can certify a lower threshold", file=sys.stderr)
     path = save_calm(target, res)
     print(json.dumps({"threshold": res["threshold"], "measure": measure, "kv": kv, "delta": delta, "epsilon": epsilon,
                       "written": str(path)}))

@@ -56,3 +56,13 @@ def test_dissimilarities():
     assert C.rouge_l_distance([1], [2]) == 1.0
     assert C.risk_consistency([1, 2], [1, 2, 3], [1, 2, 3]) > 0
     assert C.risk_consistency([1, 2, 3], [1, 2], [1, 2, 3]) == 0.0  # early better than full: no risk
+
+
+@pytest.mark.parametrize("n", [64, 512])
+def test_max_certifiable_risk_is_the_edge_of_the_bound(n):
+    """Just below it the HB p-value is <= ε, just above it > ε; more examples leave more room."""
+    r = C.max_certifiable_risk(n, 0.1, 0.05)
+    assert 0 < r < 0.1
+    assert C.hb_pvalue(r, n, 0.1) <= 0.05 < C.hb_pvalue(r + 1e-4, n, 0.1)
+    assert C.max_certifiable_risk(4 * n, 0.1, 0.05) > r
+    assert C.max_certifiable_risk(5, 0.1, 0.05) == 0.0                 # 5 examples: nothing certifies at δ 0.1

@@ -199,3 +199,19 @@ def test_timed_decode_separates_the_prompt_pass(calm_ckpt):
     total, decode = timed_decode(m, [[1, 2, 3]] * 2, lambda: slow_prompt, batch_size=1, max_new_tokens=3, pad_id=tok.pad_id)
     assert total - decode >= 2 * 0.05                                 # two batches, each prompt pass slept once
     assert decode >= 2 * 2 * 0.01                                     # ... and 2 decode steps each (3 tokens, the first from the prompt)
+
+
+def test_bench_calm_targets_summary():
+    """Only δ = 0.1 rows whose test risk is within δ count; the best setting per batch size, and
+    whether one setting meets both targets."""
+    from adaptive_lm.bench.calm import targets
+
+    def row(measure, b1, b8, risk=0.05, delta=0.1):
+        return {"measure": measure, "kv": "recompute", "delta": delta, "risk": risk, "speedup_b1": b1, "speedup_b8": b8}
+    rows = [row("margin", 3.0, 1.5), row("state", 2.0, 2.2), row("top1", 4.0, 4.0, risk=0.2), row("x", 9, 9, delta=0.2)]
+    t = targets(rows)
+    assert t["best_b1"] == {"setting": "margin/recompute", "speedup": 3.0}
+    assert t["best_b8"] == {"setting": "state/recompute", "speedup": 2.2}
+    assert t["b1_met"] and t["b8_met"] and not t["both_met_by_one_setting"]
+    assert targets(rows + [row("classifier", 2.6, 2.1)])["both_met_by_one_setting"]
+    assert targets([row("margin", 3.0, 3.0, delta=0.2)]) == {}

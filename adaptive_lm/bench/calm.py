@@ -40,7 +40,7 @@ class CalmBenchOptions:
     models: str = "builtin:calm-pydocs"  # comma-separated causal LMs: checkpoints, builtin:NAME, hf:FOLDER, gguf:FILE, smollm2
     deltas: str = "0.05,0.1,0.2"         # consistency tolerances δ
     epsilon: float = 0.05                # failure probability ε of the guarantee
-    measures: str = "margin,top1,state,classifier"   # confidence measures (classifier: if the checkpoint has one)
+    measures: str = "margin,top1,state,classifier,static"  # confidence measures (classifier: if the checkpoint has one; static: the fixed-layer baseline)
     kvs: str = "propagate,recompute"     # skipped layers' K/V policies: propagate (the paper), recompute (exact, later)
     distance: str = "mismatch"           # mismatch (token mismatch rate) or rouge (1 - ROUGE-L)
     n_cal: int = 512                     # calibration prompts (valid split; 64 certify only a risk up to 0.023 at δ 0.1)

@@ -27,7 +27,9 @@ decided (its upper K/V then come out exact too, and a small model's layer costs 
 all rows as for a subset).
 
 Measures: ``margin`` (softmax top-1 − top-2, the paper's default), ``top1``, ``state`` (cosine
-between h_i and h_{i−1}, per example), ``classifier`` (the trained exit classifier), and
+between h_i and h_{i−1}, per example), ``classifier`` (the trained exit classifier), ``static``
+(the baseline the paper compares with: every token exits at the same layer k = ⌈λ·L⌉, no
+confidence computed; λ_t is not used; calibrated like the others, over λ = k/L), and
 ``oracle`` — the floor: the full model runs and the token is marked as exiting at the first layer
 whose argmax equals the top layer's (tokens and cache are the full model's; a measurement, not
 a speed-up).
@@ -45,7 +47,7 @@ import torch.nn.functional as F
 from ..confidence import margin, top1
 from .exits import ExitClassifier, exit_layers
 
-MEASURES = ("margin", "top1", "state", "classifier", "oracle")
+MEASURES = ("margin", "top1", "state", "classifier", "static", "oracle")
 KV_MODES = ("propagate", "recompute")
 
 
@@ -59,7 +61,7 @@ class CalmConfig:
     """How CALM decodes (module docstring): the confidence measure compared after each exit layer
     with the decaying threshold λ_t (``threshold_at``), where exits are tried, and how skipped layers
     get their K/V. ``threshold`` is usually the certified λ of ``calibrate`` (calm.json)."""
-    measure: str = "margin"        # confidence measure: margin, top1, state, classifier, oracle
+    measure: str = "margin"        # confidence measure: margin, top1, state, classifier, static (exit at ⌈λ·L⌉), oracle
     threshold: float = 1.0         # λ; >= 1 never exits (the plain model)
     tau: float = 4.0               # decay temperature τ of λ_t; 0 = constant threshold
     decay: str = "paper"           # paper or reference formula for λ_t
@@ -93,6 +95,11 @@ def threshold_at(cfg: CalmConfig, t: int, n: int) -> float:
     if cfg.decay == "reference":
         return 0.9 * lam + lam * e / 10
     raise ValueError(f"decay must be paper or reference, not {cfg.decay!r}")
+
+
+def static_layer(threshold: float, n_layer: int) -> int:
+    """The exit layer of measure ``static`` for λ: ⌈λ·L⌉, at least 1 (λ = k/L gives layer k)."""
+    return max(1, min(n_layer, math.ceil(threshold * n_layer - 1e-9)))
 
 
 @dataclass
@@ -184,6 +191,7 @@ class CalmStep:
         h, sub = (h_all, ctx) if len(rows) == B else (h_all[rows], ctx.select(torch.tensor(rows, dtype=torch.long, device=h_all.device)))
         exits = set(exit_layers(L, self.cfg.every))
         lam32 = _as_float32(lam)                      # compared as torch compares a float32 score with λ
+        static = static_layer(self.cfg.threshold, L) if self.cfg.measure == "static" else 0
         open_ = [True] * len(rows)                    # per running row: is its token still undecided?
         late_rows, late_h = [], []                    # decided rows whose logits are not computed yet: one unembed at the end
         for i in range(1, L + 1):
@@ -207,8 +215,11 @@ class CalmStep:
                 break
             if i not in exits or i < self.cfg.min_layer or lam == math.inf:
                 continue
-            conf, logits = self._confidence(m, i, h[:, -1], prev[:, -1] if self.cfg.measure == "state" else None)
-            go = [o and c >= lam32 for o, c in zip(open_, conf.tolist())]
+            if static:
+                go, logits = [o and i >= static for o in open_], None
+            else:
+                conf, logits = self._confidence(m, i, h[:, -1], prev[:, -1] if self.cfg.measure == "state" else None)
+                go = [o and c >= lam32 for o, c in zip(open_, conf.tolist())]
             if not any(go):
                 continue
             g = [j for j, x in enumerate(go) if x]

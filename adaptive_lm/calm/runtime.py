@@ -94,6 +94,9 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
         if on_test is not None:
             on_test(tests[-1])
 
+    if base.measure == "static" and candidates is DEFAULT_CANDIDATES:      # one candidate per exit layer: λ = k/L
+        L = model.config.n_layer
+        candidates = tuple(k / L for k in range(L, 0, -1))
     lam = fixed_sequence_test(candidates, risk_of, n=len(prompts), delta=delta, epsilon=epsilon, on_test=record)
     return {"threshold": lam, "tests": tests, "n": len(prompts), "delta": delta, "epsilon": epsilon,
             "distance": distance, "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every,

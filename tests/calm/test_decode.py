@@ -294,3 +294,31 @@ def test_calm_config_refuses_what_is_not_a_setting():
         with pytest.raises(ValueError, match=next(iter(bad))):
             CalmConfig(**bad)
     assert CalmConfig(threshold=-0.1).threshold == -0.1                 # the paper's λ_t clips it to [0, 1]
+
+
+@torch.no_grad()
+def test_static_exit_equals_the_model_read_at_that_layer(untied_model, prompts):
+    """measure="static", λ = k/L: every generated token but the first (the full-depth prompt pass)
+    exits at layer k; with kv=recompute the tokens equal a slow reference that runs the whole
+    sequence at full depth and reads layer k's state of the last position."""
+    m = untied_model
+    for k in (1, 3):
+        out, layers = _calm(m, prompts, CalmConfig(measure="static", threshold=k / 4, kv="recompute"))
+        assert all(row[0] == 4 and set(row[1:]) == {k} for row in layers)
+        for p, got in zip(prompts, out):
+            seq = list(p)
+            for t in range(N):
+                hs = m(torch.tensor([seq]), output_hidden_states=True).hidden_states
+                seq.append(int(m.unembed(hs[4 if t == 0 else k][:, -1]).argmax(-1)))
+            assert got == seq[len(p):]
+    never, _ = _calm(m, prompts, CalmConfig(measure="static", threshold=1.0))
+    assert never == _calm(m, prompts, CalmConfig(threshold=1.0))[0]          # λ = 1: the plain model
+
+
+def test_static_calibration_tries_one_threshold_per_layer(untied_model, prompts):
+    """Learn-then-Test for measure="static" walks λ = L/L, (L−1)/L, … 1/L (one per exit layer)."""
+    from adaptive_lm.calm.runtime import calibrate_threshold
+    res = calibrate_threshold(untied_model, prompts * 8, delta=0.9, epsilon=0.5, pad_id=PAD,
+                              base=CalmConfig(measure="static", kv="recompute"), max_new_tokens=4)
+    tried = [t["threshold"] for t in res["tests"]]
+    assert tried == [1.0, 0.75, 0.5, 0.25][:len(tried)] and res["threshold"] in tried

@@ -72,6 +72,24 @@ def test_calibrate_refuses_when_nothing_can_be_certified(calm_ckpt):
     assert rc == 1 and "Traceback" not in se
     assert "no threshold below 1.0 can be certified" in se.strip().splitlines()[-1]
     assert not (calm_ckpt / "calm.json").exists()
+    assert "not even a risk of 0 certifies" in se                       # 8 prompts at δ 0.01: no room at all
+
+
+def test_calibrate_and_generate_the_static_baseline(calm_ckpt, tmp_path):
+    """--measure static: calibrated over one λ per exit layer (k/L), then used by generate; without
+    a certified calm.json generate asks for --threshold instead of running the full model silently."""
+    out = tmp_path / "calm.json"
+    rc, so, se = run("calibrate", str(calm_ckpt), "--measure", "static", "--delta", "0.5", "--n", "40",
+                     "--prompt-len", "8", "--max-new-tokens", "6", "--split", "train", "--kv", "recompute", "--out", str(out))
+    assert rc == 0, se
+    res = json.loads(out.read_text())
+    assert res["measure"] == "static" and [t["threshold"] for t in res["tests"]] == [1.0, 0.75, 0.5, 0.25][:len(res["tests"])]
+    base = ("generate", str(calm_ckpt), "--method", "calm", "--prompt", "All", "--max-new-tokens", "4", "--measure", "static")
+    rc, so, se = run(*base, "--calm", str(out))
+    stats = json.loads(se.strip().splitlines()[-1])
+    assert rc == 0 and stats["threshold"] == res["threshold"] and stats["measure"] == "static"
+    rc, so, se = run(*base)
+    assert_one_line_error(rc, se, 2, "--measure static needs --threshold")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -206,12 +224,14 @@ def test_bench_calm_targets_summary():
     whether one setting meets both targets."""
     from adaptive_lm.bench.calm import targets
 
-    def row(measure, b1, b8, risk=0.05, delta=0.1):
-        return {"measure": measure, "kv": "recompute", "delta": delta, "risk": risk, "speedup_b1": b1, "speedup_b8": b8}
-    rows = [row("margin", 3.0, 1.5), row("state", 2.0, 2.2), row("top1", 4.0, 4.0, risk=0.2), row("x", 9, 9, delta=0.2)]
+    def row(measure, b1, b8, risk=0.05, delta=0.1, threshold=0.5):
+        return {"measure": measure, "kv": "recompute", "delta": delta, "risk": risk, "threshold": threshold,
+                "speedup_b1": b1, "speedup_b8": b8}
+    rows = [row("margin", 3.0, 1.5), row("state", 2.0, 2.2), row("top1", 4.0, 4.0, risk=0.2), row("x", 9, 9, delta=0.2),
+            row("classifier", 1.0, 1.0, risk=0.0, threshold=1.0)]              # nothing certified: not a setting
     t = targets(rows)
     assert t["best_b1"] == {"setting": "margin/recompute", "speedup": 3.0}
     assert t["best_b8"] == {"setting": "state/recompute", "speedup": 2.2}
     assert t["b1_met"] and t["b8_met"] and not t["both_met_by_one_setting"]
     assert targets(rows + [row("classifier", 2.6, 2.1)])["both_met_by_one_setting"]
-    assert targets([row("margin", 3.0, 3.0, delta=0.2)]) == {}
+    assert targets([row("margin", 3.0, 3.0, delta=0.2)]) == {} == targets([row("state", 1.0, 1.0, threshold=1.0)])

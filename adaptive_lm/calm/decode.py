@@ -28,8 +28,9 @@ all rows as for a subset).
 
 Measures: ``margin`` (softmax top-1 − top-2, the paper's default), ``top1``, ``state`` (cosine
 between h_i and h_{i−1}, per example), ``classifier`` (the trained exit classifier), ``static``
-(the baseline the paper compares with: every token exits at the same layer k = ⌈λ·L⌉, no
-confidence computed; λ_t is not used; calibrated like the others, over λ = k/L), and
+(the baseline the paper compares with: every token exits at the same layer, the first exit layer
+at or above max(⌈λ·L⌉, min_layer), no confidence computed; the decay λ_t is not used; calibrated
+like the others, over λ = k/L for the exit layers k), and
 ``oracle`` — the floor: the full model runs and the token is marked as exiting at the first layer
 whose argmax equals the top layer's (tokens and cache are the full model's; a measurement, not
 a speed-up).

@@ -21,6 +21,7 @@ from ..lm import generate
 from ..model import model_device
 from .calibrate import DISTANCES, fixed_sequence_test
 from .decode import KV_MODES, MEASURES, CalmConfig, CalmStep, ExitRecord
+from .exits import exit_layers
 
 CALM_FILE = "calm.json"
 CLASSIFIER_FILE = "exit_classifier.safetensors"
@@ -54,9 +55,16 @@ def calibration_prompts(tok, text: str, *, n: int, prompt_len: int, seed: int = 
     return [ids[s:s + prompt_len] for s in starts]
 
 
+def static_candidates(n_layer: int, cfg: CalmConfig) -> tuple[float, ...]:
+    """Measure "static": 1 (the full model), then λ = k/L for each exit layer k below the top that
+    the config lets a token leave at (k >= min_layer), deepest first — one candidate per depth."""
+    ks = [k for k in exit_layers(n_layer, cfg.every)[:-1] if k >= cfg.min_layer]
+    return (1.0,) + tuple(k / n_layer for k in reversed(ks))
+
+
 def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilon: float, pad_id: int,
                         eos_id: Optional[int] = None, base: CalmConfig = CalmConfig(), distance: str = "mismatch",
-                        candidates: Sequence[float] = DEFAULT_CANDIDATES, max_new_tokens: int = 32,
+                        candidates: Optional[Sequence[float]] = None, max_new_tokens: int = 32,
                         classifier=None, batch_size: int = 8, references: Optional[list[list[int]]] = None,
                         on_test: Optional[Callable] = None, memo: Optional[dict] = None) -> dict:
     """Learn-then-Test over descending thresholds (module docstring). With ``references`` the risk
@@ -94,9 +102,8 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
         if on_test is not None:
             on_test(tests[-1])
 
-    if base.measure == "static" and candidates is DEFAULT_CANDIDATES:      # one candidate per exit layer: λ = k/L
-        L = model.config.n_layer
-        candidates = tuple(k / L for k in range(L, 0, -1))
+    if candidates is None:
+        candidates = static_candidates(model.config.n_layer, base) if base.measure == "static" else DEFAULT_CANDIDATES
     lam = fixed_sequence_test(candidates, risk_of, n=len(prompts), delta=delta, epsilon=epsilon, on_test=record)
     return {"threshold": lam, "tests": tests, "n": len(prompts), "delta": delta, "epsilon": epsilon,
             "distance": distance, "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every,

@@ -36,13 +36,16 @@ def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_
     trained_every = trained_exit_every(model)
     measure = measure or stored.get("measure") or "margin"
     if measure not in MEASURES or measure == "oracle":
-        raise UsageError(f"--measure must be one of margin, top1, state, classifier, not {measure!r}")
+        raise UsageError(f"--measure must be one of margin, top1, state, classifier, static, not {measure!r}")
     kv = kv or stored.get("kv") or "propagate"
     if kv not in KV_MODES:
         raise UsageError(f"--kv must be one of {', '.join(KV_MODES)}, not {kv!r}")
     if threshold is None:
         certified = stored.get("threshold") is not None and stored.get("measure") == measure \
             and stored.get("kv", "propagate") == kv
+        if not certified and measure == "static":
+            raise UsageError("--measure static needs --threshold (λ = k/L exits at layer k) or a calm.json "
+                             "certified for it (`adaptive-lm calibrate MODEL --measure static`)")
         threshold = stored["threshold"] if certified else 0.9
     if not 0 <= threshold <= 1:
         raise UsageError(f"--threshold must be in [0, 1], not {threshold}")
@@ -98,7 +101,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         model: causal LM checkpoint folder, or hf:FOLDER, gguf:FILE, smollm2 (these and builtin:NAME need --out)
         delta: tolerated mean dissimilarity between early-exit and full-model outputs
         epsilon: allowed probability that the guarantee fails
-        measure: confidence measure: margin, top1, state, classifier (needs `calm-classifier` first)
+        measure: confidence measure: margin, top1, state, classifier (needs `calm-classifier` first), static (the fixed-layer baseline)
         distance: dissimilarity: mismatch (token mismatch rate) or rouge (1 - ROUGE-L)
         n: calibration prompts
         prompt_len: tokens per calibration prompt
@@ -120,8 +123,8 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     from ..data import read_text
     if not 0 < delta < 1 or not 0 < epsilon < 1:
         raise UsageError("--delta and --epsilon must be in (0, 1)")
-    if measure not in ("margin", "top1", "state", "classifier"):
-        raise UsageError(f"--measure must be margin, top1, state or classifier, not {measure!r}")
+    if measure not in ("margin", "top1", "state", "classifier", "static"):
+        raise UsageError(f"--measure must be margin, top1, state, classifier or static, not {measure!r}")
     if distance not in DISTANCES:
         raise UsageError(f"--distance must be one of {', '.join(sorted(DISTANCES))}, not {distance!r}")
     if n < 1 or prompt_len < 1 or max_new_tokens < 1 or batch_size < 1:
@@ -170,12 +173,13 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
                               max_new_tokens=max_new_tokens, batch_size=batch_size, on_test=show, classifier=clf)
     room = max_certifiable_risk(n, delta, epsilon)             # the most a certified λ may risk on these prompts
     if res["threshold"] is None or res["threshold"] >= 1.0:
-        raise AdaptiveLMError(f"no threshold below 1.0 can be certified at delta={delta}, epsilon={epsilon} "
-                              f"with {n} prompts (they certify an empirical risk up to {room:.3f}; try a larger "
+        why = (f"with {n} prompts not even a risk of 0 certifies at ε={epsilon}" if room == 0 else
+               f"with {n} prompts only an empirical risk up to {room:.3f} certifies at ε={epsilon}")
+        raise AdaptiveLMError(f"no threshold below 1.0 can be certified at delta={delta} ({why}; try a larger "
                               f"--delta or --n); nothing written")
     if room < delta / 2:
-        print(f"note: with {n} prompts only an empirical risk up to {room:.3f} certifies at δ={delta}; "
-              f"more prompts (--n) can certify a lower threshold", file=sys.stderr)
+        print(f"note: with {n} prompts only an empirical risk up to {room:.3f} certifies at δ={delta}, ε={epsilon}; "
+              f"more prompts (--n) may certify a lower threshold", file=sys.stderr)
     path = save_calm(target, res)
     print(json.dumps({"threshold": res["threshold"], "measure": measure, "kv": kv, "delta": delta, "epsilon": epsilon,
                       "written": str(path)}))

@@ -322,3 +322,5 @@ def test_static_calibration_tries_one_threshold_per_layer(untied_model, prompts)
                               base=CalmConfig(measure="static", kv="recompute"), max_new_tokens=4)
     tried = [t["threshold"] for t in res["tests"]]
     assert tried == [1.0, 0.75, 0.5, 0.25][:len(tried)] and res["threshold"] in tried
+    from adaptive_lm.calm.runtime import static_candidates
+    assert static_candidates(8, CalmConfig(every=3, min_layer=4)) == (1.0, 6 / 8)   # exit layers 3 and 6; 3 < min_layer

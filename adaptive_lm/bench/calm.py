@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..calm.calibrate import DISTANCES
-from ..calm.decode import KV_MODES, MEASURES, CalmConfig, CalmStep
+from ..calm.decode import EXIT_MEASURES, KV_MODES, CalmConfig, CalmStep
 from ..calm.runtime import (calibrate_threshold, calibration_prompts, calm_generate, load_classifier, trained_corpus,
                              trained_exit_every)
 from ..checkpoint import resolve
@@ -100,7 +100,7 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
         raise UsageError("epsilon must be in (0, 1)")
     if o.distance not in DISTANCES:
         raise UsageError(f"distance must be one of {sorted(DISTANCES)}")
-    measures = name_list("measures", o.measures, [m for m in MEASURES if m != "oracle"])
+    measures = name_list("measures", o.measures, EXIT_MEASURES)
     kvs = name_list("kvs", o.kvs, KV_MODES)
     names = [x.strip() for x in o.models.split(",") if x.strip()]
     if not names:

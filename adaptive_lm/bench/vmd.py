@@ -120,14 +120,14 @@ def bench_vmd_sudoku(seed: int, o: VMDSudokuOptions) -> dict:
     device = bench_device(o.device)
     if not o.puzzles and o.level not in S.LEVELS:
         raise UsageError(f"level must be one of {', '.join(S.LEVELS)}, not {o.level!r}")
+    if not o.puzzles and o.generator not in ("A", "B"):
+        raise UsageError(f"generator must be A or B, not {o.generator!r}")
     if not o.temperature >= 0:
         raise UsageError(f"temperature must be >= 0, not {o.temperature}")
     nets = {label: load_sudoku_model(path, what=f"{label.lower()}={path}")            # bad models fail first
             for label, path in (("MDM", o.mdm), ("VMD", o.vmd))}
     for model, _ in nets.values():
         model.to(device)
-    if not o.puzzles and o.generator not in ("A", "B"):
-        raise UsageError(f"generator must be A or B, not {o.generator!r}")
     if o.puzzles:
         pairs, source = S.read_csv(o.puzzles), o.puzzles
     else:

@@ -49,6 +49,7 @@ from ..confidence import margin, top1
 from .exits import ExitClassifier, exit_layers
 
 MEASURES = ("margin", "top1", "state", "classifier", "static", "oracle")
+EXIT_MEASURES = MEASURES[:-1]           # those that decide exits (and can be calibrated): all but the oracle
 KV_MODES = ("propagate", "recompute")
 
 

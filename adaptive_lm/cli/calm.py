@@ -23,7 +23,7 @@ def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_
     """(CalmConfig, exit classifier or None) from the flags, falling back on the calm.json given or
     in the model folder, then on the defaults. The stored threshold is used only for the measure
     and K/V policy it was certified with."""
-    from ..calm.decode import KV_MODES, MEASURES
+    from ..calm.decode import EXIT_MEASURES, KV_MODES
     from ..calm.runtime import check_calm, config_from_calm, load_calm, trained_exit_every
     from ..checkpoint import resolve
     from ..hf_causal import is_hf_spec
@@ -35,8 +35,8 @@ def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_
     stored = check_calm(stored, f"--calm {calm_file}" if calm_file else f"{folder}/calm.json")
     trained_every = trained_exit_every(model)
     measure = measure or stored.get("measure") or "margin"
-    if measure not in MEASURES or measure == "oracle":
-        raise UsageError(f"--measure must be one of margin, top1, state, classifier, static, not {measure!r}")
+    if measure not in EXIT_MEASURES:
+        raise UsageError(f"--measure must be one of {', '.join(EXIT_MEASURES)}, not {measure!r}")
     kv = kv or stored.get("kv") or "propagate"
     if kv not in KV_MODES:
         raise UsageError(f"--kv must be one of {', '.join(KV_MODES)}, not {kv!r}")
@@ -116,15 +116,15 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         out: where to write calm.json (default: inside the model folder)
     """
     from ..calm.calibrate import DISTANCES, max_certifiable_risk
-    from ..calm.decode import KV_MODES, CalmConfig
+    from ..calm.decode import EXIT_MEASURES, KV_MODES, CalmConfig
     from ..calm.runtime import (CALM_FILE, calibrate_threshold, calibration_prompts, save_calm, trained_corpus,
                                 trained_exit_every)
     from ..checkpoint import resolve
     from ..data import read_text
     if not 0 < delta < 1 or not 0 < epsilon < 1:
         raise UsageError("--delta and --epsilon must be in (0, 1)")
-    if measure not in ("margin", "top1", "state", "classifier", "static"):
-        raise UsageError(f"--measure must be margin, top1, state, classifier or static, not {measure!r}")
+    if measure not in EXIT_MEASURES:
+        raise UsageError(f"--measure must be one of {', '.join(EXIT_MEASURES)}, not {measure!r}")
     if distance not in DISTANCES:
         raise UsageError(f"--distance must be one of {', '.join(sorted(DISTANCES))}, not {distance!r}")
     if n < 1 or prompt_len < 1 or max_new_tokens < 1 or batch_size < 1:

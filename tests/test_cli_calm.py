@@ -46,7 +46,26 @@ def test_calibrate_certifies_and_writes_calm_json(calm_ckpt, tmp_path):
     tested = [t["threshold"] for t in res["tests"]]
     assert tested[0] == 1.0 and tested == sorted(tested, reverse=True)
     assert all(t["p_value"] <= 0.05 for t in res["tests"] if t["threshold"] >= res["threshold"])
-    assert res["kv"] == "propagate"
+    assert res["kv"] == "propagate" and res["consistency"] == "textual"
+
+
+def test_calibrate_risk_consistency_records_it_and_certifies_no_higher(calm_ckpt, tmp_path):
+    """--consistency risk: references are the corpus' continuations; calm.json says so, and with
+    equal-length outputs (no EOS in this vocabulary) the certified λ is no higher than textual's."""
+    lam = {}
+    for kind in ("textual", "risk"):
+        out = tmp_path / f"{kind}.json"
+        rc, so, se = run("calibrate", str(calm_ckpt), "--measure", "static", "--delta", "0.3", "--n", "40",
+                         "--prompt-len", "8", "--max-new-tokens", "6", "--split", "train", "--kv", "recompute",
+                         "--consistency", kind, "--out", str(out))
+        assert rc == 0, se
+        res = json.loads(out.read_text())
+        assert res["consistency"] == kind and json.loads(so)["consistency"] == kind
+        lam[kind] = res["threshold"]
+    assert lam["risk"] <= lam["textual"]
+    rc, so, se = run("generate", str(calm_ckpt), "--method", "calm", "--prompt", "All", "--max-new-tokens", "4",
+                     "--measure", "static", "--calm", str(tmp_path / "risk.json"))
+    assert rc == 0 and json.loads(se.strip().splitlines()[-1])["threshold"] == lam["risk"]
 
 
 def test_calibrate_recompute_then_generate_uses_it_only_with_the_same_policy(calm_ckpt, tmp_path):
@@ -100,6 +119,7 @@ def test_calibrate_and_generate_the_static_baseline(calm_ckpt, tmp_path):
     (["generate", "CK", "--method", "calm", "--threshold", "2", "--prompt", "a"], ["--threshold"]),
     (["generate", "CK", "--method", "calm", "--kv", "copy", "--prompt", "a"], ["--kv"]),
     (["calibrate", "CK", "--kv", "copy"], ["--kv"]),
+    (["calibrate", "CK", "--consistency", "semantic"], ["--consistency"]),
     (["calibrate", "CK", "--measure", "classifier"], ["calm-classifier"]),
 ])
 def test_bad_calm_input_is_one_line(calm_ckpt, args, words):
@@ -135,9 +155,12 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
     assert min(speeds[f"full{k}_tokens_per_s_b{b}"] for k in ("", "_decode") for b in (1, 8)) > 0
     assert {(r["measure"], r["kv"]) for r in res["rows"]} == {(m, k) for m in ("margin", "state")
                                                               for k in ("propagate", "recompute")}
+    assert 0 <= speeds["full_reference_distance"] <= 1
+    assert set(speeds["targets"]) == {"textual"}                         # the default guarantee only
     for r in res["rows"]:
-        assert set(r) == {"model", "delta", "measure", "kv", "threshold", "avg_layers", "oracle_layers", "risk",
-                          "consistency", "speedup_b1", "speedup_b8", "speedup_b1_e2e", "speedup_b8_e2e"}
+        assert set(r) == {"model", "guarantee", "delta", "measure", "kv", "threshold", "avg_layers", "oracle_layers",
+                          "risk", "consistency", "speedup_b1", "speedup_b8", "speedup_b1_e2e", "speedup_b8_e2e"}
+        assert r["guarantee"] == "textual"
         assert 1 <= r["oracle_layers"] <= 4 and 1 <= r["avg_layers"] <= 4
         assert 0 <= r["consistency"] <= 1 and min(r[k] for k in r if k.startswith("speedup")) > 0
         assert abs(r["risk"] + r["consistency"] - 1) < 1e-9                # risk: what Learn-then-Test bounds by δ
@@ -145,6 +168,26 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
             assert r["avg_layers"] == 4 and r["consistency"] == 1
     rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "n_cal=0")
     assert_one_line_error(rc, se, 2, "n_cal")
+    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "consistency=textual,semantic")
+    assert_one_line_error(rc, se, 2, "consistency")
+
+
+def test_bench_calm_risk_consistency_rows(calm_ckpt, tmp_path):
+    """consistency=textual,risk: one row per guarantee; a risk row's test risk is at most its mismatch
+    to the full model (the mismatch rate is a metric on these equal-length outputs), rows that
+    certify the same λ share one decode and one timing, and targets are read per guarantee."""
+    out = tmp_path / "r.json"
+    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "n_cal=40", "n_test=8", "prompt_len=8",
+                     "max_new_tokens=6", "timing_prompts=8", "deltas=0.3", "measures=static", "kvs=recompute",
+                     "consistency=textual,risk", "--json", str(out))
+    assert rc == 0, se
+    res = json.loads(out.read_text())
+    textual, risk = res["rows"]
+    assert (textual["guarantee"], risk["guarantee"]) == ("textual", "risk")
+    assert risk["risk"] <= risk["textual_risk"] + 1e-9 and risk["threshold"] <= textual["threshold"]
+    if risk["threshold"] == textual["threshold"]:
+        assert risk["textual_risk"] == textual["risk"] and risk["speedup_b1"] == textual["speedup_b1"]
+    assert set(res["models"][str(calm_ckpt)]["targets"]) <= {"textual", "risk"}
     rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "max_new_tokens=1")
     assert_one_line_error(rc, se, 2, "max_new_tokens >= 2")
     rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "kvs=copy")

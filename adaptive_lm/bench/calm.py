@@ -5,15 +5,19 @@ propagation, and recomputing them exactly when a later token reaches that layer)
 calibration prompts (the corpus' valid split); then, on test prompts (the test split, never used
 in calibration), the early-exit decode is compared with the full model: average layers per token,
 the oracle's (exit at the first layer whose argmax equals the top layer's — the floor), the
-risk achieved (the mean dissimilarity to the full model's output: token mismatch rate or
-1 − ROUGE-L — the quantity certified ≤ δ) and the consistency (1 − risk), and the wall-clock decode speed of CALM over the same model at full depth with
+risk achieved (the quantity certified ≤ δ) and the consistency (1 − risk), and the wall-clock
+decode speed of CALM over the same model at full depth with
 its KV cache, greedy, at batch 1 and batch 8 (median of 3 interleaved timings after a warm-up;
 for a Hugging Face model both sides run through our adapter). ``speedup_b*`` times the decode
 steps alone: the prompt pass (prefill) is the same full-depth work on both sides and decodes
 nothing but the first token. ``speedup_b*_e2e`` includes it (the only figure before 2026-12-04).
 avg_layers counts every generated token, the first one (from the full-depth prompt
 pass) included. A row whose δ certifies nothing below λ = 1 is the full model.
-``models[NAME].targets`` reads issue 5's targets off the δ = 0.1 rows (``targets``).
+The risk (``consistency=``, the row's ``guarantee``): textual, the mean dissimilarity D to the full
+model's output (token mismatch rate or 1 − ROUGE-L); or risk, the mean max(0, D(Y_early, Z) −
+D(Y_full, Z)) with Z each prompt's own continuation in the corpus (CALM's risk consistency; such
+a row also reports ``textual_risk``). ``models[NAME].targets[GUARANTEE]`` reads issue 5's targets
+off that guarantee's δ = 0.1 rows (``targets``).
 """
 from __future__ import annotations
 
@@ -23,10 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calm.calibrate import DISTANCES
+from ..calm.calibrate import DISTANCES, mean_risk
 from ..calm.decode import EXIT_MEASURES, KV_MODES, CalmConfig, CalmStep
-from ..calm.runtime import (calibrate_threshold, calibration_prompts, calm_generate, load_classifier, trained_corpus,
-                             trained_exit_every)
+from ..calm.runtime import (CONSISTENCIES, calibrate_threshold, calm_generate, load_classifier, prompts_and_references,
+                             trained_corpus, trained_exit_every)
 from ..checkpoint import resolve
 from ..data import read_text
 from ..errors import UsageError
@@ -43,6 +47,7 @@ class CalmBenchOptions:
     measures: str = "margin,top1,state,classifier,static"  # confidence measures (classifier: if the checkpoint has one; static: the fixed-layer baseline)
     kvs: str = "propagate,recompute"     # skipped layers' K/V policies: propagate (the paper), recompute (exact, later)
     distance: str = "mismatch"           # mismatch (token mismatch rate) or rouge (1 - ROUGE-L)
+    consistency: str = "textual"         # comma-separated guarantees: textual (vs the full model's output), risk (vs the text's continuation)
     n_cal: int = 512                     # calibration prompts (valid split; 64 certify only a risk up to 0.023 at δ 0.1)
     n_test: int = 256                    # test prompts (test split)
     prompt_len: int = 32                 # tokens per prompt
@@ -102,6 +107,7 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
         raise UsageError(f"distance must be one of {sorted(DISTANCES)}")
     measures = name_list("measures", o.measures, EXIT_MEASURES)
     kvs = name_list("kvs", o.kvs, KV_MODES)
+    name_list("consistency", o.consistency, CONSISTENCIES)
     names = [x.strip() for x in o.models.split(",") if x.strip()]
     if not names:
         raise UsageError("models: give at least one model")
@@ -113,7 +119,8 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     for name in names:
         model_rows, info = bench_one(name, seed, o, deltas, list(measures), kvs, device)
         rows += model_rows
-        per_model[name] = {**info, "targets": targets(model_rows)}
+        per_model[name] = {**info, "targets": {g: targets([r for r in model_rows if r["guarantee"] == g])
+                                               for g in dict.fromkeys(r["guarantee"] for r in model_rows)}}
     return {"models": per_model, "rows": rows, "device": device}
 
 
@@ -157,12 +164,13 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     if o.prompt_len + o.max_new_tokens > model.config.max_seq_len:
         raise UsageError(f"prompt_len + max_new_tokens exceeds the model's {model.config.max_seq_len}-token context")
     dd = o.data_dir or None
-    cal = calibration_prompts(tok, read_text(corpus, "valid", data_dir_flag=dd), n=o.n_cal, prompt_len=o.prompt_len, seed=seed)
-    test = calibration_prompts(tok, read_text(corpus, "test", data_dir_flag=dd), n=o.n_test, prompt_len=o.prompt_len, seed=seed + 1)
+    cut = dict(prompt_len=o.prompt_len, reference_len=o.max_new_tokens)
+    cal = prompts_and_references(tok, read_text(corpus, "valid", data_dir_flag=dd), n=o.n_cal, seed=seed, **cut)
+    test = prompts_and_references(tok, read_text(corpus, "test", data_dir_flag=dd), n=o.n_test, seed=seed + 1, **cut)
     L, pad = model.config.n_layer, pad_id_of(tok)
     kw = dict(max_new_tokens=o.max_new_tokens, pad_id=pad, classifier=clf)
-    full_test, oracle = calm_generate(model, test, CalmConfig(measure="oracle"), **kw)   # oracle tokens = full model's
-    timed = test[:o.timing_prompts]
+    full_test, oracle = calm_generate(model, test[0], CalmConfig(measure="oracle"), **kw)   # oracle tokens = full model's
+    timed = test[0][:o.timing_prompts]
     tps = dict(max_new_tokens=o.max_new_tokens, pad_id=pad)
     full = {b: timed_decode(model, timed, lambda: full_depth_step, batch_size=b, **tps) for b in (1, 8)}
     speed = {}                                        # end to end (all tokens) and the decode steps alone (all but the first)
@@ -174,39 +182,50 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
         for kv in kvs:
             rows += _measure_rows(model, name, o, (cal, test, full_test, oracle, timed), deltas, measure, kv,
                                   every=every, clf=clf, pad=pad)
-    return rows, {"n_layer": L, **speed,
-                  "corpus": corpus}
+    dist = DISTANCES[o.distance]                   # how far the full model's outputs are from the text's continuations
+    far = sum(dist(f, z) for f, z in zip(full_test, test[1])) / len(full_test)
+    return rows, {"n_layer": L, **speed, "corpus": corpus, "full_reference_distance": round(far, 4)}
 
 
 def _measure_rows(model, name, o, prompts, deltas, measure, kv, *, every, clf, pad) -> list[dict]:
-    """One row per δ for a confidence measure and K/V policy: the certified λ and what it buys on
-    the test prompts (module docstring). ``prompts``: (calibration, test, the full model's test
-    outputs, the oracle's exit record, the timed test prompts). The calibration decodes are
-    shared by every δ."""
-    cal, test, full_test, oracle, timed = prompts
+    """One row per guarantee and δ for a confidence measure and K/V policy: the certified λ and what
+    it buys on the test prompts (module docstring). ``prompts``: (calibration (prompts, references),
+    test (prompts, references), the full model's test outputs, the oracle's exit record, the timed
+    test prompts). The calibration decodes are shared by every guarantee and δ, the test decode
+    and the timing by every row that certifies the same λ."""
+    (cal, cal_refs), (test, test_refs), full_test, oracle, timed = prompts
     dist = DISTANCES[o.distance]
     kw = dict(max_new_tokens=o.max_new_tokens, pad_id=pad, classifier=clf)
     tps = dict(max_new_tokens=o.max_new_tokens, pad_id=pad)
-    memo, rows = {}, []
+    memo, decoded, timings, rows = {}, {}, {}, []
     base = CalmConfig(measure=measure, tau=o.tau, every=every, kv=kv)
-    for delta in deltas:
-        print(f"{name}: measure={measure} kv={kv} delta={delta}: calibrating ...", file=sys.stderr, flush=True)
-        res = calibrate_threshold(model, cal, delta=delta, epsilon=o.epsilon, base=base, distance=o.distance,
-                                  memo=memo, batch_size=8, **kw)
-        lam = res["threshold"] if res["threshold"] is not None else 1.0
-        cfg = CalmConfig(measure=measure, threshold=lam, tau=o.tau, every=every, horizon=o.max_new_tokens, kv=kv)
-        early, rec = calm_generate(model, test, cfg, **kw)
-        row = {"model": name, "delta": delta, "measure": measure, "kv": kv, "threshold": lam,
-               "avg_layers": round(rec.mean_layers(), 3), "oracle_layers": round(oracle.mean_layers(), 3),
-               "risk": round(sum(dist(e, f) for e, f in zip(early, full_test)) / len(test), 4)}
-        row["consistency"] = round(1 - row["risk"], 4)
-        if lam < 1.0:
-            mk = lambda: CalmStep(cfg, o.max_new_tokens, clf)
-            for b in (1, 8):
-                dec, e2e = speedup(model, timed, mk, batch_size=b, **tps)
-                row[f"speedup_b{b}"], row[f"speedup_b{b}_e2e"] = round(dec, 3), round(e2e, 3)
-        else:
-            for k in ("speedup_b1", "speedup_b8", "speedup_b1_e2e", "speedup_b8_e2e"):
-                row[k] = 1.0                                               # nothing certified: the full model
-        rows.append(row)
+    for guarantee in name_list("consistency", o.consistency, CONSISTENCIES):
+        refs = (cal_refs, test_refs) if guarantee == "risk" else (None, None)
+        for delta in deltas:
+            print(f"{name}: measure={measure} kv={kv} {guarantee} delta={delta}: calibrating ...", file=sys.stderr,
+                  flush=True)
+            res = calibrate_threshold(model, cal, delta=delta, epsilon=o.epsilon, base=base, distance=o.distance,
+                                      memo=memo, batch_size=8, references=refs[0], **kw)
+            lam = res["threshold"] if res["threshold"] is not None else 1.0
+            cfg = CalmConfig(measure=measure, threshold=lam, tau=o.tau, every=every, horizon=o.max_new_tokens, kv=kv)
+            if lam not in decoded:
+                decoded[lam] = calm_generate(model, test, cfg, **kw)
+            early, rec = decoded[lam]
+            row = {"model": name, "guarantee": guarantee, "delta": delta, "measure": measure, "kv": kv,
+                   "threshold": lam, "avg_layers": round(rec.mean_layers(), 3),
+                   "oracle_layers": round(oracle.mean_layers(), 3),
+                   "risk": round(mean_risk(early, full_test, refs[1], dist), 4)}
+            row["consistency"] = round(1 - row["risk"], 4)
+            if guarantee == "risk":
+                row["textual_risk"] = round(mean_risk(early, full_test, None, dist), 4)
+            if lam not in timings:
+                timings[lam] = {}
+                for b in (1, 8):
+                    if lam < 1.0:
+                        mk = lambda: CalmStep(cfg, o.max_new_tokens, clf)
+                        dec, e2e = speedup(model, timed, mk, batch_size=b, **tps)
+                    else:
+                        dec = e2e = 1.0                                    # nothing certified: the full model
+                    timings[lam][f"speedup_b{b}"], timings[lam][f"speedup_b{b}_e2e"] = round(dec, 3), round(e2e, 3)
+            rows.append({**row, **timings[lam]})
     return rows

@@ -133,3 +133,15 @@ def risk_consistency(early: Sequence, full: Sequence, reference: Sequence,
                      distance: Callable = rouge_l_distance) -> float:
     """max(0, R(Y_early, Z) − R(Y_full, Z)) with R the distance to the reference."""
     return max(0.0, distance(early, reference) - distance(full, reference))
+
+
+def mean_risk(early: Sequence[Sequence], full: Sequence[Sequence], references: Optional[Sequence[Sequence]] = None,
+              distance: Callable = token_mismatch) -> float:
+    """The empirical risk Learn-then-Test bounds, over examples: textual consistency, the mean
+    D(Y_early, Y_full); with ``references`` Z, risk consistency, the mean
+    max(0, D(Y_early, Z) − D(Y_full, Z)) (CALM §"Calibration", the two consistency notions)."""
+    if not len(early) == len(full) > 0 or (references is not None and len(references) != len(full)):
+        raise ValueError("early, full (and references) need the same number of examples, at least one")
+    if references is None:
+        return sum(distance(e, f) for e, f in zip(early, full)) / len(full)
+    return sum(risk_consistency(e, f, z, distance) for e, f, z in zip(early, full, references)) / len(full)

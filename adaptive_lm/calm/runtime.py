@@ -5,6 +5,9 @@ stores a certified threshold next to a checkpoint.
 calibration prompts are the reference (textual consistency needs no labels), every candidate
 λ_1 = 1 > λ_2 > … is decoded on the same prompts, its empirical risk (mean dissimilarity) gets a
 Hoeffding–Bentkus p-value, and fixed-sequence testing certifies the most aggressive λ it can.
+With references Z (for text, the corpus' own continuation of each prompt:
+``prompts_and_references``) the risk is risk consistency instead: how much further from Z the
+early-exit output is than the full model's.
 """
 from __future__ import annotations
 
@@ -19,11 +22,12 @@ from ..errors import UsageError
 from ..io import atomic_write_text, read_json
 from ..lm import generate
 from ..model import model_device
-from .calibrate import DISTANCES, fixed_sequence_test
+from .calibrate import DISTANCES, fixed_sequence_test, mean_risk
 from .decode import KV_MODES, MEASURES, CalmConfig, CalmStep, ExitRecord
 from .exits import exit_layers
 
 CALM_FILE = "calm.json"
+CONSISTENCIES = ("textual", "risk")   # what a certified λ bounds: D(early, full), or max(0, D(early, Z) − D(full, Z))
 CLASSIFIER_FILE = "exit_classifier.safetensors"
 # 1.0, then fine steps near 1 (cosine similarities of hidden states live there), then 0.9 … 0.05
 DEFAULT_CANDIDATES = (1.0, 0.999, 0.995, 0.99, 0.98, 0.97, 0.96, 0.95) + tuple(round(0.9 - 0.05 * k, 2) for k in range(18))
@@ -45,14 +49,23 @@ def calm_generate(model, prompts: list[list[int]], cfg: CalmConfig, *, max_new_t
     return outs, record
 
 
-def calibration_prompts(tok, text: str, *, n: int, prompt_len: int, seed: int = 0) -> list[list[int]]:
-    """n prompts of prompt_len tokens cut from a text at random offsets (deterministic from seed)."""
+def prompts_and_references(tok, text: str, *, n: int, prompt_len: int, reference_len: int, seed: int = 0
+                           ) -> tuple[list[list[int]], list[list[int]]]:
+    """n prompts of prompt_len tokens cut from a text at random offsets (deterministic from seed),
+    and each one's reference Z for risk consistency: the text's next reference_len tokens (fewer
+    where the text ends first)."""
     ids = tok.encode(text)
     if len(ids) < prompt_len + 1:
         raise ValueError(f"the text has {len(ids)} tokens; need more than prompt_len={prompt_len}")
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(ids) - prompt_len, (n,), generator=g).tolist()
-    return [ids[s:s + prompt_len] for s in starts]
+    return ([ids[s:s + prompt_len] for s in starts],
+            [ids[s + prompt_len:s + prompt_len + reference_len] for s in starts])
+
+
+def calibration_prompts(tok, text: str, *, n: int, prompt_len: int, seed: int = 0) -> list[list[int]]:
+    """The prompts of ``prompts_and_references`` alone."""
+    return prompts_and_references(tok, text, n=n, prompt_len=prompt_len, reference_len=0, seed=seed)[0]
 
 
 def static_candidates(n_layer: int, cfg: CalmConfig) -> tuple[float, ...]:
@@ -70,7 +83,8 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
     """Learn-then-Test over descending thresholds (module docstring). With ``references`` the risk
     is risk consistency max(0, D(early, Z) − D(full, Z)); without, textual consistency D(early, full).
     Returns {"threshold": certified λ or None, "tests": [{"threshold", "risk", "p_value",
-    "avg_layers"}, ...], "n", "delta", "epsilon", "distance", "measure"}. ``memo`` (a dict kept by
+    "avg_layers"}, ...], "n", "delta", "epsilon", "consistency" (textual or risk), "distance",
+    "measure", ...}. ``memo`` (a dict kept by
     the caller) reuses the decodes of an earlier call on the same prompts and settings — several
     δ cost one sweep."""
     if distance not in DISTANCES:
@@ -91,11 +105,8 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
             cfg = CalmConfig(**{**base.__dict__, "threshold": lam})
             memo[lam] = calm_generate(model, prompts, cfg, **kw) if lam < 1.0 else (full, None)
         early, rec = memo[lam]
-        assert len(early) == len(full) == len(prompts)
         depth[lam] = rec.mean_layers() if rec else float(model.config.n_layer)
-        if references is None:
-            return sum(dist(e, f) for e, f in zip(early, full)) / len(prompts)
-        return sum(max(0.0, dist(e, z) - dist(f, z)) for e, f, z in zip(early, full, references)) / len(prompts)
+        return mean_risk(early, full, references, dist)
 
     def record(lam, r, p):
         tests.append({"threshold": lam, "risk": r, "p_value": p, "avg_layers": depth[lam]})
@@ -106,7 +117,7 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
         candidates = static_candidates(model.config.n_layer, base) if base.measure == "static" else DEFAULT_CANDIDATES
     lam = fixed_sequence_test(candidates, risk_of, n=len(prompts), delta=delta, epsilon=epsilon, on_test=record)
     return {"threshold": lam, "tests": tests, "n": len(prompts), "delta": delta, "epsilon": epsilon,
-            "distance": distance, "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every,
+            "consistency": "textual" if references is None else "risk", "distance": distance, "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every,
             "horizon": base.horizon, "kv": base.kv, "max_new_tokens": max_new_tokens, "prompt_len": len(prompts[0])}
 
 
@@ -127,7 +138,8 @@ def check_calm(stored, source: str) -> dict:
     for key, ok in (("threshold", lambda v: isinstance(v, num) and 0 <= v <= 1), ("tau", lambda v: isinstance(v, num) and v >= 0),
                     ("every", lambda v: isinstance(v, int) and v >= 1), ("horizon", lambda v: isinstance(v, int) and v >= 1),
                     ("measure", lambda v: v in MEASURES), ("kv", lambda v: v in KV_MODES),
-                    ("decay", lambda v: v in ("paper", "reference"))):
+                    ("decay", lambda v: v in ("paper", "reference")),
+                    ("consistency", lambda v: v in CONSISTENCIES)):
         v = stored.get(key)
         if v is not None and (isinstance(v, bool) or not ok(v)):
             raise bad(f"{key} = {v!r}")

@@ -94,7 +94,7 @@ def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples
 def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: str = "margin",
               distance: str = "mismatch", n: int = 64, prompt_len: int = 32, max_new_tokens: int = 32,
               corpus: str = "", split: str = "valid", tau: float = 4.0, seed: int = 0, batch_size: int = 8,
-              kv: str = "propagate", data_dir: str = "", out: str = "") -> int:
+              kv: str = "propagate", consistency: str = "textual", data_dir: str = "", out: str = "") -> int:
     """Certify a CALM exit threshold by Learn-then-Test and write it next to the model (calm.json).
 
     Args:
@@ -112,13 +112,14 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         seed: which prompts
         batch_size: sequences decoded together
         kv: skipped layers' K/V: propagate (the paper: computed from the exit state) or recompute (exact, when a later token reaches that layer)
+        consistency: textual (the early-exit output close to the full model's) or risk (no further than the full model's from the text's own continuation of the prompt)
         data_dir: data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
         out: where to write calm.json (default: inside the model folder)
     """
     from ..calm.calibrate import DISTANCES, max_certifiable_risk
     from ..calm.decode import EXIT_MEASURES, KV_MODES, CalmConfig
-    from ..calm.runtime import (CALM_FILE, calibrate_threshold, calibration_prompts, save_calm, trained_corpus,
-                                trained_exit_every)
+    from ..calm.runtime import (CALM_FILE, CONSISTENCIES, calibrate_threshold, prompts_and_references, save_calm,
+                                trained_corpus, trained_exit_every)
     from ..checkpoint import resolve
     from ..data import read_text
     if not 0 < delta < 1 or not 0 < epsilon < 1:
@@ -133,6 +134,8 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         raise UsageError("--tau must be >= 0")
     if kv not in KV_MODES:
         raise UsageError(f"--kv must be one of {', '.join(KV_MODES)}, not {kv!r}")
+    if consistency not in CONSISTENCIES:
+        raise UsageError(f"--consistency must be one of {', '.join(CONSISTENCIES)}, not {consistency!r}")
     from ..hf_causal import is_hf_spec, load_causal_lm, pad_id_of
     hf = is_hf_spec(model)
     if (hf or model.startswith("builtin:")) and not out:
@@ -157,7 +160,8 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         raise UsageError("--corpus is needed: the checkpoint does not say what it was trained on")
     text = read_text(corpus, split, data_dir_flag=data_dir or None)
     try:
-        prompts = calibration_prompts(tok, text, n=n, prompt_len=prompt_len, seed=seed)
+        prompts, refs = prompts_and_references(tok, text, n=n, prompt_len=prompt_len, reference_len=max_new_tokens,
+                                               seed=seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if prompt_len + max_new_tokens > m.config.max_seq_len:
@@ -166,11 +170,12 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
     def show(t):
         print(f"  λ={t['threshold']:.4g}  risk={t['risk']:.4f}  p={t['p_value']:.3g}  layers/token={t['avg_layers']:.2f}",
               file=sys.stderr, flush=True)
-    print(f"calibrating {model}: {n} prompts, δ={delta}, ε={epsilon}, measure={measure}, kv={kv}, distance={distance}",
-          file=sys.stderr)
+    print(f"calibrating {model}: {n} prompts, δ={delta}, ε={epsilon}, measure={measure}, kv={kv}, "
+          f"{consistency} consistency, distance={distance}", file=sys.stderr)
     res = calibrate_threshold(m, prompts, delta=delta, epsilon=epsilon, pad_id=pad_id_of(tok), eos_id=tok.eos_id,
                               base=CalmConfig(measure=measure, tau=tau, every=every, kv=kv), distance=distance,
-                              max_new_tokens=max_new_tokens, batch_size=batch_size, on_test=show, classifier=clf)
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, on_test=show, classifier=clf,
+                              references=refs if consistency == "risk" else None)
     room = max_certifiable_risk(n, delta, epsilon)             # the most a certified λ may risk on these prompts
     if res["threshold"] is None or res["threshold"] >= 1.0:
         why = (f"with {n} prompts not even a risk of 0 certifies at ε={epsilon}" if room == 0 else
@@ -181,8 +186,8 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         print(f"note: with {n} prompts only an empirical risk up to {room:.3f} certifies at δ={delta}, ε={epsilon}; "
               f"more prompts (--n) may certify a lower threshold", file=sys.stderr)
     path = save_calm(target, res)
-    print(json.dumps({"threshold": res["threshold"], "measure": measure, "kv": kv, "delta": delta, "epsilon": epsilon,
-                      "written": str(path)}))
+    print(json.dumps({"threshold": res["threshold"], "measure": measure, "kv": kv, "consistency": consistency,
+                      "delta": delta, "epsilon": epsilon, "written": str(path)}))
     return 0
 
 

@@ -58,6 +58,19 @@ def test_dissimilarities():
     assert C.risk_consistency([1, 2, 3], [1, 2], [1, 2, 3]) == 0.0  # early better than full: no risk
 
 
+def test_mean_risk_textual_and_risk_consistency():
+    """Textual: the mean D(early, full); risk: the mean max(0, D(early, Z) − D(full, Z)), worked by hand."""
+    early, full, refs = [[1, 2, 3, 4], [5, 6, 7, 8]], [[1, 2, 3, 9], [5, 0, 0, 0]], [[1, 2, 3, 9], [5, 6, 7, 8]]
+    assert C.mean_risk(early, full) == pytest.approx((0.25 + 0.75) / 2)
+    assert C.mean_risk(early, full, refs) == pytest.approx((0.25 + 0.0) / 2)     # the second: early nearer Z than full
+    assert C.mean_risk(early, full, refs, C.rouge_l_distance) == pytest.approx(
+        (C.rouge_l_distance(early[0], refs[0]) - 0.0) / 2)
+    with pytest.raises(ValueError):
+        C.mean_risk(early, full[:1])
+    with pytest.raises(ValueError):
+        C.mean_risk(early, full, refs[:1])
+
+
 @pytest.mark.parametrize("n", [64, 512])
 def test_max_certifiable_risk_is_the_edge_of_the_bound(n):
     """Just below it the HB p-value is <= ε, just above it > ε; more examples leave more room."""

@@ -324,3 +324,35 @@ def test_static_calibration_tries_one_threshold_per_layer(untied_model, prompts)
     assert tried == [1.0, 0.75, 0.5, 0.25][:len(tried)] and res["threshold"] in tried
     from adaptive_lm.calm.runtime import static_candidates
     assert static_candidates(8, CalmConfig(every=3, min_layer=4)) == (1.0, 6 / 8)   # exit layers 3 and 6; 3 < min_layer
+
+
+def test_prompts_and_references_cut_the_continuation():
+    """Each reference is the text's next tokens after its prompt; the prompts are calibration_prompts'."""
+    from adaptive_lm.calm.runtime import calibration_prompts, prompts_and_references
+    from adaptive_lm.tokenizer import CharTokenizer
+    text = "".join(chr(97 + i % 26) for i in range(500))
+    tok = CharTokenizer.from_text(text)
+    ps, refs = prompts_and_references(tok, text, n=20, prompt_len=7, reference_len=5, seed=3)
+    assert ps == calibration_prompts(tok, text, n=20, prompt_len=7, seed=3)
+    ids = tok.encode(text)
+    for p, z in zip(ps, refs):
+        start = next(i for i in range(len(ids)) if ids[i:i + 7] == p)       # the alphabet repeats: any match will do
+        assert z == ids[start + 7:start + 12][:len(z)] and 1 <= len(z) <= 5
+
+
+def test_risk_consistency_certifies_at_least_as_low_a_threshold(untied_model, prompts):
+    """With equal-length outputs the mismatch rate is a metric, so max(0, D(e, Z) − D(f, Z)) <= D(e, f)
+    per example: risk consistency's empirical risk is at most the textual one at every λ, and the
+    fixed-sequence test certifies a λ at least as low."""
+    from adaptive_lm.calm.runtime import calibrate_threshold
+    g = torch.Generator().manual_seed(5)
+    refs = [torch.randint(4, 40, (N,), generator=g).tolist() for _ in prompts * 8]
+    kw = dict(delta=0.3, epsilon=0.3, pad_id=PAD, base=CalmConfig(measure="static", kv="recompute"), max_new_tokens=N)
+    textual = calibrate_threshold(untied_model, prompts * 8, **kw)
+    risk = calibrate_threshold(untied_model, prompts * 8, references=refs, **kw)
+    assert (textual["consistency"], risk["consistency"]) == ("textual", "risk")
+    by_lam = {t["threshold"]: t["risk"] for t in textual["tests"]}
+    assert len(risk["tests"]) >= len(textual["tests"]) >= 2
+    assert all(t["risk"] <= by_lam[t["threshold"]] + 1e-12 for t in risk["tests"] if t["threshold"] in by_lam)
+    assert any(t["risk"] > 0 for t in textual["tests"])                          # the comparison is not 0 <= 0
+    assert (risk["threshold"] or 1.0) <= (textual["threshold"] or 1.0)

@@ -278,3 +278,9 @@ def test_bench_calm_targets_summary():
     assert t["b1_met"] and t["b8_met"] and not t["both_met_by_one_setting"]
     assert targets(rows + [row("classifier", 2.6, 2.1)])["both_met_by_one_setting"]
     assert targets([row("margin", 3.0, 3.0, delta=0.2)]) == {} == targets([row("state", 1.0, 1.0, threshold=1.0)])
+    assert "static" not in t
+    fast_static = {**row("static", 9.0, 9.0), "avg_layers": 1.0}                 # the baseline: reported apart
+    t = targets(rows + [fast_static, {**row("static", 2.0, 2.0), "avg_layers": 3.0}])
+    assert t["best_b1"]["speedup"] == 3.0 and t["static"] == {"kv": "recompute", "avg_layers": 1.0,
+                                                               "speedup_b1": 9.0, "speedup_b8": 9.0}
+    assert targets([fast_static]) == {"static": t["static"]}

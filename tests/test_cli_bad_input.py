@@ -132,7 +132,8 @@ def test_entropy_never_overwrites_its_input_nor_leaves_half_its_outputs(here, ca
 
 @pytest.mark.parametrize("stored,word", [([1, 2], "a JSON list"), ({"threshold": "abc"}, "threshold"),
                                          ({"threshold": 0.5, "every": 0}, "every"), ({"kv": 3}, "kv"),
-                                         ({"decay": "bogus"}, "decay"), ({"measure": "bogus"}, "measure")])
+                                         ({"decay": "bogus"}, "decay"), ({"measure": "bogus"}, "measure"),
+                                         ({"measure": "oracle"}, "measure"), ({"consistency": "semantic"}, "consistency")])
 def test_a_malformed_calm_json_is_one_line(here, capsys, stored, word):
     (here / "bad.json").write_text(json.dumps(stored))
     rc, err = _run(capsys, "generate", "builtin:calm-pydocs", "--method", "calm", "--calm", "bad.json",

@@ -23,7 +23,7 @@ from ..io import atomic_write_text, read_json
 from ..lm import generate
 from ..model import model_device
 from .calibrate import DISTANCES, fixed_sequence_test, mean_risk
-from .decode import KV_MODES, MEASURES, CalmConfig, CalmStep, ExitRecord
+from .decode import EXIT_MEASURES, KV_MODES, CalmConfig, CalmStep, ExitRecord
 from .exits import exit_layers
 
 CALM_FILE = "calm.json"
@@ -137,7 +137,7 @@ def check_calm(stored, source: str) -> dict:
     num = (int, float)
     for key, ok in (("threshold", lambda v: isinstance(v, num) and 0 <= v <= 1), ("tau", lambda v: isinstance(v, num) and v >= 0),
                     ("every", lambda v: isinstance(v, int) and v >= 1), ("horizon", lambda v: isinstance(v, int) and v >= 1),
-                    ("measure", lambda v: v in MEASURES), ("kv", lambda v: v in KV_MODES),
+                    ("measure", lambda v: v in EXIT_MEASURES), ("kv", lambda v: v in KV_MODES),
                     ("decay", lambda v: v in ("paper", "reference")),
                     ("consistency", lambda v: v in CONSISTENCIES)):
         v = stored.get(key)

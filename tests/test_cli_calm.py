@@ -26,6 +26,41 @@ def calm_ckpt(tmp_path_factory):
     return d / "ck"
 
 
+@pytest.fixture(scope="module")
+def untied_ckpt(tmp_path_factory):
+    """A tiny causal checkpoint with its own output head: its exits change the tokens, so textual and
+    risk consistency certify different thresholds on it."""
+    d = tmp_path_factory.mktemp("untied")
+    (d / "text.txt").write_text(TEXT)
+    tok = CharTokenizer.from_text(TEXT)
+    torch.manual_seed(0)
+    m = TransformerLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=4, n_head=2, d_model=32, max_seq_len=64,
+                                  tie_embeddings=False))
+    save_pretrained(d / "ck", m, tok, meta={"corpus": str(d / "text.txt"), "family": "causal-lm"})
+    return d / "ck"
+
+
+def _risks_by_hand(ck, split, *, n, prompt_len, max_new_tokens, seed, thresholds):
+    """The risk-consistency risk of static exits at each λ, recomputed through the Python API: the
+    prompts and their continuations cut from the checkpoint's corpus, decoded at λ and at full depth."""
+    from adaptive_lm.calm.calibrate import mean_risk
+    from adaptive_lm.calm.decode import CalmConfig
+    from adaptive_lm.calm.runtime import calm_generate, prompts_and_references
+    from adaptive_lm.checkpoint import from_pretrained, read_config
+    from adaptive_lm.data import read_text
+    m, tok = from_pretrained(ck)
+    text = read_text(read_config(ck)["meta"]["corpus"], split)
+    ps, refs = prompts_and_references(tok, text, n=n, prompt_len=prompt_len, reference_len=max_new_tokens, seed=seed)
+    gen = dict(max_new_tokens=max_new_tokens, pad_id=tok.pad_id, eos_id=tok.eos_id)
+    full = calm_generate(m, ps, CalmConfig(threshold=1.0), **gen)[0]
+    out = {}
+    for lam in thresholds:
+        early = calm_generate(m, ps, CalmConfig(measure="static", threshold=lam, kv="recompute",
+                                                horizon=max_new_tokens), **gen)[0]
+        out[lam] = (mean_risk(early, full, refs), mean_risk(early, full))
+    return out
+
+
 def test_generate_calm_shows_exit_layers(calm_ckpt):
     rc, so, se = run("generate", str(calm_ckpt), "--method", "calm", "--threshold", "0.2", "--prompt", "All",
                      "--max-new-tokens", "6", "--temperature", "0", "--show-exits")
@@ -49,21 +84,27 @@ def test_calibrate_certifies_and_writes_calm_json(calm_ckpt, tmp_path):
     assert res["kv"] == "propagate" and res["consistency"] == "textual"
 
 
-def test_calibrate_risk_consistency_records_it_and_certifies_no_higher(calm_ckpt, tmp_path):
-    """--consistency risk: references are the corpus' continuations; calm.json says so, and with
-    equal-length outputs (no EOS in this vocabulary) the certified λ is no higher than textual's."""
-    lam = {}
+def test_calibrate_risk_consistency_against_the_risk_by_hand(untied_ckpt, tmp_path):
+    """--consistency risk: every risk calm.json lists is the one recomputed by hand from the corpus'
+    continuations; calm.json says which consistency it holds; the certified λ is no higher than
+    textual consistency's and, on this model, lower; generate applies it."""
+    lam, tests = {}, {}
     for kind in ("textual", "risk"):
         out = tmp_path / f"{kind}.json"
-        rc, so, se = run("calibrate", str(calm_ckpt), "--measure", "static", "--delta", "0.3", "--n", "40",
+        rc, so, se = run("calibrate", str(untied_ckpt), "--measure", "static", "--delta", "0.4", "--epsilon", "0.2", "--n", "40",
                          "--prompt-len", "8", "--max-new-tokens", "6", "--split", "train", "--kv", "recompute",
                          "--consistency", kind, "--out", str(out))
         assert rc == 0, se
         res = json.loads(out.read_text())
         assert res["consistency"] == kind and json.loads(so)["consistency"] == kind
-        lam[kind] = res["threshold"]
-    assert lam["risk"] <= lam["textual"]
-    rc, so, se = run("generate", str(calm_ckpt), "--method", "calm", "--prompt", "All", "--max-new-tokens", "4",
+        lam[kind], tests[kind] = res["threshold"], {t["threshold"]: t["risk"] for t in res["tests"]}
+    assert lam["risk"] < lam["textual"]
+    by_hand = _risks_by_hand(untied_ckpt, "train", n=40, prompt_len=8, max_new_tokens=6, seed=0,
+                             thresholds=[t for t in tests["risk"] if t < 1])
+    for t, r in tests["risk"].items():
+        assert r == pytest.approx(by_hand[t][0] if t < 1 else 0.0, abs=1e-12)
+    assert any(by_hand[t][1] > by_hand[t][0] for t in by_hand)           # risk and textual really differ here
+    rc, so, se = run("generate", str(untied_ckpt), "--method", "calm", "--prompt", "All", "--max-new-tokens", "4",
                      "--measure", "static", "--calm", str(tmp_path / "risk.json"))
     assert rc == 0 and json.loads(se.strip().splitlines()[-1])["threshold"] == lam["risk"]
 
@@ -172,26 +213,32 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
     assert_one_line_error(rc, se, 2, "consistency")
 
 
-def test_bench_calm_risk_consistency_rows(calm_ckpt, tmp_path):
-    """consistency=textual,risk: one row per guarantee; a risk row's test risk is at most its mismatch
-    to the full model (the mismatch rate is a metric on these equal-length outputs), rows that
-    certify the same λ share one decode and one timing, and targets are read per guarantee."""
+def test_bench_calm_risk_consistency_rows(untied_ckpt, tmp_path):
+    """consistency=textual,risk: one row per guarantee; each row's test risk, mismatch to the full
+    model and depth are those recomputed by hand on the test split's prompts and continuations;
+    rows that certify the same λ share one timing; targets are read per guarantee."""
     out = tmp_path / "r.json"
-    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "n_cal=40", "n_test=8", "prompt_len=8",
-                     "max_new_tokens=6", "timing_prompts=8", "deltas=0.3", "measures=static", "kvs=recompute",
+    rc, so, se = run("bench", "calm", f"models={untied_ckpt}", "n_cal=40", "n_test=8", "prompt_len=8",
+                     "max_new_tokens=6", "timing_prompts=8", "deltas=0.3,0.4", "epsilon=0.2", "measures=static", "kvs=recompute",
                      "consistency=textual,risk", "--json", str(out))
     assert rc == 0, se
     res = json.loads(out.read_text())
-    textual, risk = res["rows"]
-    assert (textual["guarantee"], risk["guarantee"]) == ("textual", "risk")
-    assert risk["risk"] <= risk["textual_risk"] + 1e-9 and risk["threshold"] <= textual["threshold"]
-    if risk["threshold"] == textual["threshold"]:
-        assert risk["textual_risk"] == textual["risk"] and risk["speedup_b1"] == textual["speedup_b1"]
-    assert set(res["models"][str(calm_ckpt)]["targets"]) <= {"textual", "risk"}
-    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "max_new_tokens=1")
-    assert_one_line_error(rc, se, 2, "max_new_tokens >= 2")
-    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "kvs=copy")
-    assert_one_line_error(rc, se, 2, "kvs")
+    rows = res["rows"]
+    assert [(r["guarantee"], r["delta"]) for r in rows] == [("textual", 0.3), ("textual", 0.4), ("risk", 0.3), ("risk", 0.4)]
+    lams = sorted({r["threshold"] for r in rows if r["threshold"] < 1})
+    assert len(lams) >= 2                                                 # different λ: the sharing is tested
+    by_hand = _risks_by_hand(untied_ckpt, "test", n=8, prompt_len=8, max_new_tokens=6, seed=1, thresholds=lams)
+    for r in rows:
+        if r["threshold"] == 1.0:
+            continue
+        risk, textual = by_hand[r["threshold"]]
+        assert r["risk"] == round(risk if r["guarantee"] == "risk" else textual, 4)
+        if r["guarantee"] == "risk":
+            assert r["textual_risk"] == round(textual, 4) and r["risk"] <= r["textual_risk"]
+        same = [q for q in rows if q["threshold"] == r["threshold"]]
+        assert len({(q["speedup_b1"], q["speedup_b8"], q["avg_layers"]) for q in same}) == 1
+    assert rows[2]["threshold"] < rows[0]["threshold"] and rows[3]["threshold"] <= rows[1]["threshold"]
+    assert set(res["models"][str(untied_ckpt)]["targets"]) <= {"textual", "risk"}
 
 
 def test_shipped_calm_arith_exits_early_with_its_certified_threshold(tmp_path):
@@ -283,4 +330,7 @@ def test_bench_calm_targets_summary():
     t = targets(rows + [fast_static, {**row("static", 2.0, 2.0), "avg_layers": 3.0}])
     assert t["best_b1"]["speedup"] == 3.0 and t["static"] == {"kv": "recompute", "avg_layers": 1.0,
                                                                "speedup_b1": 9.0, "speedup_b8": 9.0}
-    assert targets([fast_static]) == {"static": t["static"]}
+    assert not t["adaptive_beats_static_b1"] and not t["adaptive_beats_static_b8"]
+    assert targets([fast_static]) == {"static": t["static"]}                     # no adaptive row: the baseline alone
+    t = targets(rows + [{**row("static", 2.0, 2.5), "avg_layers": 3.0}])
+    assert t["adaptive_beats_static_b1"] and not t["adaptive_beats_static_b8"]      # 3.0 > 2.0; 2.2 < 2.5

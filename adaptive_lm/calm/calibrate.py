@@ -130,7 +130,7 @@ DISTANCES = {"mismatch": token_mismatch, "rouge": rouge_l_distance}
 
 
 def risk_consistency(early: Sequence, full: Sequence, reference: Sequence,
-                     distance: Callable = rouge_l_distance) -> float:
+                     distance: Callable = token_mismatch) -> float:
     """max(0, R(Y_early, Z) − R(Y_full, Z)) with R the distance to the reference."""
     return max(0.0, distance(early, reference) - distance(full, reference))
 

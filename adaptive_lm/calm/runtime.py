@@ -63,10 +63,6 @@ def prompts_and_references(tok, text: str, *, n: int, prompt_len: int, reference
             [ids[s + prompt_len:s + prompt_len + reference_len] for s in starts])
 
 
-def calibration_prompts(tok, text: str, *, n: int, prompt_len: int, seed: int = 0) -> list[list[int]]:
-    """The prompts of ``prompts_and_references`` alone."""
-    return prompts_and_references(tok, text, n=n, prompt_len=prompt_len, reference_len=0, seed=seed)[0]
-
 
 def static_candidates(n_layer: int, cfg: CalmConfig) -> tuple[float, ...]:
     """Measure "static": 1 (the full model), then λ = k/L for each exit layer k below the top that
@@ -117,8 +113,8 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
         candidates = static_candidates(model.config.n_layer, base) if base.measure == "static" else DEFAULT_CANDIDATES
     lam = fixed_sequence_test(candidates, risk_of, n=len(prompts), delta=delta, epsilon=epsilon, on_test=record)
     return {"threshold": lam, "tests": tests, "n": len(prompts), "delta": delta, "epsilon": epsilon,
-            "consistency": "textual" if references is None else "risk", "distance": distance, "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every,
-            "horizon": base.horizon, "kv": base.kv, "max_new_tokens": max_new_tokens, "prompt_len": len(prompts[0])}
+            "consistency": "textual" if references is None else "risk", "distance": distance,
+            "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every, "horizon": base.horizon, "kv": base.kv, "max_new_tokens": max_new_tokens, "prompt_len": len(prompts[0])}
 
 
 def save_calm(path, result: dict) -> Path:

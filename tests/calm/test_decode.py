@@ -327,32 +327,48 @@ def test_static_calibration_tries_one_threshold_per_layer(untied_model, prompts)
 
 
 def test_prompts_and_references_cut_the_continuation():
-    """Each reference is the text's next tokens after its prompt; the prompts are calibration_prompts'."""
-    from adaptive_lm.calm.runtime import calibration_prompts, prompts_and_references
+    """Each reference is exactly the text's next reference_len tokens after its prompt, fewer where
+    the text ends first."""
+    from adaptive_lm.calm.runtime import prompts_and_references
     from adaptive_lm.tokenizer import CharTokenizer
-    text = "".join(chr(97 + i % 26) for i in range(500))
+    g = torch.Generator().manual_seed(0)
+    text = "".join(chr(97 + int(i)) for i in torch.randint(0, 26, (40,), generator=g))
     tok = CharTokenizer.from_text(text)
-    ps, refs = prompts_and_references(tok, text, n=20, prompt_len=7, reference_len=5, seed=3)
-    assert ps == calibration_prompts(tok, text, n=20, prompt_len=7, seed=3)
     ids = tok.encode(text)
+    ps, refs = prompts_and_references(tok, text, n=60, prompt_len=7, reference_len=5, seed=3)
+    assert len(ps) == len(refs) == 60
+    short = 0
     for p, z in zip(ps, refs):
-        start = next(i for i in range(len(ids)) if ids[i:i + 7] == p)       # the alphabet repeats: any match will do
-        assert z == ids[start + 7:start + 12][:len(z)] and 1 <= len(z) <= 5
+        starts = [i for i in range(len(ids) - 6) if ids[i:i + 7] == p]
+        assert len(starts) == 1                                   # random letters: every 7-gram here is unique
+        s0 = starts[0]
+        assert len(p) == 7 and z == ids[s0 + 7:s0 + 12] and len(z) == min(5, len(ids) - s0 - 7)
+        short += len(z) < 5
+    assert short > 0                                              # the text's end was reached at least once
 
 
 def test_risk_consistency_certifies_at_least_as_low_a_threshold(untied_model, prompts):
     """With equal-length outputs the mismatch rate is a metric, so max(0, D(e, Z) − D(f, Z)) <= D(e, f)
     per example: risk consistency's empirical risk is at most the textual one at every λ, and the
-    fixed-sequence test certifies a λ at least as low."""
-    from adaptive_lm.calm.runtime import calibrate_threshold
+    fixed-sequence test certifies a λ at least as low. With the layer-1 outputs themselves as the
+    references, the risk at λ = 1/4 is exactly 0 though those outputs differ from the full model's."""
+    from adaptive_lm.calm.calibrate import mean_risk
+    from adaptive_lm.calm.runtime import calibrate_threshold, calm_generate
+    m, ps = untied_model, prompts * 8
     g = torch.Generator().manual_seed(5)
-    refs = [torch.randint(4, 40, (N,), generator=g).tolist() for _ in prompts * 8]
+    refs = [torch.randint(4, 40, (N,), generator=g).tolist() for _ in ps]
     kw = dict(delta=0.3, epsilon=0.3, pad_id=PAD, base=CalmConfig(measure="static", kv="recompute"), max_new_tokens=N)
-    textual = calibrate_threshold(untied_model, prompts * 8, **kw)
-    risk = calibrate_threshold(untied_model, prompts * 8, references=refs, **kw)
+    textual = calibrate_threshold(m, ps, **kw)
+    risk = calibrate_threshold(m, ps, references=refs, **kw)
     assert (textual["consistency"], risk["consistency"]) == ("textual", "risk")
     by_lam = {t["threshold"]: t["risk"] for t in textual["tests"]}
     assert len(risk["tests"]) >= len(textual["tests"]) >= 2
     assert all(t["risk"] <= by_lam[t["threshold"]] + 1e-12 for t in risk["tests"] if t["threshold"] in by_lam)
     assert any(t["risk"] > 0 for t in textual["tests"])                          # the comparison is not 0 <= 0
     assert (risk["threshold"] or 1.0) <= (textual["threshold"] or 1.0)
+    gen = dict(max_new_tokens=N, pad_id=PAD)
+    layer1 = calm_generate(m, ps, CalmConfig(measure="static", threshold=0.25, kv="recompute"), **gen)[0]
+    full = calm_generate(m, ps, CalmConfig(threshold=1.0), **gen)[0]
+    assert mean_risk(layer1, full) > 0.2
+    exact = calibrate_threshold(m, ps, references=layer1, **kw)
+    assert exact["threshold"] == 0.25 and exact["tests"][-1] == {**exact["tests"][-1], "threshold": 0.25, "risk": 0.0}

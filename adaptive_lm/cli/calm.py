@@ -40,6 +40,7 @@ def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_
     kv = kv or stored.get("kv") or "propagate"
     if kv not in KV_MODES:
         raise UsageError(f"--kv must be one of {', '.join(KV_MODES)}, not {kv!r}")
+    uncertified = False
     if threshold is None:
         certified = stored.get("threshold") is not None and stored.get("measure") == measure \
             and stored.get("kv", "propagate") == kv
@@ -47,12 +48,16 @@ def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_
             raise UsageError("--measure static needs --threshold (λ = k/L exits at layer k) or a calm.json "
                              "certified for it (`adaptive-lm calibrate MODEL --measure static`)")
         threshold = stored["threshold"] if certified else 0.9
+        uncertified = not certified
     if not 0 <= threshold <= 1:
         raise UsageError(f"--threshold must be in [0, 1], not {threshold}")
     clf = _classifier_of(model, m) if measure == "classifier" else None
     if measure == "classifier" and clf is None:
         raise UsageError(f"--measure classifier needs an exit classifier next to the model (ours or hf:FOLDER) "
                          f"(`adaptive-lm calm-classifier CHECKPOINT`); {model} has none")
+    if uncertified:                                     # every check passed: say what the run stands on
+        print(f"note: no calm.json certifies measure={measure} kv={kv} for {model}: exiting at the uncertified "
+              f"default threshold 0.9 (`adaptive-lm calibrate` certifies one; --threshold sets one)", file=sys.stderr)
     return config_from_calm({"every": trained_every, **stored}, measure=measure, threshold=threshold, kv=kv), clf
 
 
@@ -66,8 +71,10 @@ def _generate_ar(m, tok, prompt, max_new_tokens, temperature, top_k, num_samples
     from ..lm import full_depth_step, generate as ar_generate
     ids = tok.encode(prompt) if prompt else [tok.encode("\n")[0]]
     if len(ids) + max_new_tokens > m.config.max_seq_len:
+        room = m.config.max_seq_len - len(ids)
+        fix = f"pass --max-new-tokens {room} or less" if room > 0 else "shorten the prompt"
         raise UsageError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                         f"{m.config.max_seq_len}-token context")
+                         f"{m.config.max_seq_len}-token context: {fix}")
     step = full_depth_step
     if calm is not None:
         from ..calm.decode import CalmStep
@@ -182,7 +189,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
                f"with {n} prompts only an empirical risk up to {room:.3f} certifies at ε={epsilon}")
         raise AdaptiveLMError(f"no threshold below 1.0 can be certified at delta={delta} ({why}; try a larger "
                               f"--delta or --n); nothing written")
-    if room < delta / 2:
+    if room < delta / 2 and res["tests"][-1]["p_value"] > epsilon:     # the sweep stopped on the bound, not the grid's end
         print(f"note: with {n} prompts only an empirical risk up to {room:.3f} certifies at δ={delta}, ε={epsilon}; "
               f"more prompts (--n) may certify a lower threshold", file=sys.stderr)
     path = save_calm(target, res)

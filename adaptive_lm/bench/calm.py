@@ -195,7 +195,8 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
         for kv in kvs:
             rows += _measure_rows(model, name, o, (cal, test, full_test, oracle, timed), deltas, measure, kv,
                                   guarantees, every=every, clf=clf, pad=pad)
-    far = mean_risk(full_test, test[1], distance=DISTANCES[o.distance])   # the full model's outputs vs the text's continuations
+    # how far the full model's own outputs are from the text's continuations (risk consistency's scale)
+    far = mean_risk(full_test, test[1], distance=DISTANCES[o.distance])
     return rows, {"n_layer": L, **speed, "corpus": corpus, "full_reference_distance": round(far, 4)}
 
 

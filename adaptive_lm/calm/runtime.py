@@ -63,7 +63,6 @@ def prompts_and_references(tok, text: str, *, n: int, prompt_len: int, reference
             [ids[s + prompt_len:s + prompt_len + reference_len] for s in starts])
 
 
-
 def static_candidates(n_layer: int, cfg: CalmConfig) -> tuple[float, ...]:
     """Measure "static": 1 (the full model), then λ = k/L for each exit layer k below the top that
     the config lets a token leave at (k >= min_layer), deepest first — one candidate per depth."""
@@ -80,9 +79,8 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
     is risk consistency max(0, D(early, Z) − D(full, Z)); without, textual consistency D(early, full).
     Returns {"threshold": certified λ or None, "tests": [{"threshold", "risk", "p_value",
     "avg_layers"}, ...], "n", "delta", "epsilon", "consistency" (textual or risk), "distance",
-    "measure", ...}. ``memo`` (a dict kept by
-    the caller) reuses the decodes of an earlier call on the same prompts and settings — several
-    δ cost one sweep."""
+    "measure", ...}. ``memo`` (a dict kept by the caller) reuses the decodes of an earlier call on
+    the same prompts and settings — several δ, or both consistencies, cost one sweep."""
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {sorted(DISTANCES)}, not {distance!r}")
     if not prompts:
@@ -114,7 +112,8 @@ def calibrate_threshold(model, prompts: list[list[int]], *, delta: float, epsilo
     lam = fixed_sequence_test(candidates, risk_of, n=len(prompts), delta=delta, epsilon=epsilon, on_test=record)
     return {"threshold": lam, "tests": tests, "n": len(prompts), "delta": delta, "epsilon": epsilon,
             "consistency": "textual" if references is None else "risk", "distance": distance,
-            "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every, "horizon": base.horizon, "kv": base.kv, "max_new_tokens": max_new_tokens, "prompt_len": len(prompts[0])}
+            "measure": base.measure, "tau": base.tau, "decay": base.decay, "every": base.every, "horizon": base.horizon,
+            "kv": base.kv, "max_new_tokens": max_new_tokens, "prompt_len": len(prompts[0])}
 
 
 def save_calm(path, result: dict) -> Path:

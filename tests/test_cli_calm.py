@@ -226,6 +226,12 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
     assert_one_line_error(rc, se, 2, "n_cal")
     rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "consistency=textual,semantic")
     assert_one_line_error(rc, se, 2, "consistency")
+    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "timing_repeats=0")
+    assert_one_line_error(rc, se, 2, "timing_repeats")
+    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "max_new_tokens=1")
+    assert_one_line_error(rc, se, 2, "max_new_tokens >= 2")
+    rc, so, se = run("bench", "calm", f"models={calm_ckpt}", "kvs=copy")
+    assert_one_line_error(rc, se, 2, "kvs")
 
 
 def test_bench_calm_risk_consistency_rows(untied_ckpt, tmp_path):

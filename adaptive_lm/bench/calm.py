@@ -4,7 +4,8 @@ For each confidence measure, each K/V policy of the skipped layers (``kvs``: the
 propagation, and recomputing them exactly when a later token reaches that layer) and each δ (at one ε): Learn-then-Test certifies a threshold on
 calibration prompts (the corpus' valid split); then, on test prompts (the test split, never used
 in calibration), the early-exit decode is compared with the full model: average layers per token,
-the oracle's (exit at the first layer whose argmax equals the top layer's — the floor), the
+the oracle's (exit at the first layer whose argmax equals the top layer's — the floor; per model
+``oracle_speedup_b*`` times those depths replayed with no confidence computed: the ceiling), the
 risk achieved (the quantity certified ≤ δ) and the consistency (1 − risk), and the wall-clock
 decode speed of CALM over the same model at full depth with
 its KV cache, greedy, at batch 1 and batch 8 (median of ``timing_repeats`` interleaved timings after a warm-up;
@@ -64,10 +65,11 @@ class CalmBenchOptions:
 def timed_decode(model, prompts, step_factory, *, batch_size: int, max_new_tokens: int, pad_id: int
                  ) -> tuple[float, float]:
     """A greedy decode of the prompts, batch_size at a time -> (wall seconds in all, wall seconds
-    after each batch's prompt pass: the decode steps alone)."""
+    after each batch's prompt pass: the decode steps alone). ``step_factory(lo, hi)``: the step
+    policy for prompts[lo:hi]."""
     total = decode = 0.0
     for b in range(0, len(prompts), batch_size):
-        step, after_prompt = step_factory(), []
+        step, after_prompt = step_factory(b, b + batch_size), []
 
         def timed_step(m, ids, mask, cache, _step=step):
             out = _step(m, ids, mask, cache)
@@ -89,7 +91,7 @@ def speedup(model, prompts, calm_factory, *, batch_size: int, repeats: int = 3, 
     prompt pass included), the two decodes interleaved so that drift of the machine hits both; one
     untimed warm-up of each first. Every row decodes max_new_tokens per prompt (no EOS stop), so
     equal token counts."""
-    full = lambda: full_depth_step
+    full = lambda lo, hi: full_depth_step
     timed_decode(model, prompts, full, batch_size=batch_size, **kw)
     timed_decode(model, prompts, calm_factory, batch_size=batch_size, **kw)
     pairs = [(timed_decode(model, prompts, full, batch_size=batch_size, **kw),
@@ -121,7 +123,10 @@ def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
         model_rows, info = bench_one(name, seed, o, deltas, list(measures), kvs, guarantees, device)
         rows += model_rows
         per_model[name] = {**info, "targets": {g: targets([r for r in model_rows if r["guarantee"] == g])
-                                               for g in guarantees}}
+                                               for g in guarantees},
+                           # could any confidence measure reach the speed targets on this model? (its oracle replayed)
+                           "oracle_ceiling_reaches": {"b1": info["oracle_speedup_b1"] >= TARGET_B1,
+                                                      "b8": info["oracle_speedup_b8"] >= TARGET_B8}}
     return {"models": per_model, "rows": rows, "device": device}
 
 
@@ -186,11 +191,13 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     full_test, oracle = calm_generate(model, test[0], CalmConfig(measure="oracle"), **kw)   # oracle tokens = full model's
     timed = test[0][:o.timing_prompts]
     tps = dict(max_new_tokens=o.max_new_tokens, pad_id=pad)
-    full = {b: timed_decode(model, timed, lambda: full_depth_step, batch_size=b, **tps) for b in (1, 8)}
+    full = {b: timed_decode(model, timed, lambda lo, hi: full_depth_step, batch_size=b, **tps) for b in (1, 8)}
     speed = {}                                        # end to end (all tokens) and the decode steps alone (all but the first)
     for b, (total, decode) in full.items():
         speed[f"full_tokens_per_s_b{b}"] = round(len(timed) * o.max_new_tokens / total, 1)
         speed[f"full_decode_tokens_per_s_b{b}"] = round(len(timed) * (o.max_new_tokens - 1) / decode, 1)
+    speed.update(oracle_ceiling(model, timed, oracle.layers[:len(timed)], full_test[:len(timed)], every=every,
+                                repeats=o.timing_repeats, **tps))
     rows = []
     for measure in measures:
         for kv in kvs:
@@ -199,6 +206,25 @@ def bench_one(name: str, seed: int, o: CalmBenchOptions, deltas: list[float], me
     # how far the full model's own outputs are from the text's continuations (risk consistency's scale)
     far = mean_risk(full_test, test[1], distance=DISTANCES[o.distance])
     return rows, {"n_layer": L, **speed, "corpus": corpus, "full_reference_distance": round(far, 4)}
+
+
+def oracle_ceiling(model, prompts, depths, full_out, *, every: int, repeats: int, max_new_tokens: int, pad_id: int
+                   ) -> dict:
+    """The speed any confidence measure could reach at most on these prompts: the oracle's exit
+    depths (``depths``, its ExitRecord.layers) replayed with ``kv=recompute`` and no confidence
+    computed, timed like a CALM row -> {"oracle_speedup_b1", "oracle_speedup_b8" (decode steps
+    alone), "oracle_replay_agreement": the share of prompts whose replayed output equals the full
+    model's ``full_out`` (1.0 up to float ties: the cache is exact and each exit's argmax is the
+    top layer's)}."""
+    cfg = CalmConfig(measure="replay", threshold=0.0, every=every, horizon=max_new_tokens, kv="recompute")
+    kw = dict(max_new_tokens=max_new_tokens, pad_id=pad_id)
+    out = calm_generate(model, prompts, cfg, schedule=depths, **kw)[0]
+    res = {"oracle_replay_agreement": round(sum(a == b for a, b in zip(out, full_out)) / len(prompts), 4)}
+    for b in (1, 8):
+        dec, _ = speedup(model, prompts, lambda lo, hi: CalmStep(cfg, max_new_tokens, schedule=depths[lo:hi]),
+                         batch_size=b, repeats=repeats, **kw)
+        res[f"oracle_speedup_b{b}"] = round(dec, 3)
+    return res
 
 
 def _measure_rows(model, name, o, prompts, deltas, measure, kv, guarantees, *, every, clf, pad) -> list[dict]:
@@ -220,7 +246,7 @@ def _measure_rows(model, name, o, prompts, deltas, measure, kv, guarantees, *, e
             speeds = {}
             for b in (1, 8):
                 if lam < 1.0:
-                    dec, e2e = speedup(model, timed, lambda: CalmStep(cfg, o.max_new_tokens, clf), batch_size=b,
+                    dec, e2e = speedup(model, timed, lambda lo, hi: CalmStep(cfg, o.max_new_tokens, clf), batch_size=b,
                                        repeats=o.timing_repeats, max_new_tokens=o.max_new_tokens, pad_id=pad)
                 else:
                     dec = e2e = 1.0                                    # nothing certified: the full model

@@ -33,7 +33,10 @@ at or above max(⌈λ·L⌉, min_layer), no confidence computed; the decay λ_t 
 like the others, over λ = k/L for the exit layers k), and
 ``oracle`` — the floor: the full model runs and the token is marked as exiting at the first layer
 whose argmax equals the top layer's (tokens and cache are the full model's; a measurement, not
-a speed-up).
+a speed-up), and ``replay`` — exits at depths given in advance (``CalmStep(..., schedule=)``: per
+sequence, the layer of each token, as an ExitRecord holds them), no confidence computed. Replaying
+the oracle's record with ``kv="recompute"`` decodes the full model's tokens at the cost of a perfect
+confidence measure that costs nothing: the speed ceiling of every measure on those prompts.
 """
 from __future__ import annotations
 
@@ -48,8 +51,8 @@ import torch.nn.functional as F
 from ..confidence import margin, top1
 from .exits import ExitClassifier, exit_layers
 
-MEASURES = ("margin", "top1", "state", "classifier", "static", "oracle")
-EXIT_MEASURES = MEASURES[:-1]           # those that decide exits (and can be calibrated): all but the oracle
+EXIT_MEASURES = ("margin", "top1", "state", "classifier", "static")   # those that decide exits (and can be calibrated)
+MEASURES = EXIT_MEASURES + ("oracle", "replay")
 KV_MODES = ("propagate", "recompute")
 
 
@@ -63,7 +66,7 @@ class CalmConfig:
     """How CALM decodes (module docstring): the confidence measure compared after each exit layer
     with the decaying threshold λ_t (``threshold_at``), where exits are tried, and how skipped layers
     get their K/V. ``threshold`` is usually the certified λ of ``calibrate`` (calm.json)."""
-    measure: str = "margin"        # confidence measure: margin, top1, state, classifier, static (exit at ⌈λ·L⌉), oracle
+    measure: str = "margin"        # confidence measure: margin, top1, state, classifier, static (exit at ⌈λ·L⌉), oracle, replay
     threshold: float = 1.0         # λ; >= 1 never exits (the plain model)
     tau: float = 4.0               # decay temperature τ of λ_t; 0 = constant threshold
     decay: str = "paper"           # paper or reference formula for λ_t
@@ -120,22 +123,29 @@ class CalmStep:
     ``max_new_tokens`` is the N of λ_t (unless ``cfg.horizon`` is set): pass the budget given to
     ``generate``. The prompt (the step that starts an empty cache) runs at full depth, so the first
     generated token counts n_layer. ``record.layers[r]`` holds the depth of every token sequence r produced, its EOS
-    included; a finished sequence (fed padding) records nothing."""
+    included; a finished sequence (fed padding) records nothing. ``schedule`` (measure ``replay``):
+    per sequence of the batch, the layer each token exits at, indexed as ``record.layers`` (entry 0,
+    the prompt's token, is not used; a token past its list runs at full depth)."""
 
-    def __init__(self, cfg: CalmConfig, max_new_tokens: int, classifier: Optional[ExitClassifier] = None):
+    def __init__(self, cfg: CalmConfig, max_new_tokens: int, classifier: Optional[ExitClassifier] = None,
+                 schedule: Optional[list[list[int]]] = None):
         if cfg.measure not in MEASURES:
             raise ValueError(f"measure must be one of {MEASURES}, not {cfg.measure!r}")
         if cfg.measure == "classifier" and classifier is None:
             raise ValueError("measure=classifier needs a trained exit classifier")
+        if (cfg.measure == "replay") != (schedule is not None):
+            raise ValueError("measure=replay needs a schedule of exit layers, and only it takes one")
         if cfg.kv not in KV_MODES:
             raise ValueError(f"kv must be one of {KV_MODES}, not {cfg.kv!r}")
-        self.cfg, self.n, self.clf = cfg, max_new_tokens, classifier
+        self.cfg, self.n, self.clf, self.schedule = cfg, max_new_tokens, classifier, schedule
         self.t = 1                           # index of the next token decoded here (0 = from the prompt)
         self.record = ExitRecord()
 
     def __call__(self, m, ids, mask, cache) -> torch.Tensor:
         B, T = ids.shape
         if cache is None or cache.length == 0:                            # the prompt: full depth, which
+            if self.schedule is not None and len(self.schedule) != B:
+                raise ValueError(f"the replay schedule has {len(self.schedule)} sequences for a batch of {B}")
             self.t, self.record = 1, ExitRecord([[m.config.n_layer] for _ in range(B)])   # gives token 0
             self.ids, self.mask = ids, mask                               # (B, P) what the cache holds
             self.depth = [m.config.n_layer] * T       # kv=recompute: per cache position, the layers it holds
@@ -174,6 +184,16 @@ class CalmStep:
             return F.cosine_similarity(h.float(), prev.float(), dim=-1), None
         return self.clf(i, h), None
 
+    def _fixed_depths(self, rows: list[int], L: int) -> Optional[list[int]]:
+        """Measures static and replay: per running row, the layer its token exits at (decided before
+        the step, no confidence computed); None for the confidence measures."""
+        if self.cfg.measure == "static":
+            return [static_layer(self.cfg.threshold, L)] * len(rows)
+        if self.cfg.measure == "replay":
+            t = self.t - 1                                                # this token's index in record.layers
+            return [self.schedule[r][t] if t < len(self.schedule[r]) else L for r in rows]
+        return None
+
     def _early_exit(self, m, ids, mask, cache, lam: float) -> torch.Tensor:
         """One step of one new token per row. The per-row decisions are kept in Python lists: a
         decode step of a small batch is bound by the number of torch calls, not by their arithmetic."""
@@ -193,7 +213,7 @@ class CalmStep:
         h, sub = (h_all, ctx) if len(rows) == B else (h_all[rows], ctx.select(torch.tensor(rows, dtype=torch.long, device=h_all.device)))
         exits = set(exit_layers(L, self.cfg.every))
         lam32 = _as_float32(lam)                      # compared as torch compares a float32 score with λ
-        static = static_layer(self.cfg.threshold, L) if self.cfg.measure == "static" else 0
+        fixed = self._fixed_depths(rows, L)           # static / replay: per running row, its exit layer
         open_ = [True] * len(rows)                    # per running row: is its token still undecided?
         late_rows, late_h = [], []                    # decided rows whose logits are not computed yet: one unembed at the end
         for i in range(1, L + 1):
@@ -217,8 +237,8 @@ class CalmStep:
                 break
             if i not in exits or i < self.cfg.min_layer or lam == math.inf:
                 continue
-            if static:
-                go, logits = [o and i >= static for o in open_], None
+            if fixed is not None:
+                go, logits = [o and i >= d for o, d in zip(open_, fixed)], None
             else:
                 conf, logits = self._confidence(m, i, h[:, -1], prev[:, -1] if self.cfg.measure == "state" else None)
                 go = [o and c >= lam32 for o, c in zip(open_, conf.tolist())]
@@ -246,6 +266,7 @@ class CalmStep:
             keep = [j for j, x in enumerate(go) if not x]
             ki = torch.tensor(keep, dtype=torch.long, device=h.device)
             rows, h, sub, open_ = [rows[j] for j in keep], h[ki], sub.select(ki), [open_[j] for j in keep]
+            fixed = None if fixed is None else [fixed[j] for j in keep]
         if late_rows:
             out[late_rows] = m.unembed(torch.cat(late_h) if len(late_h) > 1 else late_h[0]).to(out.dtype)
         m.commit(ctx)

@@ -35,14 +35,16 @@ DEFAULT_CANDIDATES = (1.0, 0.999, 0.995, 0.99, 0.98, 0.97, 0.96, 0.95) + tuple(r
 
 def calm_generate(model, prompts: list[list[int]], cfg: CalmConfig, *, max_new_tokens: int, pad_id: int,
                   eos_id: Optional[int] = None, classifier=None, temperature: float = 0.0,
-                  generator: Optional[torch.Generator] = None, batch_size: int = 8) -> tuple[list[list[int]], ExitRecord]:
+                  generator: Optional[torch.Generator] = None, batch_size: int = 8,
+                  schedule: Optional[list[list[int]]] = None) -> tuple[list[list[int]], ExitRecord]:
     """CALM decoding of many prompts, ``batch_size`` at a time. Returns the generated ids per prompt
-    and the exit layer of every token produced (its EOS included)."""
+    and the exit layer of every token produced (its EOS included). ``schedule`` (measure replay):
+    per prompt, the exit layers to replay (e.g. an oracle run's ``ExitRecord.layers``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     outs, record = [], ExitRecord()
     for b in range(0, len(prompts), batch_size):
-        step = CalmStep(cfg, max_new_tokens, classifier)
+        step = CalmStep(cfg, max_new_tokens, classifier, None if schedule is None else schedule[b:b + batch_size])
         outs += generate(model, prompts[b:b + batch_size], max_new_tokens=max_new_tokens, pad_id=pad_id,
                          eos_id=eos_id, temperature=temperature, generator=generator, step=step)
         record.layers += step.record.layers

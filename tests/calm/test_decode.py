@@ -372,3 +372,45 @@ def test_risk_consistency_certifies_at_least_as_low_a_threshold(untied_model, pr
     assert mean_risk(layer1, full) > 0.2
     exact = calibrate_threshold(m, ps, references=layer1, **kw)
     assert exact["threshold"] == 0.25 and exact["tests"][-1] == {**exact["tests"][-1], "threshold": 0.25, "risk": 0.0}
+
+
+def _replay(model, prompts, schedule, kv):
+    step = CalmStep(CalmConfig(measure="replay", threshold=0.0, kv=kv), N, schedule=schedule)
+    out = generate(model, prompts, max_new_tokens=N, pad_id=PAD, temperature=0, step=step)
+    return out, step.record.layers
+
+
+def test_replaying_the_oracle_with_recompute_gives_the_full_model_at_the_oracle_depths(untied_model, prompts):
+    """measure="replay" exits exactly where its schedule says; the oracle's depths replayed with an
+    exact cache give the full model's tokens (each exit's argmax is the top layer's), batched and
+    one at a time — the bench's speed ceiling decodes what the full model decodes."""
+    m = untied_model
+    plain = generate(m, prompts, max_new_tokens=N, pad_id=PAD, temperature=0)
+    _, oracle = _calm(m, prompts, CalmConfig(measure="oracle"))
+    assert any(d < 4 for row in oracle for d in row[1:])                     # the schedule really exits early
+    out, layers = _replay(m, prompts, oracle, "recompute")
+    assert out == plain and layers == oracle
+    for r, p in enumerate(prompts):
+        assert _replay(m, [p], [oracle[r]], "recompute") == ([plain[r]], [oracle[r]])
+    # with state propagation the exits follow the schedule too, but the cache is perturbed: not the
+    # full model's tokens any more on this model (the reason for kv=recompute)
+    out_p, layers_p = _replay(m, prompts, oracle, "propagate")
+    assert layers_p == oracle and out_p != plain
+
+
+def test_replay_of_a_constant_schedule_is_the_static_exit(untied_model, prompts):
+    m = untied_model
+    for kv in ("propagate", "recompute"):
+        static = _calm(m, prompts, CalmConfig(measure="static", threshold=2 / 4, kv=kv))
+        assert _replay(m, prompts, [[4] + [2] * N for _ in prompts], kv) == static
+    short = _replay(m, prompts, [[4, 1] for _ in prompts], "recompute")[1]        # past its list: full depth
+    assert all(row[:2] == [4, 1] and set(row[2:]) == {4} for row in short)
+
+
+def test_replay_needs_a_schedule_that_fits_the_batch(untied_model, prompts):
+    with pytest.raises(ValueError, match="schedule"):
+        CalmStep(CalmConfig(measure="replay"), N)
+    with pytest.raises(ValueError, match="schedule"):
+        CalmStep(CalmConfig(measure="margin"), N, schedule=[[4]])
+    with pytest.raises(ValueError, match="2 sequences for a batch of 4"):
+        _replay(untied_model, prompts, [[4], [4]], "recompute")

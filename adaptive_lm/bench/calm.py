@@ -12,6 +12,8 @@ its KV cache, greedy, at batch 1 and batch 8 (median of ``timing_repeats`` inter
 for a Hugging Face model both sides run through our adapter). ``speedup_b*`` times the decode
 steps alone: the prompt pass (prefill) is the same full-depth work on both sides and decodes
 nothing but the first token. ``speedup_b*_e2e`` includes it (the only figure before 2026-12-04).
+``speedup_b*_range``: the lowest and highest of the ``timing_repeats`` decode-alone ratios, the
+timing noise a reader should allow for.
 avg_layers counts every generated token, the first one (from the full-depth prompt
 pass) included. A row whose δ certifies nothing below λ = 1 is the full model.
 The risk (``consistency=``, the row's ``guarantee``): textual, the mean dissimilarity D to the full
@@ -45,7 +47,7 @@ class CalmBenchOptions:
     models: str = "builtin:calm-pydocs"  # comma-separated causal LMs: checkpoints, builtin:NAME, hf:FOLDER, gguf:FILE, smollm2
     deltas: str = "0.05,0.1,0.2"         # consistency tolerances δ
     epsilon: float = 0.05                # failure probability ε of the guarantee
-    measures: str = "margin,top1,state,classifier,static"  # confidence measures (classifier: if the checkpoint has one; static: the fixed-layer baseline)
+    measures: str = "margin,top1,state,classifier,patience,static"  # confidence measures (classifier: if the checkpoint has one; static: the fixed-layer baseline)
     kvs: str = "propagate,recompute"     # skipped layers' K/V policies: propagate (the paper), recompute (exact, later)
     distance: str = "mismatch"           # mismatch (token mismatch rate) or rouge (1 - ROUGE-L)
     consistency: str = "textual"         # comma-separated guarantees: textual (vs the full model's output), risk (vs the text's continuation)
@@ -86,18 +88,20 @@ def timed_decode(model, prompts, step_factory, *, batch_size: int, max_new_token
     return total, decode
 
 
-def speedup(model, prompts, calm_factory, *, batch_size: int, repeats: int = 3, **kw) -> tuple[float, float]:
+def speedup(model, prompts, calm_factory, *, batch_size: int, repeats: int = 3, **kw
+            ) -> tuple[float, float, list[float]]:
     """Medians over ``repeats`` of full-depth seconds / CALM seconds -> (decode steps alone,
-    prompt pass included), the two decodes interleaved so that drift of the machine hits both; one
-    untimed warm-up of each first. Every row decodes max_new_tokens per prompt (no EOS stop), so
-    equal token counts."""
+    prompt pass included, [lowest, highest] decode-alone ratio: the timing noise), the two decodes
+    interleaved so that drift of the machine hits both; one untimed warm-up of each first. Every
+    row decodes max_new_tokens per prompt (no EOS stop), so equal token counts."""
     full = lambda lo, hi: full_depth_step
     timed_decode(model, prompts, full, batch_size=batch_size, **kw)
     timed_decode(model, prompts, calm_factory, batch_size=batch_size, **kw)
     pairs = [(timed_decode(model, prompts, full, batch_size=batch_size, **kw),
               timed_decode(model, prompts, calm_factory, batch_size=batch_size, **kw)) for _ in range(repeats)]
     median = lambda xs: sorted(xs)[len(xs) // 2]
-    return median([f[1] / c[1] for f, c in pairs]), median([f[0] / c[0] for f, c in pairs])
+    dec = [f[1] / c[1] for f, c in pairs]
+    return median(dec), median([f[0] / c[0] for f, c in pairs]), [round(min(dec), 3), round(max(dec), 3)]
 
 
 @register("calm", CalmBenchOptions)
@@ -221,9 +225,9 @@ def oracle_ceiling(model, prompts, depths, full_out, *, every: int, repeats: int
     out = calm_generate(model, prompts, cfg, schedule=depths, **kw)[0]
     res = {"oracle_replay_agreement": round(sum(a == b for a, b in zip(out, full_out)) / len(prompts), 4)}
     for b in (1, 8):
-        dec, _ = speedup(model, prompts, lambda lo, hi: CalmStep(cfg, max_new_tokens, schedule=depths[lo:hi]),
-                         batch_size=b, repeats=repeats, **kw)
-        res[f"oracle_speedup_b{b}"] = round(dec, 3)
+        dec, _, spread = speedup(model, prompts, lambda lo, hi: CalmStep(cfg, max_new_tokens, schedule=depths[lo:hi]),
+                                 batch_size=b, repeats=repeats, **kw)
+        res[f"oracle_speedup_b{b}"], res[f"oracle_speedup_b{b}_range"] = round(dec, 3), spread
     return res
 
 
@@ -246,11 +250,14 @@ def _measure_rows(model, name, o, prompts, deltas, measure, kv, guarantees, *, e
             speeds = {}
             for b in (1, 8):
                 if lam < 1.0:
-                    dec, e2e = speedup(model, timed, lambda lo, hi: CalmStep(cfg, o.max_new_tokens, clf), batch_size=b,
-                                       repeats=o.timing_repeats, max_new_tokens=o.max_new_tokens, pad_id=pad)
+                    dec, e2e, spread = speedup(model, timed, lambda lo, hi: CalmStep(cfg, o.max_new_tokens, clf),
+                                               batch_size=b, repeats=o.timing_repeats, max_new_tokens=o.max_new_tokens,
+                                               pad_id=pad)
                 else:
                     dec = e2e = 1.0                                    # nothing certified: the full model
+                    spread = [1.0, 1.0]
                 speeds[f"speedup_b{b}"], speeds[f"speedup_b{b}_e2e"] = round(dec, 3), round(e2e, 3)
+                speeds[f"speedup_b{b}_range"] = spread
             seen[lam] = (*calm_generate(model, test, cfg, **kw), speeds)
         return seen[lam]
 

@@ -27,7 +27,10 @@ decided (its upper K/V then come out exact too, and a small model's layer costs 
 all rows as for a subset).
 
 Measures: ``margin`` (softmax top-1 − top-2, the paper's default), ``top1``, ``state`` (cosine
-between h_i and h_{i−1}, per example), ``classifier`` (the trained exit classifier), ``static``
+between h_i and h_{i−1}, per example), ``classifier`` (the trained exit classifier), ``patience``
+(not in the paper: the margin, with its distance to 1 halved for every consecutive earlier exit
+layer of this token whose argmax was the same, c_i = 1 − (1 − margin_i)·2^(−k_i) — patience-based
+exit (PABEE, Zhou et al. 2020) made a graded score that one λ calibrates), ``static``
 (the baseline the paper compares with: every token exits at the same layer, the first exit layer
 at or above max(⌈λ·L⌉, min_layer), no confidence computed; the decay λ_t is not used; calibrated
 like the others, over λ = k/L for the exit layers k), and
@@ -51,7 +54,7 @@ import torch.nn.functional as F
 from ..confidence import margin, top1
 from .exits import ExitClassifier, exit_layers
 
-EXIT_MEASURES = ("margin", "top1", "state", "classifier", "static")   # those that decide exits (and can be calibrated)
+EXIT_MEASURES = ("margin", "top1", "state", "classifier", "patience", "static")   # those that decide exits (and can be calibrated)
 MEASURES = EXIT_MEASURES + ("oracle", "replay")
 KV_MODES = ("propagate", "recompute")
 
@@ -66,7 +69,7 @@ class CalmConfig:
     """How CALM decodes (module docstring): the confidence measure compared after each exit layer
     with the decaying threshold λ_t (``threshold_at``), where exits are tried, and how skipped layers
     get their K/V. ``threshold`` is usually the certified λ of ``calibrate`` (calm.json)."""
-    measure: str = "margin"        # confidence measure: margin, top1, state, classifier, static (exit at ⌈λ·L⌉), oracle, replay
+    measure: str = "margin"        # confidence measure: margin, top1, state, classifier, patience, static (exit at ⌈λ·L⌉), oracle, replay
     threshold: float = 1.0         # λ; >= 1 never exits (the plain model)
     tau: float = 4.0               # decay temperature τ of λ_t; 0 = constant threshold
     decay: str = "paper"           # paper or reference formula for λ_t
@@ -174,12 +177,20 @@ class CalmStep:
         idx = torch.tensor(rows, dtype=torch.long, device=h.device)
         return s, torch.cat([self.hid[idx, s:win], h], 1), ctx, ctx.select(idx)
 
-    def _confidence(self, m, i: int, h, prev) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(b,) confidence at layer i for hidden states h (b, C); also the logits when computed."""
+    def _confidence(self, m, i: int, h, prev, streak: dict) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(b,) confidence at layer i for hidden states h (b, C); also the logits when computed.
+        ``streak`` (measure patience): the rows' argmax at the previous exit layer tried ("arg")
+        and how many exits in a row before it agreed ("k"), updated here."""
         mea = self.cfg.measure
         if mea in ("margin", "top1"):
             logits = m.unembed(h)
             return (margin(logits) if mea == "margin" else top1(logits)), logits
+        if mea == "patience":
+            logits = m.unembed(h)
+            arg = logits.argmax(-1)
+            k = torch.zeros_like(arg) if "arg" not in streak else (streak["k"] + 1) * (arg == streak["arg"])
+            streak["arg"], streak["k"] = arg, k
+            return 1 - (1 - margin(logits)) * 0.5 ** k, logits
         if mea == "state":
             return F.cosine_similarity(h.float(), prev.float(), dim=-1), None
         return self.clf(i, h), None
@@ -214,6 +225,7 @@ class CalmStep:
         exits = set(exit_layers(L, self.cfg.every))
         lam32 = _as_float32(lam)                      # compared as torch compares a float32 score with λ
         fixed = self._fixed_depths(rows, L)           # static / replay: per running row, its exit layer
+        streak: dict = {}                             # patience: per running row, the argmax run so far
         open_ = [True] * len(rows)                    # per running row: is its token still undecided?
         late_rows, late_h = [], []                    # decided rows whose logits are not computed yet: one unembed at the end
         for i in range(1, L + 1):
@@ -240,7 +252,8 @@ class CalmStep:
             if fixed is not None:
                 go, logits = [o and i >= d for o, d in zip(open_, fixed)], None
             else:
-                conf, logits = self._confidence(m, i, h[:, -1], prev[:, -1] if self.cfg.measure == "state" else None)
+                conf, logits = self._confidence(m, i, h[:, -1], prev[:, -1] if self.cfg.measure == "state" else None,
+                                                streak)
                 go = [o and c >= lam32 for o, c in zip(open_, conf.tolist())]
             if not any(go):
                 continue
@@ -267,6 +280,7 @@ class CalmStep:
             ki = torch.tensor(keep, dtype=torch.long, device=h.device)
             rows, h, sub, open_ = [rows[j] for j in keep], h[ki], sub.select(ki), [open_[j] for j in keep]
             fixed = None if fixed is None else [fixed[j] for j in keep]
+            streak = {key: v[ki] for key, v in streak.items()}
         if late_rows:
             out[late_rows] = m.unembed(torch.cat(late_h) if len(late_h) > 1 else late_h[0]).to(out.dtype)
         m.commit(ctx)

@@ -107,7 +107,7 @@ def calibrate(model: str, delta: float = 0.1, epsilon: float = 0.05, measure: st
         model: causal LM checkpoint folder, or hf:FOLDER, gguf:FILE, smollm2 (these and builtin:NAME need --out)
         delta: tolerated mean dissimilarity between early-exit and full-model outputs
         epsilon: allowed probability that the guarantee fails
-        measure: confidence measure: margin, top1, state, classifier (needs `calm-classifier` first), static (the fixed-layer baseline)
+        measure: confidence measure: margin, top1, state, classifier (needs `calm-classifier` first), patience (margin + agreement between exits), static (the fixed-layer baseline)
         distance: dissimilarity: mismatch (token mismatch rate) or rouge (1 - ROUGE-L)
         n: calibration prompts
         prompt_len: tokens per calibration prompt

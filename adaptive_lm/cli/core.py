@@ -116,7 +116,7 @@ def generate(model: str = "builtin:shakespeare-char", prompt: str = "", method: 
         block_length: diffusion: semi-autoregressive block length
         order: diffusion: which masks a step commits: confidence (the papers) or left_to_right (a diagnostic reference)
         threshold: threshold decoding: commit masks above this confidence (default 0.9); calm: the exit threshold λ (default: the certified one in the model's calm.json, else 0.9)
-        measure: calm: confidence measure margin, top1, state, classifier, static (default: calm.json's, else margin)
+        measure: calm: confidence measure margin, top1, state, classifier, patience, static (default: calm.json's, else margin)
         show_exits: calm: print each token with its exit layer, token[layer]
         calm: calm: a calm.json written by `adaptive-lm calibrate --out` (default: the model folder's)
         kv: calm: skipped layers' K/V, propagate (the paper) or recompute (exact; default: calm.json's, else propagate)

@@ -112,17 +112,24 @@ def test_early_exit_with_state_propagation_matches_slow_reference(which, prompts
 def reference_recompute(model, prompt, cfg, n):
     """kv=recompute, the slow obvious way at batch 1: every step runs the full model on the whole
     sequence (no cache), so every earlier token has the full model's states; the new token comes
-    from the first exit layer whose margin at the last position reaches λ_t. Returns the tokens
-    and their exit layers."""
+    from the first exit layer whose margin (measure patience: its patience score) at the last
+    position reaches λ_t. Returns the tokens and their exit layers."""
     ids, toks, depths = list(prompt), [], []
     L = model.config.n_layer
     for t in range(n):
         res = model(torch.tensor([ids]), output_hidden_states=True)
         lam = threshold_at(cfg, t, n) if t > 0 else math.inf          # 1st token: the prompt pass
         logits, e = res.logits[0, -1], L
+        run, last = 0, None                     # patience: exits tried in a row with the same argmax
         for i in [i for i in exit_layers(L, cfg.every)[:-1] if i >= cfg.min_layer]:
             li = model.unembed(res.hidden_states[i][0, -1])
-            if float(margin(li)) >= lam:
+            conf = margin(li)
+            if cfg.measure == "patience":
+                arg = int(li.argmax())
+                run = run + 1 if arg == last else 0
+                last = arg
+                conf = 1 - (1 - conf) * 0.5 ** run                      # the doubt halves per agreeing exit
+            if float(conf) >= lam:
                 logits, e = li, i
                 break
         toks.append(int(logits.argmax()))
@@ -414,3 +421,48 @@ def test_replay_needs_a_schedule_that_fits_the_batch(untied_model, prompts):
         CalmStep(CalmConfig(measure="margin"), N, schedule=[[4]])
     with pytest.raises(ValueError, match="2 sequences for a batch of 4"):
         _replay(untied_model, prompts, [[4], [4]], "recompute")
+
+
+def _threshold_for_median_patience(model, prompts):
+    """A λ whose effective threshold (τ = 0) is the median patience score at layers 1..3."""
+    x = torch.tensor([p[:3] for p in prompts])
+    hs = model(x, output_hidden_states=True).hidden_states
+    lg = [model.unembed(hs[i]) for i in (1, 2, 3)]
+    run, scores = torch.zeros(x.shape, dtype=torch.long), []
+    for i, li in enumerate(lg):
+        if i:
+            run = (run + 1) * (li.argmax(-1) == lg[i - 1].argmax(-1))
+        scores.append((1 - (1 - margin(li)) * 0.5 ** run).flatten())
+    return (float(torch.cat(scores).detach().median()) - 0.1) / 0.9
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_patience_matches_slow_reference(untied_model, prompts, every):
+    """measure="patience" with kv=recompute: tokens and exit layers equal the slow reference that
+    scores every exit layer from the full model's states, batched and one at a time; some exits
+    come from the agreement bonus (the margin alone would not have exited there)."""
+    m = untied_model
+    cfg = CalmConfig(measure="patience", threshold=_threshold_for_median_patience(m, prompts), tau=0.0,
+                     kv="recompute", every=every)
+    refs = [reference_recompute(m, p, cfg, N) for p in prompts]
+    batch, layers = _calm(m, prompts, cfg)
+    assert batch == [toks for toks, _ in refs] and layers == [depths for _, depths in refs]
+    for r, p in enumerate(prompts):
+        assert _calm(m, [p], cfg) == ([refs[r][0]], [refs[r][1]])
+    assert any(d < 4 for _, depths in refs for d in depths[1:])
+    plain = [reference_recompute(m, p, CalmConfig(**{**cfg.__dict__, "measure": "margin"}), N) for p in prompts]
+    if every == 1:                 # (every=2 on 4 layers tries one exit, layer 2: no run to agree with)
+        assert plain != refs                                             # the bonus changed some exits
+        assert sum(d for _, ds in refs for d in ds) < sum(d for _, ds in plain for d in ds)   # ... to shallower ones
+    else:
+        assert plain == refs
+
+
+def test_patience_batched_with_state_propagation_equals_one_at_a_time(untied_model, prompts):
+    """With state propagation rows leave the batch as they exit; each row's agreement run must
+    stay its own."""
+    m = untied_model
+    cfg = CalmConfig(measure="patience", threshold=_threshold_for_median_patience(m, prompts), tau=0.0)
+    batch, layers = _calm(m, prompts, cfg)
+    assert [(_calm(m, [p], cfg)) for p in prompts] == [([b], [lay]) for b, lay in zip(batch, layers)]
+    assert len({d for row in layers for d in row}) >= 3                   # rows exit at different depths

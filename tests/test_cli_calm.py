@@ -364,3 +364,25 @@ def test_bench_calm_targets_summary():
     assert targets([fast_static]) == {"static": t["static"]}                     # no adaptive row: the baseline alone
     t = targets(rows + [{**row("static", 2.0, 2.5), "avg_layers": 3.0}])
     assert t["adaptive_beats_static_b1"] and not t["adaptive_beats_static_b8"]      # 3.0 > 2.0; 2.2 < 2.5
+
+
+def test_bench_oracle_ceiling_uses_the_models_exit_spacing(tmp_path):
+    """A model trained with an exit every 2nd layer: the oracle looks for exits only there, so its
+    depths replayed with that spacing give back the full model's tokens (agreement 1.0); an oracle
+    searched over every layer and replayed at every 2nd would not (0.5 on this model)."""
+    (tmp_path / "text.txt").write_text(TEXT)
+    tok = CharTokenizer.from_text(TEXT)
+    torch.manual_seed(0)
+    m = TransformerLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=4, n_head=2, d_model=32, max_seq_len=64,
+                                  tie_embeddings=False))
+    save_pretrained(tmp_path / "ck", m, tok, meta={"corpus": str(tmp_path / "text.txt"), "family": "causal-lm",
+                                                   "calm": {"exit_every": 2}})
+    out = tmp_path / "b.json"
+    rc, so, se = run("bench", "calm", f"models={tmp_path / 'ck'}", "n_cal=20", "n_test=8", "prompt_len=8",
+                     "max_new_tokens=6", "timing_prompts=8", "timing_repeats=1", "deltas=0.5", "measures=static",
+                     "kvs=recompute", "--json", str(out))
+    assert rc == 0, se
+    res = json.loads(out.read_text())
+    info = res["models"][str(tmp_path / "ck")]
+    assert info["oracle_replay_agreement"] == 1.0
+    assert res["rows"][0]["oracle_layers"] >= 2                        # no exit at layer 1 exists

@@ -29,7 +29,7 @@ all rows as for a subset).
 Measures: ``margin`` (softmax top-1 − top-2, the paper's default), ``top1``, ``state`` (cosine
 between h_i and h_{i−1}, per example), ``classifier`` (the trained exit classifier), ``patience``
 (not in the paper: the margin, with its distance to 1 halved for every consecutive earlier exit
-layer of this token whose argmax was the same, c_i = 1 − (1 − margin_i)·2^(−k_i) — patience-based
+layer of this token whose argmax was the same, c_i = 1 − (1 − margin_i)·2^(−k_i) (in float32) — patience-based
 exit (PABEE, Zhou et al. 2020) made a graded score that one λ calibrates), ``static``
 (the baseline the paper compares with: every token exits at the same layer, the first exit layer
 at or above max(⌈λ·L⌉, min_layer), no confidence computed; the decay λ_t is not used; calibrated
@@ -37,9 +37,10 @@ like the others, over λ = k/L for the exit layers k), and
 ``oracle`` — the floor: the full model runs and the token is marked as exiting at the first layer
 whose argmax equals the top layer's (tokens and cache are the full model's; a measurement, not
 a speed-up), and ``replay`` — exits at depths given in advance (``CalmStep(..., schedule=)``: per
-sequence, the layer of each token, as an ExitRecord holds them), no confidence computed. Replaying
-the oracle's record with ``kv="recompute"`` decodes the full model's tokens at the cost of a perfect
-confidence measure that costs nothing: the speed ceiling of every measure on those prompts.
+sequence, the layer of each token, as an ExitRecord holds them; the threshold is not used), no
+confidence computed. Replaying the oracle's record with ``kv="recompute"`` decodes the full model's
+tokens at the cost of a perfect confidence measure that costs nothing: the speed ceiling of every
+decode that keeps the full model's tokens on those prompts.
 """
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ class CalmStep:
             self.depth = [m.config.n_layer] * T       # kv=recompute: per cache position, the layers it holds
             self.hid: Optional[torch.Tensor] = None   # (B, max_len, C) each position's last computed state
             return m(ids, attention_mask=mask, cache=cache).logits[:, -1]
-        lam = threshold_at(self.cfg, self.t, self.n)
+        lam = threshold_at(self.cfg, self.t, self.n) if self.cfg.measure != "replay" else 0.0   # replay: exits allowed
         self.t += 1
         if self.cfg.measure == "oracle":
             return self._oracle(m, ids, mask, cache)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from adaptive_lm.calm.decode import CalmConfig, CalmStep, threshold_at
+from adaptive_lm.calm.decode import CalmConfig, CalmStep, _as_float32, threshold_at
 from adaptive_lm.calm.exits import exit_layers
 from adaptive_lm.confidence import margin
 from adaptive_lm.lm import full_depth_step, generate
@@ -86,7 +86,7 @@ def reference_calm(model, prompt, cfg, n):
             keep = (exited < i)[None, :, None]
             h = torch.where(keep, h, nxt)                               # frozen states stay
             if e_new == L and i < L and i in exit_layers(L, cfg.every):
-                if float(margin(model.unembed(h[0, -1]))) >= lam:
+                if float(margin(model.unembed(h[0, -1]))) >= _as_float32(lam):
                     e_new = i
                     exits[-1] = i                                       # the new token's state freezes
                     exited = torch.tensor(exits)
@@ -129,7 +129,7 @@ def reference_recompute(model, prompt, cfg, n):
                 run = run + 1 if arg == last else 0
                 last = arg
                 conf = 1 - (1 - conf) * 0.5 ** run                      # the doubt halves per agreeing exit
-            if float(conf) >= lam:
+            if float(conf) >= _as_float32(lam):                         # as the decode compares a float32 score
                 logits, e = li, i
                 break
         toks.append(int(logits.argmax()))
@@ -381,8 +381,8 @@ def test_risk_consistency_certifies_at_least_as_low_a_threshold(untied_model, pr
     assert exact["threshold"] == 0.25 and exact["tests"][-1] == {**exact["tests"][-1], "threshold": 0.25, "risk": 0.0}
 
 
-def _replay(model, prompts, schedule, kv):
-    step = CalmStep(CalmConfig(measure="replay", threshold=0.0, kv=kv), N, schedule=schedule)
+def _replay(model, prompts, schedule, kv, threshold=0.0):
+    step = CalmStep(CalmConfig(measure="replay", threshold=threshold, kv=kv), N, schedule=schedule)
     out = generate(model, prompts, max_new_tokens=N, pad_id=PAD, temperature=0, step=step)
     return out, step.record.layers
 
@@ -412,6 +412,8 @@ def test_replay_of_a_constant_schedule_is_the_static_exit(untied_model, prompts)
         assert _replay(m, prompts, [[4] + [2] * N for _ in prompts], kv) == static
     short = _replay(m, prompts, [[4, 1] for _ in prompts], "recompute")[1]        # past its list: full depth
     assert all(row[:2] == [4, 1] and set(row[2:]) == {4} for row in short)
+    ones = [[4] + [1] * N for _ in prompts]
+    assert _replay(m, prompts, ones, "recompute", threshold=1.0) == _replay(m, prompts, ones, "recompute")  # λ unused
 
 
 def test_replay_needs_a_schedule_that_fits_the_batch(untied_model, prompts):

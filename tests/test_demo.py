@@ -11,7 +11,7 @@ import pytest
 from tests.browser import open_browser
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("lm", "daedal", "vmd", "calm", "compress", "entropy", "benches")
+SECTIONS = ("lm", "daedal", "vmd", "calm", "calm-arith", "compress", "entropy", "benches")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,11 @@ def test_demo_summary_has_every_method(demo):
         assert all(1 <= x <= 8 for x in run["exit_layers"]) and run["exit_layers"][0] == 8   # 1st token: prompt pass
         assert len(run["pieces"]) == len(run["tokens"]) == len(run["exit_layers"])
     assert loose["avg_layers"] <= certified["avg_layers"]
+    ca = summary["calm-arith"]                                       # builtin:calm-arith: exits that pay
+    assert ca["model"] == "builtin:calm-arith" and ca["prompt"] == d["prompt"]    # DAEDAL's problem
+    certified, loose = ca["runs"]
+    assert certified["certified"] and ca["measure"] in ("margin", "patience") and certified["avg_layers"] < 2.5
+    assert all(len(run["pieces"]) == len(run["exit_layers"]) == 80 for run in ca["runs"])
     comp = summary["compress"]                                       # builtin:compress-mix is shipped
     assert comp["roundtrip"] is True and comp["compressed"] < comp["bytes"]
     ent = summary["entropy"]                                         # builtin:eem-pydocs is shipped

@@ -20,6 +20,7 @@ DEMO_SECTIONS = {
     "daedal": ("daedal", "DAEDAL: variable-length denoising vs a fixed canvas", views.daedal_view),
     "vmd": ("vmd", "VMD vs MDM: a Sudoku filled step by step", views.sudoku_view),
     "calm": ("calm", "CALM: each token's exit layer", views.calm_view),
+    "calm-arith": ("calm-arith", "CALM on predictable text (calm-arith): each token's exit layer", views.calm_view),
     "compress": ("compress", "LM compression: bits per byte beside gzip and xz", views.compress_view),
     "entropy": ("entropy", "Per-token entropy", views.entropy_view),
 }

@@ -358,12 +358,18 @@ def test_bench_calm_targets_summary():
     assert "static" not in t
     fast_static = {**row("static", 9.0, 9.0), "avg_layers": 1.0}                 # the baseline: reported apart
     t = targets(rows + [fast_static, {**row("static", 2.0, 2.0), "avg_layers": 3.0}])
-    assert t["best_b1"]["speedup"] == 3.0 and t["static"] == {"kv": "recompute", "avg_layers": 1.0,
-                                                               "speedup_b1": 9.0, "speedup_b8": 9.0}
+    best = {"setting": "static/recompute", "avg_layers": 1.0, "speedup": 9.0}
+    assert t["best_b1"]["speedup"] == 3.0 and t["static"] == {"best_b1": best, "best_b8": best}
     assert not t["adaptive_beats_static_b1"] and not t["adaptive_beats_static_b8"]
     assert targets([fast_static]) == {"static": t["static"]}                     # no adaptive row: the baseline alone
     t = targets(rows + [{**row("static", 2.0, 2.5), "avg_layers": 3.0}])
     assert t["adaptive_beats_static_b1"] and not t["adaptive_beats_static_b8"]      # 3.0 > 2.0; 2.2 < 2.5
+    # the same depth under both K/V policies: each batch size is judged against the faster one
+    slow_prop = {**row("static", 1.3, 1.4), "kv": "propagate", "avg_layers": 3.0}
+    fast_rec = {**row("static", 2.2, 2.5), "avg_layers": 3.0}
+    t = targets(rows + [slow_prop, fast_rec])
+    assert t["static"]["best_b8"] == {"setting": "static/recompute", "avg_layers": 3.0, "speedup": 2.5}
+    assert t["adaptive_beats_static_b1"] and not t["adaptive_beats_static_b8"]      # 3.0 > 2.2; 2.2 < 2.5
 
 
 def test_bench_oracle_ceiling_uses_the_models_exit_spacing(tmp_path):

@@ -29,8 +29,8 @@ all rows as for a subset).
 Measures: ``margin`` (softmax top-1 − top-2, the paper's default), ``top1``, ``state`` (cosine
 between h_i and h_{i−1}, per example), ``classifier`` (the trained exit classifier), ``patience``
 (not in the paper: the margin, with its distance to 1 halved for every consecutive earlier exit
-layer of this token whose argmax was the same, c_i = 1 − (1 − margin_i)·2^(−k_i) (in float32) — patience-based
-exit (PABEE, Zhou et al. 2020) made a graded score that one λ calibrates), ``static``
+layer of this token whose argmax was the same, c_i = 1 − (1 − margin_i)·2^(−k_i) in float32 —
+patience-based exit (PABEE, Zhou et al. 2020) made a graded score that one λ calibrates), ``static``
 (the baseline the paper compares with: every token exits at the same layer, the first exit layer
 at or above max(⌈λ·L⌉, min_layer), no confidence computed; the decay λ_t is not used; calibrated
 like the others, over λ = k/L for the exit layers k), and

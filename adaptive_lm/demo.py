@@ -34,13 +34,19 @@ SAMPLE_TEXT = ("The :func:`open` function returns a :term:`file object`, and is 
                "positional arguments and one keyword argument: ``open(filename, mode, encoding=None)``.\n")
 
 
+def fresh_problem(seed: int):
+    """The demo's arithmetic problem for a seed (held-out split; DAEDAL and calm-arith both answer it)."""
+    from .tasks.arith import make_split
+    return make_split("test", 1, seed=10_000 + seed)[0]
+
+
 def daedal_section(seed: int) -> dict:
     """DAEDAL answering a fresh arithmetic problem, the fixed-length LLaDA baseline beside it."""
     from .diffusion.daedal import Daedal
     from .diffusion.sampler import FixedLength, SpecialIds, denoise, model_logits_fn
-    from .tasks.arith import make_split, score
+    from .tasks.arith import score
     model, tok = from_pretrained(DEFAULT_MDM)
-    prob = make_split("test", 1, seed=10_000 + seed)[0]
+    prob = fresh_problem(seed)
     print(f"--- problem: {prob.prompt.strip()} (expected {prob.answer})")
     ids = SpecialIds(tok.mask_id, tok.eos_id, tok.pad_id, tok.vocab_size)
     res = {"prompt": prob.prompt, "answer": prob.answer}
@@ -104,9 +110,7 @@ def calm_arith_section(seed: int) -> dict:
     """CALM where exits pay: calm-arith (its certified measure) on the fresh arithmetic problem of
     the DAEDAL section. Its guarantee is on average (test mismatch 0.063 at δ 0.1): on some
     problems an early exit changes a digit and the rest of the answer with it."""
-    from .tasks.arith import make_split
-    prob = make_split("test", 1, seed=10_000 + seed)[0]
-    return calm_section(seed, name=DEFAULT_CALM_ARITH, prompt=prob.prompt, n=80, loose=0.1)
+    return calm_section(seed, name=DEFAULT_CALM_ARITH, prompt=fresh_problem(seed).prompt, n=80, loose=0.1)
 
 
 CODEC_TEXT = ("\n.. function:: sorted(iterable, /, *, key=None, reverse=False)\n\n"

@@ -105,6 +105,16 @@ def speedup(model, prompts, calm_factory, *, batch_size: int, repeats: int = 3, 
     return median(dec), median([f[0] / c[0] for f, c in pairs]), [round(min(dec), 3), round(max(dec), 3)]
 
 
+def speedups(model, prompts, calm_factory, *, repeats: int, **kw) -> dict:
+    """``speedup`` at batch 1 and 8 as row fields: speedup_b{1,8} (decode steps alone), their
+    ``_e2e`` (prompt pass included) and ``_range`` (lowest and highest timing)."""
+    out = {}
+    for b in (1, 8):
+        dec, e2e, spread = speedup(model, prompts, calm_factory, batch_size=b, repeats=repeats, **kw)
+        out[f"speedup_b{b}"], out[f"speedup_b{b}_e2e"], out[f"speedup_b{b}_range"] = round(dec, 3), round(e2e, 3), spread
+    return out
+
+
 @register("calm", CalmBenchOptions)
 def bench_calm(seed: int, o: CalmBenchOptions) -> dict:
     """CALM thresholds certified by Learn-then-Test, and their layers, consistency and speed-up."""
@@ -230,11 +240,9 @@ def oracle_ceiling(model, prompts, depths, full_out, *, every: int, repeats: int
     kw = dict(max_new_tokens=max_new_tokens, pad_id=pad_id)
     out = calm_generate(model, prompts, cfg, schedule=depths, **kw)[0]
     res = {"oracle_replay_agreement": round(sum(a == b for a, b in zip(out, full_out)) / len(prompts), 4)}
-    for b in (1, 8):
-        dec, _, spread = speedup(model, prompts, lambda lo, hi: CalmStep(cfg, max_new_tokens, schedule=depths[lo:hi]),
-                                 batch_size=b, repeats=repeats, **kw)
-        res[f"oracle_speedup_b{b}"], res[f"oracle_speedup_b{b}_range"] = round(dec, 3), spread
-    return res
+    sp = speedups(model, prompts, lambda lo, hi: CalmStep(cfg, max_new_tokens, schedule=depths[lo:hi]),
+                  repeats=repeats, **kw)
+    return {**res, **{f"oracle_{k}": v for k, v in sp.items() if not k.endswith("_e2e")}}
 
 
 def _measure_rows(model, name, o, prompts, deltas, measure, kv, guarantees, *, every, clf, pad) -> list[dict]:
@@ -253,17 +261,12 @@ def _measure_rows(model, name, o, prompts, deltas, measure, kv, guarantees, *, e
         """The test decode of a λ and its speed-ups, once per λ."""
         if lam not in seen:
             cfg = CalmConfig(measure=measure, threshold=lam, tau=o.tau, every=every, horizon=o.max_new_tokens, kv=kv)
-            speeds = {}
-            for b in (1, 8):
-                if lam < 1.0:
-                    dec, e2e, spread = speedup(model, timed, lambda lo, hi: CalmStep(cfg, o.max_new_tokens, clf),
-                                               batch_size=b, repeats=o.timing_repeats, max_new_tokens=o.max_new_tokens,
-                                               pad_id=pad)
-                else:
-                    dec = e2e = 1.0                                    # nothing certified: the full model
-                    spread = [1.0, 1.0]
-                speeds[f"speedup_b{b}"], speeds[f"speedup_b{b}_e2e"] = round(dec, 3), round(e2e, 3)
-                speeds[f"speedup_b{b}_range"] = spread
+            if lam < 1.0:
+                speeds = speedups(model, timed, lambda lo, hi: CalmStep(cfg, o.max_new_tokens, clf),
+                                  repeats=o.timing_repeats, max_new_tokens=o.max_new_tokens, pad_id=pad)
+            else:                                                      # nothing certified: the full model
+                speeds = {k: v for b in (1, 8) for k, v in ((f"speedup_b{b}", 1.0), (f"speedup_b{b}_e2e", 1.0),
+                                                             (f"speedup_b{b}_range", [1.0, 1.0]))}
             seen[lam] = (*calm_generate(model, test, cfg, **kw), speeds)
         return seen[lam]
 
